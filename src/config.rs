@@ -1,0 +1,195 @@
+//! `proxy.toml`: parse, reject unknown keys (naming file, line and key), then `validate()`.
+//!
+//! Every key has a named default, so an empty file is a valid configuration. The shipped
+//! `proxy.toml` documents each key with its unit and default; a test parses it.
+
+mod units;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use units::{ByteSize, Span};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: Listen,
+    pub upstream: Upstream,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    /// Address clients connect to.
+    pub address: String,
+    /// Clients served at once; one more gets `-ERR max number of clients reached`.
+    pub max_clients: usize,
+    /// Largest single request (all its arguments and framing).
+    pub max_request_size: ByteSize,
+    /// Most arguments in one request.
+    pub max_args: usize,
+    /// Requests one client may have awaiting their replies; past it the proxy stops reading
+    /// from that client until it reads its replies.
+    pub max_pending_replies: usize,
+    /// On SIGTERM/SIGINT, how long clients get to receive in-flight replies.
+    pub drain_timeout: Span,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Upstream {
+    /// The Redis server, `host:port`.
+    pub address: String,
+    /// Shared, pipelined connections per (db, protocol) in use.
+    pub connections: usize,
+    pub connect_timeout: Span,
+    /// A shared connection whose oldest request has no reply after this long is dropped.
+    pub command_timeout: Span,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            address: "127.0.0.1:6380".into(),
+            max_clients: 10_000,
+            max_request_size: ByteSize(512 << 20),
+            max_args: 1 << 20,
+            max_pending_replies: 1024,
+            drain_timeout: Span(Duration::from_secs(5)),
+        }
+    }
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            address: "127.0.0.1:6379".into(),
+            connections: 4,
+            connect_timeout: Span(Duration::from_secs(1)),
+            command_timeout: Span(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// toml's message names the line, column and key.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid { path: PathBuf, key: &'static str, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid { path: origin.to_owned(), key, message })?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot; errors name the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        check_address("listen.address", &self.listen.address)?;
+        check_address("upstream.address", &self.upstream.address)?;
+        check_range("listen.max_clients", self.listen.max_clients, 1, 1_000_000)?;
+        check_range("listen.max_args", self.listen.max_args, 1, i32::MAX as usize)?;
+        check_range("listen.max_pending_replies", self.listen.max_pending_replies, 1, 1 << 20)?;
+        check_range("upstream.connections", self.upstream.connections, 1, 256)?;
+        let size = self.listen.max_request_size.0;
+        if !(64..=4 << 30).contains(&size) {
+            return Err(("listen.max_request_size", format!("{} is out of range (64B..=4GiB)", ByteSize(size))));
+        }
+        for (key, span) in [
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.command_timeout", self.upstream.command_timeout),
+        ] {
+            if span.0.is_zero() {
+                return Err((key, "must be greater than 0s".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_address(key: &'static str, address: &str) -> Result<(), (&'static str, String)> {
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err((key, format!("{address:?} is not host:port"))),
+    }
+}
+
+fn check_range(key: &'static str, value: usize, min: usize, max: usize) -> Result<(), (&'static str, String)> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err((key, format!("{value} is out of range ({min}..={max})")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_shipped_proxy_toml_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.listen.address, "127.0.0.1:6380");
+        assert_eq!(config.upstream.address, "127.0.0.1:6379");
+    }
+
+    #[test]
+    fn an_empty_file_means_the_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.listen.max_request_size, ByteSize(512 << 20));
+        assert_eq!(config.upstream.connections, 4);
+    }
+
+    #[test]
+    fn units_are_read() {
+        let config = parse("[listen]\nmax_request_size = \"64KiB\"\n[upstream]\ncommand_timeout = \"250ms\"\n").unwrap();
+        assert_eq!(config.listen.max_request_size, ByteSize(65_536));
+        assert_eq!(config.upstream.command_timeout, Span(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_file_and_line() {
+        let err = parse("[listen]\naddress = \"127.0.0.1:1\"\nmax_clinets = 5\n").unwrap_err();
+        assert!(err.starts_with("test.toml: "), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("max_clinets"), "{err}");
+        let err = parse("[lisen]\n").unwrap_err();
+        assert!(err.contains("lisen") && err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = parse("[listen]\nmax_request_size = \"12XB\"\n").unwrap_err();
+        assert!(err.contains("12XB") && err.contains("line 2"), "{err}");
+        let err = parse("[upstream]\nconnections = 0\n").unwrap_err();
+        assert_eq!(err, "test.toml: upstream.connections: 0 is out of range (1..=256)");
+        let err = parse("[upstream]\naddress = \"localhost\"\n").unwrap_err();
+        assert_eq!(err, "test.toml: upstream.address: \"localhost\" is not host:port");
+        let err = parse("[upstream]\ncommand_timeout = \"0s\"\n").unwrap_err();
+        assert_eq!(err, "test.toml: upstream.command_timeout: must be greater than 0s");
+    }
+}

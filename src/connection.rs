@@ -1,0 +1,385 @@
+//! One client connection: framing requests in, replies out strictly in request order.
+//!
+//! Each request gets a sequence number. Replies come back as [`ReplyChunk`]s (from the shared
+//! pool, from the pinned connection, or built by the proxy) and are written in sequence order,
+//! several per vectored write.
+//!
+//! Consecutive requests for the same destination are sent as one slice of the read buffer,
+//! exactly as the client wrote them.
+//!
+//! # Ordering across destinations
+//! Redis orders a connection's commands, but not commands on two connections. When a client's
+//! destination changes (shared pool -> pinned connection after MULTI, db 0 -> db 1 after SELECT,
+//! into a pub/sub stream), the first request for the new destination is *held* until every
+//! earlier request has been answered, so it cannot run before them.
+//!
+//! # Backpressure
+//! At most `listen.max_pending_replies` requests may wait for replies; past that, and while
+//! replies cannot be written to a client that does not read, nothing more is read from it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+
+use crate::error::ProxyError;
+use crate::framing::{CommandView, Parsed, RequestParser};
+use crate::pinned::PinnedConn;
+use crate::proxy::{Route, Session};
+use crate::server::Context;
+use crate::upstream::{Batch, Pool, PoolKey, ReplyChunk, ReplySink};
+use crate::writev;
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Replies waiting to be written, in request order.
+#[derive(Default)]
+struct Replies {
+    /// Sequence number of the next reply to queue for writing.
+    next: u64,
+    ready: VecDeque<Bytes>,
+    /// Chunks that arrived before an earlier one.
+    early: BTreeMap<u64, ReplyChunk>,
+}
+
+impl Replies {
+    fn accept(&mut self, chunk: ReplyChunk) {
+        if chunk.seq != self.next {
+            self.early.insert(chunk.seq, chunk);
+            return;
+        }
+        self.push(chunk);
+        while let Some(chunk) = self.early.remove(&self.next) {
+            self.push(chunk);
+        }
+    }
+
+    fn push(&mut self, chunk: ReplyChunk) {
+        self.next += u64::from(chunk.count);
+        self.ready.push_back(chunk.bytes);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dest {
+    Shared(PoolKey),
+    Pinned { stream: bool },
+}
+
+impl Dest {
+    /// Whether each request gets one reply (not so for a pub/sub or MONITOR stream).
+    fn counted(self) -> bool {
+        !matches!(self, Dest::Pinned { stream: true })
+    }
+}
+
+/// Parsed requests at the front of the read buffer, all for one destination, not yet sent.
+struct Run {
+    dest: Dest,
+    seq: u64,
+    count: u32,
+    len: usize,
+}
+
+/// A request for a new destination, waiting for the replies of all requests before it.
+struct Held {
+    dest: Dest,
+    bytes: Bytes,
+    seq: u64,
+}
+
+pub struct Client {
+    ctx: Arc<Context>,
+    session: Session,
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    rbuf: BytesMut,
+    parser: RequestParser,
+    replies: Replies,
+    sink: ReplySink,
+    chunks: mpsc::UnboundedReceiver<ReplyChunk>,
+    next_seq: u64,
+    run: Option<Run>,
+    held: Option<Held>,
+    last_dest: Option<Dest>,
+    pool: Option<(PoolKey, Arc<Pool>)>,
+    pinned: Option<PinnedConn>,
+    /// No more requests are read (QUIT, protocol error, EOF, shutdown); close once answered.
+    closing: bool,
+}
+
+/// Serves one client until it disconnects, quits, or the proxy shuts down.
+pub async fn serve(stream: TcpStream, id: u64, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let (sink, chunks) = mpsc::unbounded_channel();
+    let mut client = Client {
+        parser: RequestParser::new(ctx.limits),
+        ctx,
+        session: Session::new(id, peer, local),
+        rd,
+        wr,
+        rbuf: BytesMut::with_capacity(READ_CHUNK),
+        replies: Replies::default(),
+        sink,
+        chunks,
+        next_seq: 0,
+        run: None,
+        held: None,
+        last_dest: None,
+        pool: None,
+        pinned: None,
+        closing: false,
+    };
+    match client.run(&mut shutdown).await {
+        Ok(()) => debug!(client = id, %peer, "client connection closed"),
+        Err(e) => debug!(client = id, %peer, error = %e, "client connection ended"),
+    }
+}
+
+impl Client {
+    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> io::Result<()> {
+        loop {
+            if !self.replies.ready.is_empty() {
+                writev::write_all(&mut self.wr, &mut self.replies.ready).await?;
+            }
+            if self.closing && self.drained() {
+                return Ok(());
+            }
+            let can_read = !self.closing && self.held.is_none() && self.outstanding() < self.ctx.max_pending;
+            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                read = self.rd.read_buf(&mut self.rbuf), if can_read => {
+                    if read? == 0 {
+                        self.closing = true;
+                    } else {
+                        self.process().await;
+                    }
+                }
+                Some(chunk) = self.chunks.recv() => {
+                    self.replies.accept(chunk);
+                    while let Ok(chunk) = self.chunks.try_recv() {
+                        self.replies.accept(chunk);
+                    }
+                    self.resume().await;
+                }
+                read = read_pinned(&mut self.pinned) => {
+                    self.on_pinned(read);
+                    self.resume().await;
+                }
+                _ = shutdown.changed(), if !self.closing => self.closing = true,
+            }
+        }
+    }
+
+    /// Requests sent (or answered locally) whose replies are not yet queued in order.
+    fn outstanding(&self) -> usize {
+        (self.next_seq - self.replies.next) as usize
+    }
+
+    fn drained(&self) -> bool {
+        self.held.is_none() && (self.outstanding() == 0 || self.session.is_streaming()) && self.replies.ready.is_empty()
+    }
+
+    /// After replies arrived: send a held request if its turn came, then read on.
+    async fn resume(&mut self) {
+        if self.held.as_ref().is_some_and(|h| h.seq == self.replies.next) {
+            let held = self.held.take().expect("checked above");
+            let count = u32::from(held.dest.counted());
+            self.send(held.dest, held.bytes, held.seq, count).await;
+        }
+        self.process().await;
+    }
+
+    /// Frames and routes every complete request in the read buffer, as far as allowed.
+    async fn process(&mut self) {
+        while !self.closing && self.held.is_none() && self.outstanding() < self.ctx.max_pending {
+            let offset = self.run.as_ref().map_or(0, |run| run.len);
+            let info = self.ctx.upstream.info();
+            match self.parser.parse(&self.rbuf[offset..]) {
+                Ok(None) => break,
+                Ok(Some(Parsed::Empty { len })) => self.skip_frame(len).await,
+                Ok(Some(Parsed::Command { len, argc })) => {
+                    let route = self.session.route(&CommandView::new(&self.rbuf[offset..offset + len], argc), info);
+                    self.dispatch(route, len, None).await;
+                }
+                Ok(Some(Parsed::Inline { len, argc, encoded })) => {
+                    let route = self.session.route(&CommandView::new(&encoded, argc), info);
+                    self.dispatch(route, len, Some(encoded)).await;
+                }
+                Err(err) => {
+                    self.flush_run().await;
+                    self.reply_local(ProxyError::Protocol(err).to_reply());
+                    self.closing = true;
+                }
+            }
+        }
+        self.flush_run().await;
+    }
+
+    /// `len` is the request's length in the read buffer (after the current run); `inline` its
+    /// re-encoded bytes when the client sent an inline command.
+    async fn dispatch(&mut self, route: Route, len: usize, inline: Option<Bytes>) {
+        let close = matches!(route, Route::Close(_));
+        let dest = match route {
+            Route::Reply(bytes) | Route::Close(bytes) => {
+                self.closing |= close;
+                self.skip_frame(len).await;
+                self.reply_local(bytes);
+                return;
+            }
+            Route::Shared(key) => Dest::Shared(key),
+            Route::Pinned { stream } => Dest::Pinned { stream },
+        };
+        let counted = u32::from(dest.counted());
+        if let (None, Some(run)) = (&inline, self.run.as_mut())
+            && run.dest == dest
+        {
+            run.len += len;
+            run.count += counted;
+            self.next_seq += u64::from(counted);
+            return;
+        }
+        self.flush_run().await;
+        let seq = self.next_seq;
+        self.next_seq += u64::from(counted);
+        let bytes = match inline {
+            Some(encoded) => {
+                self.rbuf.advance(len);
+                encoded
+            }
+            None if self.last_dest == Some(dest) || self.replies.next == seq => {
+                self.last_dest = Some(dest);
+                self.run = Some(Run { dest, seq, count: counted, len });
+                return;
+            }
+            None => self.rbuf.split_to(len).freeze(),
+        };
+        if self.last_dest != Some(dest) && self.replies.next != seq {
+            self.held = Some(Held { dest, bytes, seq });
+        } else {
+            self.send(dest, bytes, seq, counted).await;
+        }
+    }
+
+    /// Consumes a request that is not forwarded (sending the run before it first).
+    async fn skip_frame(&mut self, len: usize) {
+        self.flush_run().await;
+        self.rbuf.advance(len);
+    }
+
+    fn reply_local(&mut self, bytes: Bytes) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.replies.accept(ReplyChunk { seq, count: 1, bytes });
+    }
+
+    async fn flush_run(&mut self) {
+        if let Some(run) = self.run.take() {
+            let bytes = self.rbuf.split_to(run.len).freeze();
+            self.send(run.dest, bytes, run.seq, run.count).await;
+        }
+    }
+
+    async fn send(&mut self, dest: Dest, bytes: Bytes, seq: u64, count: u32) {
+        self.last_dest = Some(dest);
+        match dest {
+            Dest::Shared(key) => {
+                let batch = Batch { bytes, seq, count, sink: self.sink.clone() };
+                let slot = self.session.id() as usize;
+                self.pool(key).send(slot, batch);
+            }
+            Dest::Pinned { stream } => self.send_pinned(bytes, seq, count, stream).await,
+        }
+    }
+
+    fn pool(&mut self, key: PoolKey) -> &Pool {
+        if self.pool.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.pool = Some((key, self.ctx.upstream.pool(key)));
+        }
+        &self.pool.as_ref().expect("set above").1
+    }
+
+    async fn send_pinned(&mut self, bytes: Bytes, seq: u64, count: u32, stream: bool) {
+        let key = self.session.pin_key();
+        // A connection kept from an earlier pin is reused only if it is in the right db/protocol.
+        if self.pinned.as_ref().is_some_and(|conn| conn.is_idle() && conn.key() != key) {
+            self.pinned = None;
+        }
+        if self.pinned.is_none() {
+            match PinnedConn::open(&self.ctx.upstream, key).await {
+                Ok(conn) => self.pinned = Some(conn),
+                Err(err) => {
+                    if stream {
+                        self.replies.ready.push_back(err.to_reply());
+                    } else {
+                        self.replies.accept(ReplyChunk { seq, count, bytes: err.to_replies(count as usize) });
+                    }
+                    self.session.pinned_lost();
+                    return;
+                }
+            }
+        }
+        let conn = self.pinned.as_mut().expect("opened above");
+        if let Err(e) = conn.send(&bytes, seq, count, stream).await {
+            self.pinned_failed(self.lost(e));
+        }
+    }
+
+    fn on_pinned(&mut self, read: io::Result<usize>) {
+        match read {
+            Ok(0) => return self.pinned_failed(self.lost("closed by upstream")),
+            Err(e) => return self.pinned_failed(self.lost(e)),
+            Ok(_) => {}
+        }
+        let stream = self.session.is_streaming();
+        let Some(conn) = self.pinned.as_mut() else { return };
+        let replies = &mut self.replies;
+        let taken = conn.take_replies(stream, |seq, bytes| match seq {
+            Some(seq) => replies.accept(ReplyChunk { seq, count: 1, bytes }),
+            None => replies.ready.push_back(bytes),
+        });
+        if let Err(e) = taken {
+            return self.pinned_failed(self.lost(e));
+        }
+        if conn.is_idle() && self.session.is_pinned() && self.session.try_unpin() {
+            // The connection stays open for the next pin, in the db/protocol it is now in.
+            conn.set_key(self.session.pool_key());
+        }
+    }
+
+    /// The pinned connection broke: its waiting requests get errors; the session goes on unpinned.
+    fn pinned_failed(&mut self, err: ProxyError) {
+        let Some(conn) = self.pinned.take() else { return };
+        for chunk in conn.fail(&err) {
+            self.replies.accept(chunk);
+        }
+        if self.session.is_streaming() {
+            self.replies.ready.push_back(err.to_reply());
+        }
+        if self.session.is_pinned() {
+            debug!(client = self.session.id(), error = %err, "pinned upstream connection lost");
+            self.session.pinned_lost();
+        }
+    }
+
+    fn lost(&self, reason: impl ToString) -> ProxyError {
+        ProxyError::UpstreamLost { addr: self.ctx.upstream.addr().to_owned(), reason: reason.to_string() }
+    }
+}
+
+async fn read_pinned(pinned: &mut Option<PinnedConn>) -> io::Result<usize> {
+    match pinned {
+        Some(conn) => conn.read().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,93 @@
+//! Errors the proxy itself reports to clients, and the one place they become RESP replies.
+//!
+//! Error replies *from Redis* are not here: they are data, forwarded byte for byte.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::framing::FrameError;
+use crate::reply;
+
+/// Which side caused an error decides what happens next (only upstream-caused errors will
+/// feed the circuit breaker).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProxyError {
+    // --- caused by the client (downstream) ---
+    /// The byte stream cannot be framed: reply, then close the connection.
+    #[error("Protocol error: {0}")]
+    Protocol(#[from] FrameError),
+    #[error("max number of clients reached")]
+    MaxClients,
+    #[error("wrong number of arguments for '{0}' command")]
+    WrongArity(&'static str),
+    #[error("value is not an integer or out of range")]
+    NotInteger,
+    #[error("DB index is out of range")]
+    DbOutOfRange,
+    #[error("unsupported protocol version")]
+    NoProto,
+    #[error("Protocol version is not an integer or out of range")]
+    BadProtoVersion,
+    #[error("Syntax error in HELLO option '{0}'")]
+    HelloSyntax(String),
+    #[error("Unrecognized option '{0}'")]
+    UnknownOption(String),
+    #[error("Client names cannot contain spaces, newlines or special characters.")]
+    BadClientName,
+    #[error("invalid username-password pair or user is disabled.")]
+    WrongPass,
+    #[error("AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")]
+    AuthNotConfigured,
+
+    // --- caused by the upstream ---
+    /// Nothing was sent: the upstream cannot be reached right now.
+    #[error("upstream {addr} unavailable: {reason}")]
+    UpstreamUnavailable { addr: String, reason: String },
+    /// The request was (or may have been) sent and the connection broke before its reply.
+    #[error("upstream {addr} connection lost ({reason}); the command may or may not have been executed")]
+    UpstreamLost { addr: String, reason: String },
+    /// The request was sent and no reply came in time.
+    #[error("upstream {addr} did not reply within {}ms; the command may or may not have been executed", .after.as_millis())]
+    UpstreamTimeout { addr: String, after: Duration },
+}
+
+impl ProxyError {
+    /// The RESP reply a client receives for this error.
+    pub fn to_reply(&self) -> Bytes {
+        reply::error(&self.reply_text())
+    }
+
+    /// The same reply once per failed command of a batch.
+    pub fn to_replies(&self, count: usize) -> Bytes {
+        reply::errors(&self.reply_text(), count)
+    }
+
+    fn reply_text(&self) -> String {
+        let code = match self {
+            ProxyError::NoProto => "NOPROTO",
+            ProxyError::WrongPass => "WRONGPASS",
+            _ => "ERR",
+        };
+        format!("{code} {self}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_look_like_redis_errors() {
+        assert_eq!(&ProxyError::WrongArity("select").to_reply()[..], b"-ERR wrong number of arguments for 'select' command\r\n");
+        assert_eq!(&ProxyError::NoProto.to_reply()[..], b"-NOPROTO unsupported protocol version\r\n");
+        let frame = ProxyError::Protocol(FrameError::InvalidBulkLength);
+        assert_eq!(&frame.to_reply()[..], b"-ERR Protocol error: invalid bulk length\r\n");
+    }
+
+    #[test]
+    fn upstream_errors_name_the_upstream() {
+        let err = ProxyError::UpstreamUnavailable { addr: "10.0.0.1:6379".into(), reason: "Connection refused".into() };
+        assert_eq!(&err.to_replies(2)[..], b"-ERR upstream 10.0.0.1:6379 unavailable: Connection refused\r\n".repeat(2));
+    }
+}

@@ -1,0 +1,30 @@
+//! nearcache: a Redis-protocol caching proxy.
+//!
+//! Clients connect to the proxy as they would to Redis. A request travels:
+//!
+//! ```text
+//! client socket
+//!   -> server      accept under listen.max_clients; one task per client      (server.rs)
+//!   -> connection  framing, backpressure, replies in request order            (connection.rs)
+//!        framing   find complete commands; size/argument limits; inline       (framing.rs)
+//!   -> command     what a command is: ordinary, local, or stateful            (command.rs)
+//!   -> proxy       the session and the decision for each command              (proxy.rs)
+//!   -> upstream    shared pipelined pools per (db, protocol)                  (upstream.rs, upstream/shared.rs)
+//!      pinned      a session's own connection for MULTI, blocking, pub/sub    (pinned.rs)
+//!   <- reply       reply boundaries, replies the proxy builds                 (reply.rs)
+//! ```
+//!
+//! Errors the proxy reports are [`error::ProxyError`]; `ProxyError::to_reply` is the one place
+//! they become RESP. Configuration is [`config::Config`], read from `proxy.toml`.
+
+pub mod command;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod framing;
+pub mod pinned;
+pub mod proxy;
+pub mod reply;
+pub mod server;
+pub mod upstream;
+pub mod writev;

@@ -1,0 +1,99 @@
+//! The `nearcache` binary: parse the CLI, load the configuration, start logging, bind, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use nearcache::config::Config;
+use tokio::net::TcpListener;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+/// A Redis-protocol caching proxy.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The configuration file (every key is optional; see the shipped proxy.toml).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit: 0 when valid.
+    #[arg(long)]
+    check: bool,
+    /// Listen on this address (overrides [listen] address).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Forward to this Redis (overrides [upstream] address).
+    #[arg(long, value_name = "HOST:PORT")]
+    upstream: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(&cli) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("nearcache: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        let origin = cli.config.as_deref().map_or("defaults".into(), |p| p.display().to_string());
+        println!("{origin}: ok");
+        return ExitCode::SUCCESS;
+    }
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let listener = match TcpListener::bind(&config.listen.address).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                error!(address = %config.listen.address, error = %e, "cannot listen");
+                return ExitCode::FAILURE;
+            }
+        };
+        info!(listen = %config.listen.address, upstream = %config.upstream.address, "nearcache started");
+        nearcache::server::run(listener, config, shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn load(cli: &Cli) -> Result<Config, String> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(listen) = &cli.listen {
+        config.listen.address = listen.clone();
+    }
+    if let Some(upstream) = &cli.upstream {
+        config.upstream.address = upstream.clone();
+    }
+    config.validate().map_err(|(key, message)| format!("{key}: {message}"))?;
+    Ok(config)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    info!("signal received");
+}

@@ -1,0 +1,114 @@
+//! A session's own upstream connection, for commands that leave state on the connection
+//! (see "Pinning" in `proxy.rs`). The session's task drives it directly: no extra task, no
+//! channel.
+//!
+//! Two reply modes:
+//! - **counted** (MULTI/WATCH, blocking commands, sticky flags): one reply per request, matched
+//!   in FIFO order to sequence numbers like the shared connections do;
+//! - **stream** (pub/sub, MONITOR, CLIENT REPLY OFF, tracking): bytes are passed to the client as
+//!   they come, whole replies at a time. The session enters it only when every earlier reply
+//!   has arrived, so there is nothing left to count.
+
+use std::collections::VecDeque;
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tracing::debug;
+
+use crate::error::ProxyError;
+use crate::reply::{self, ReplyScanner, ScanError};
+use crate::upstream::{PoolKey, ReplyChunk, Upstream};
+
+const READ_CHUNK: usize = 16 * 1024;
+
+pub struct PinnedConn {
+    /// Protocol and db the connection is in (kept in step by the session).
+    key: PoolKey,
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    buf: BytesMut,
+    scanner: ReplyScanner,
+    /// Counted requests still waiting for replies: (next seq, replies left).
+    fifo: VecDeque<(u64, u32)>,
+}
+
+impl PinnedConn {
+    pub async fn open(upstream: &Upstream, key: PoolKey) -> Result<PinnedConn, ProxyError> {
+        let (rd, wr) = upstream.connect(key).await?.into_split();
+        debug!(db = key.db, resp3 = key.resp3, "pinned upstream connection opened");
+        Ok(PinnedConn {
+            key,
+            rd,
+            wr,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            scanner: ReplyScanner::default(),
+            fifo: VecDeque::new(),
+        })
+    }
+
+    pub fn key(&self) -> PoolKey {
+        self.key
+    }
+
+    pub fn set_key(&mut self, key: PoolKey) {
+        self.key = key;
+    }
+
+    /// No counted reply is outstanding.
+    pub fn is_idle(&self) -> bool {
+        self.fifo.is_empty()
+    }
+
+    /// Sends requests; `count` replies are expected for them unless the connection streams.
+    pub async fn send(&mut self, bytes: &[u8], seq: u64, count: u32, stream: bool) -> io::Result<()> {
+        if !stream {
+            self.fifo.push_back((seq, count));
+        }
+        self.wr.write_all(bytes).await
+    }
+
+    /// Reads more bytes; `Ok(0)` means closed. Cancel-safe (for `select!`).
+    pub async fn read(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        self.rd.read_buf(&mut self.buf).await
+    }
+
+    /// Hands over what was read: every complete reply matched to its request (counted mode), or
+    /// every complete reply as it is (stream mode, `None` for the sequence number).
+    pub fn take_replies(&mut self, stream: bool, mut out: impl FnMut(Option<u64>, Bytes)) -> Result<(), ScanError> {
+        let mut scanned = 0;
+        while let Some(len) = self.scanner.scan(&self.buf[scanned..])? {
+            if stream {
+                scanned += len;
+                continue;
+            }
+            let bytes = self.buf.split_to(len).freeze();
+            if reply::is_push(&bytes) {
+                debug!("dropping a push on a pinned connection in counted mode");
+                continue;
+            }
+            let Some((seq, left)) = self.fifo.front_mut() else {
+                return Err(ScanError::unexpected());
+            };
+            out(Some(*seq), bytes);
+            *seq += 1;
+            *left -= 1;
+            if *left == 0 {
+                self.fifo.pop_front();
+            }
+        }
+        if scanned > 0 {
+            out(None, self.buf.split_to(scanned).freeze());
+        }
+        Ok(())
+    }
+
+    /// The connection is gone: one error reply per counted request still waiting.
+    pub fn fail(self, err: &ProxyError) -> Vec<ReplyChunk> {
+        self.fifo.into_iter().map(|(seq, count)| ReplyChunk { seq, count, bytes: err.to_replies(count as usize) }).collect()
+    }
+}

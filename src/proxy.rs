@@ -1,0 +1,300 @@
+//! The request path, without sockets: for each command of a client's session, decide what
+//! happens to it and answer the commands the proxy owns.
+//!
+//! ```text
+//! command --classify--> local (HELLO, AUTH, SELECT, QUIT, RESET, CLIENT SETNAME/GETNAME/ID/INFO/SETINFO)
+//!                   \-> shared pool of (db, protocol)            ordinary commands
+//!                   \-> the session's pinned connection           MULTI/WATCH, blocking, pub/sub, ...
+//! ```
+//!
+//! `connection.rs` executes the [`Route`]s (sockets, ordering, backpressure); this file owns the
+//! session state they depend on: db, protocol, client name, and whether and why the session is
+//! pinned to its own upstream connection.
+//!
+//! # Pinning
+//! A session is pinned from the first command that leaves state on its connection until that
+//! state ends: EXEC/DISCARD/UNWATCH end MULTI/WATCH, a blocking command ends with its reply.
+//! Stream commands (SUBSCRIBE, MONITOR, CLIENT REPLY OFF, CLIENT TRACKING ON, ...) and sticky
+//! flags (CLIENT NO-EVICT) pin for the rest of the session. While pinned, every command goes
+//! to the pinned connection, so Redis itself answers it in that state (e.g. QUEUED in MULTI).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use crate::command::{Class, classify};
+use crate::error::ProxyError;
+use crate::framing::{CommandView, parse_int};
+use crate::reply::{self, ReplyWriter};
+use crate::upstream::{PoolKey, ServerInfo};
+
+/// What to do with one command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Answered by the proxy; nothing goes upstream.
+    Reply(Bytes),
+    /// Forwarded on the shared pool for this key.
+    Shared(PoolKey),
+    /// Forwarded on the session's pinned connection; `stream` once replies are no longer one
+    /// per request.
+    Pinned { stream: bool },
+    /// Answer, then close the connection (QUIT).
+    Close(Bytes),
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Pin {
+    active: bool,
+    /// The session's db and protocol when the pin began: a pinned connection opens in them.
+    key: PoolKey,
+    stream: bool,
+    in_multi: bool,
+    watching: bool,
+    sticky: bool,
+}
+
+/// One client's session.
+#[derive(Debug)]
+pub struct Session {
+    id: u64,
+    peer: SocketAddr,
+    local: SocketAddr,
+    db: u32,
+    resp3: bool,
+    name: Option<Bytes>,
+    lib_name: Option<Bytes>,
+    lib_ver: Option<Bytes>,
+    pin: Pin,
+}
+
+impl Session {
+    pub fn new(id: u64, peer: SocketAddr, local: SocketAddr) -> Session {
+        Session { id, peer, local, db: 0, resp3: false, name: None, lib_name: None, lib_ver: None, pin: Pin::default() }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The shared pool (and protocol/db for a new pinned connection) of the session now.
+    pub fn pool_key(&self) -> PoolKey {
+        PoolKey { db: self.db, resp3: self.resp3 }
+    }
+
+    pub fn is_pinned(&self) -> bool {
+        self.pin.active
+    }
+
+    /// Pinned to a connection whose replies are a stream (pub/sub, MONITOR, ...).
+    pub fn is_streaming(&self) -> bool {
+        self.pin.active && self.pin.stream
+    }
+
+    pub fn pin_key(&self) -> PoolKey {
+        self.pin.key
+    }
+
+    /// True when the pinned state has ended; the caller calls this once every reply from the
+    /// pinned connection has arrived, and then sends later commands to the shared pool.
+    pub fn try_unpin(&mut self) -> bool {
+        let p = self.pin;
+        if p.active && !p.stream && !p.in_multi && !p.watching && !p.sticky {
+            self.pin.active = false;
+        }
+        !self.pin.active
+    }
+
+    /// The pinned connection was lost, and with it whatever state it held in Redis.
+    pub fn pinned_lost(&mut self) {
+        self.pin = Pin::default();
+    }
+
+    pub fn route(&mut self, cmd: &CommandView<'_>, server: &ServerInfo) -> Route {
+        let class = classify(cmd);
+        if self.pin.active {
+            return self.route_pinned(class, cmd);
+        }
+        match class {
+            Class::Ordinary | Class::Exec | Class::Discard | Class::Unwatch => Route::Shared(self.pool_key()),
+            Class::Multi | Class::Watch | Class::Blocking | Class::Stream | Class::Sticky => {
+                self.pin = Pin { active: true, key: self.pool_key(), ..Pin::default() };
+                self.route_pinned(class, cmd)
+            }
+            Class::Quit => Route::Close(Bytes::from_static(reply::OK)),
+            local => Route::Reply(self.answer(local, cmd, server).unwrap_or_else(|e| e.to_reply())),
+        }
+    }
+
+    fn route_pinned(&mut self, class: Class, cmd: &CommandView<'_>) -> Route {
+        let pin = &mut self.pin;
+        match class {
+            Class::Quit => return Route::Close(Bytes::from_static(reply::OK)),
+            Class::Multi => pin.in_multi = true,
+            Class::Exec | Class::Discard => (pin.in_multi, pin.watching) = (false, false),
+            Class::Watch if !pin.in_multi => pin.watching = true,
+            Class::Unwatch if !pin.in_multi => pin.watching = false,
+            Class::Stream if !pin.in_multi => pin.stream = true,
+            Class::Sticky => pin.sticky = true,
+            Class::Reset => {
+                // Redis resets the pinned connection itself; the pin ends but a stream
+                // connection stays pinned (its replies are not counted any more).
+                *pin = Pin { active: true, stream: pin.stream, key: pin.key, ..Pin::default() };
+                (self.db, self.resp3, self.name) = (0, false, None);
+            }
+            // Redis applies these on the pinned connection; follow them for when the pin ends.
+            Class::Select if !pin.in_multi => {
+                if let Some(db) = cmd.arg(1).and_then(parse_int).and_then(|n| u32::try_from(n).ok()) {
+                    self.db = db;
+                }
+            }
+            Class::Hello if !pin.in_multi => match cmd.arg(1).and_then(parse_int) {
+                Some(2) => self.resp3 = false,
+                Some(3) => self.resp3 = true,
+                _ => {}
+            },
+            _ => {}
+        }
+        Route::Pinned { stream: self.pin.stream }
+    }
+
+    /// Commands the proxy answers for the session.
+    fn answer(&mut self, class: Class, cmd: &CommandView<'_>, server: &ServerInfo) -> Result<Bytes, ProxyError> {
+        let argc = cmd.argc();
+        let arity = |ok: bool, name: &'static str| if ok { Ok(()) } else { Err(ProxyError::WrongArity(name)) };
+        match class {
+            Class::Hello => self.hello(cmd, server),
+            Class::Auth => match argc {
+                2 => Err(ProxyError::AuthNotConfigured),
+                3 => check_default_user(cmd.arg(1)).map(|_| ok()),
+                _ => Err(ProxyError::WrongArity("auth")),
+            },
+            Class::Select => {
+                arity(argc == 2, "select")?;
+                let db = cmd.arg(1).and_then(parse_int).ok_or(ProxyError::NotInteger)?;
+                self.db = u32::try_from(db).ok().filter(|&db| db < server.databases()).ok_or(ProxyError::DbOutOfRange)?;
+                Ok(ok())
+            }
+            Class::Reset => {
+                (self.db, self.resp3, self.name) = (0, false, None);
+                Ok(Bytes::from_static(b"+RESET\r\n"))
+            }
+            Class::ClientSetName => {
+                arity(argc == 3, "client|setname")?;
+                self.name = valid_name(cmd.arg(2).unwrap_or_default())?;
+                Ok(ok())
+            }
+            Class::ClientGetName => {
+                arity(argc == 2, "client|getname")?;
+                let mut w = ReplyWriter::new(self.resp3);
+                match &self.name {
+                    Some(name) => w.bulk(name),
+                    None => w.null(),
+                };
+                Ok(w.finish())
+            }
+            Class::ClientId => {
+                arity(argc == 2, "client|id")?;
+                let mut w = ReplyWriter::new(self.resp3);
+                w.int(self.id as i64);
+                Ok(w.finish())
+            }
+            Class::ClientInfo => {
+                arity(argc == 2, "client|info")?;
+                let mut w = ReplyWriter::new(self.resp3);
+                w.verbatim(self.client_info().as_bytes());
+                Ok(w.finish())
+            }
+            Class::ClientSetInfo => {
+                arity(argc == 4, "client|setinfo")?;
+                let attr = cmd.arg(2).unwrap_or_default();
+                let value = Bytes::copy_from_slice(cmd.arg(3).unwrap_or_default());
+                if attr.eq_ignore_ascii_case(b"LIB-NAME") {
+                    self.lib_name = valid_name(&value)?;
+                } else if attr.eq_ignore_ascii_case(b"LIB-VER") {
+                    self.lib_ver = valid_name(&value)?;
+                } else {
+                    return Err(ProxyError::UnknownOption(String::from_utf8_lossy(attr).into_owned()));
+                }
+                Ok(ok())
+            }
+            _ => unreachable!("{class:?} is not answered by the proxy"),
+        }
+    }
+
+    /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`
+    fn hello(&mut self, cmd: &CommandView<'_>, server: &ServerInfo) -> Result<Bytes, ProxyError> {
+        let mut args = cmd.args().skip(1);
+        let mut resp3 = self.resp3;
+        let mut name = None;
+        if let Some(version) = args.next() {
+            resp3 = match parse_int(version).ok_or(ProxyError::BadProtoVersion)? {
+                2 => false,
+                3 => true,
+                _ => return Err(ProxyError::NoProto),
+            };
+        }
+        while let Some(option) = args.next() {
+            let syntax = || ProxyError::HelloSyntax(String::from_utf8_lossy(option).into_owned());
+            if option.eq_ignore_ascii_case(b"AUTH") {
+                let user = args.next().ok_or_else(syntax)?;
+                args.next().ok_or_else(syntax)?;
+                check_default_user(Some(user))?;
+            } else if option.eq_ignore_ascii_case(b"SETNAME") {
+                name = Some(valid_name(args.next().ok_or_else(syntax)?)?);
+            } else {
+                return Err(syntax());
+            }
+        }
+        self.resp3 = resp3;
+        if let Some(name) = name {
+            self.name = name;
+        }
+        let mut w = ReplyWriter::new(resp3);
+        w.map(7);
+        w.bulk(b"server").bulk(b"redis");
+        w.bulk(b"version").bulk(server.version().as_bytes());
+        w.bulk(b"proto").int(if resp3 { 3 } else { 2 });
+        w.bulk(b"id").int(self.id as i64);
+        w.bulk(b"mode").bulk(b"standalone");
+        w.bulk(b"role").bulk(b"master");
+        w.bulk(b"modules").array(0);
+        Ok(w.finish())
+    }
+
+    fn client_info(&self) -> String {
+        let text = |v: &Option<Bytes>| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+        format!(
+            "id={} addr={} laddr={} fd=-1 name={} db={} multi={} resp={} lib-name={} lib-ver={}\n",
+            self.id,
+            self.peer,
+            self.local,
+            text(&self.name),
+            self.db,
+            if self.pin.in_multi { 0 } else { -1 },
+            if self.resp3 { 3 } else { 2 },
+            text(&self.lib_name),
+            text(&self.lib_ver),
+        )
+    }
+}
+
+fn ok() -> Bytes {
+    Bytes::from_static(reply::OK)
+}
+
+/// Without proxy-side users, the default user has no password (as in a stock Redis): any
+/// password is accepted for it, and any other user name is refused.
+fn check_default_user(user: Option<&[u8]>) -> Result<(), ProxyError> {
+    if user == Some(b"default") { Ok(()) } else { Err(ProxyError::WrongPass) }
+}
+
+/// Client names and library fields: printable ASCII without spaces; empty clears.
+fn valid_name(name: &[u8]) -> Result<Option<Bytes>, ProxyError> {
+    if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+        return Err(ProxyError::BadClientName);
+    }
+    Ok((!name.is_empty()).then(|| Bytes::copy_from_slice(name)))
+}
+
+#[cfg(test)]
+mod tests;

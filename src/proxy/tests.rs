@@ -1,0 +1,107 @@
+use super::*;
+use crate::framing::encode_command;
+
+fn session() -> Session {
+    let addr = "127.0.0.1:1".parse().unwrap();
+    Session::new(7, addr, addr)
+}
+
+fn route(session: &mut Session, args: &[&str]) -> Route {
+    let bytes = encode_command(args);
+    session.route(&CommandView::new(&bytes, args.len()), &ServerInfo::new("7.0.0", 16))
+}
+
+fn reply(session: &mut Session, args: &[&str]) -> String {
+    match route(session, args) {
+        Route::Reply(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+        other => panic!("{args:?} was not answered locally: {other:?}"),
+    }
+}
+
+const SHARED_DB0: Route = Route::Shared(PoolKey { db: 0, resp3: false });
+
+#[test]
+fn ordinary_commands_use_the_shared_pool_of_the_session() {
+    let mut s = session();
+    assert_eq!(route(&mut s, &["GET", "k"]), SHARED_DB0);
+    assert_eq!(reply(&mut s, &["SELECT", "3"]), "+OK\r\n");
+    assert_eq!(route(&mut s, &["GET", "k"]), Route::Shared(PoolKey { db: 3, resp3: false }));
+    // EXEC without MULTI is Redis's to refuse.
+    assert_eq!(route(&mut s, &["EXEC"]), Route::Shared(PoolKey { db: 3, resp3: false }));
+}
+
+#[test]
+fn select_is_checked_like_redis() {
+    let mut s = session();
+    assert_eq!(reply(&mut s, &["SELECT", "16"]), "-ERR DB index is out of range\r\n");
+    assert_eq!(reply(&mut s, &["SELECT", "-1"]), "-ERR DB index is out of range\r\n");
+    assert_eq!(reply(&mut s, &["SELECT", "x"]), "-ERR value is not an integer or out of range\r\n");
+    assert_eq!(reply(&mut s, &["SELECT"]), "-ERR wrong number of arguments for 'select' command\r\n");
+    assert_eq!(s.pool_key().db, 0);
+}
+
+#[test]
+fn hello_switches_protocol_and_answers_in_it() {
+    let mut s = session();
+    let hello3 = reply(&mut s, &["HELLO", "3", "SETNAME", "app"]);
+    assert!(hello3.starts_with("%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n"), "{hello3}");
+    assert!(hello3.contains("$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:7\r\n"), "{hello3}");
+    assert_eq!(route(&mut s, &["GET", "k"]), Route::Shared(PoolKey { db: 0, resp3: true }));
+    assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), "$3\r\napp\r\n");
+    assert!(reply(&mut s, &["HELLO", "2"]).starts_with("*14\r\n"));
+    assert_eq!(reply(&mut s, &["HELLO", "4"]), "-NOPROTO unsupported protocol version\r\n");
+    assert_eq!(reply(&mut s, &["HELLO", "3", "AUTH", "bob", "pw"]), "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    assert_eq!(reply(&mut s, &["HELLO", "3", "FOO"]), "-ERR Syntax error in HELLO option 'FOO'\r\n");
+    // A failed HELLO changes nothing.
+    assert_eq!(s.pool_key().resp3, false);
+}
+
+#[test]
+fn client_session_commands() {
+    let mut s = session();
+    assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), "$-1\r\n");
+    assert_eq!(reply(&mut s, &["CLIENT", "SETNAME", "a b"]), "-ERR Client names cannot contain spaces, newlines or special characters.\r\n");
+    assert_eq!(reply(&mut s, &["client", "setname", "worker-1"]), "+OK\r\n");
+    assert_eq!(reply(&mut s, &["CLIENT", "ID"]), ":7\r\n");
+    assert_eq!(reply(&mut s, &["CLIENT", "SETINFO", "LIB-NAME", "redis-rs"]), "+OK\r\n");
+    let info = reply(&mut s, &["CLIENT", "INFO"]);
+    assert!(info.contains("id=7 ") && info.contains("name=worker-1 ") && info.contains("lib-name=redis-rs "), "{info}");
+    assert_eq!(reply(&mut s, &["RESET"]), "+RESET\r\n");
+    assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), "$-1\r\n");
+    assert!(matches!(route(&mut s, &["QUIT"]), Route::Close(_)));
+}
+
+#[test]
+fn transactions_pin_until_exec() {
+    let mut s = session();
+    assert_eq!(route(&mut s, &["WATCH", "k"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["MULTI"]), Route::Pinned { stream: false });
+    // Inside MULTI, even proxy-answered commands go to Redis (which queues them).
+    assert_eq!(route(&mut s, &["SELECT", "1"]), Route::Pinned { stream: false });
+    assert!(!s.try_unpin());
+    assert_eq!(route(&mut s, &["EXEC"]), Route::Pinned { stream: false });
+    assert!(s.try_unpin());
+    assert_eq!(s.pool_key().db, 0);
+    assert_eq!(route(&mut s, &["GET", "k"]), SHARED_DB0);
+}
+
+#[test]
+fn blocking_commands_pin_until_answered() {
+    let mut s = session();
+    assert_eq!(route(&mut s, &["BLPOP", "q", "0"]), Route::Pinned { stream: false });
+    assert!(s.try_unpin());
+}
+
+#[test]
+fn streams_and_sticky_flags_pin_for_good() {
+    let mut s = session();
+    assert_eq!(route(&mut s, &["SUBSCRIBE", "c"]), Route::Pinned { stream: true });
+    assert_eq!(route(&mut s, &["RESET"]), Route::Pinned { stream: true });
+    assert!(!s.try_unpin());
+    assert!(matches!(route(&mut s, &["QUIT"]), Route::Close(_)));
+    let mut s = session();
+    assert_eq!(route(&mut s, &["CLIENT", "NO-EVICT", "on"]), Route::Pinned { stream: false });
+    assert!(!s.try_unpin());
+    s.pinned_lost();
+    assert_eq!(route(&mut s, &["GET", "k"]), SHARED_DB0);
+}

@@ -1,0 +1,261 @@
+//! Upstream replies: finding frame boundaries, and building the few replies the proxy writes
+//! itself.
+//!
+//! Replies from Redis are forwarded as the bytes Redis wrote; the proxy only needs to know
+//! where each reply ends to route it to the right client. [`ReplyScanner`] does that for RESP2
+//! and RESP3 without building frames and without recursion (a stack of remaining child
+//! counts), and it resumes where it stopped when a large reply arrives in several reads, so
+//! an N-byte reply costs O(N) however it is split.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::framing::parse_int;
+
+/// The reply stream from upstream is not valid RESP: the connection must be dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid reply from upstream: {0}")]
+pub struct ScanError(&'static str);
+
+impl ScanError {
+    /// A reply arrived on a connection with no request waiting for it.
+    pub fn unexpected() -> ScanError {
+        ScanError("a reply arrived with no request waiting for it")
+    }
+}
+
+/// Resumable boundary scanner for one reply at the front of a buffer.
+#[derive(Debug, Default)]
+pub struct ReplyScanner {
+    /// Offset (from the frame start) where scanning resumes.
+    pos: usize,
+    /// Children still expected by each open aggregate, innermost last.
+    open: Vec<u64>,
+}
+
+impl ReplyScanner {
+    /// Scans the reply starting at `buf[0]`. Returns its length once complete; `None` when more
+    /// bytes are needed (call again with the same start and more bytes appended).
+    pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, ScanError> {
+        loop {
+            let Some(&tag) = buf.get(self.pos) else { return Ok(None) };
+            let Some(line_end) = buf[self.pos + 1..].windows(2).position(|w| w == b"\r\n") else {
+                return Ok(None);
+            };
+            let line = &buf[self.pos + 1..self.pos + 1 + line_end];
+            let after_line = self.pos + 1 + line_end + 2;
+            let element_end = match tag {
+                b'+' | b'-' | b':' | b',' | b'#' | b'_' | b'(' => after_line,
+                b'$' | b'=' | b'!' => {
+                    let len = parse_int(line).ok_or(ScanError("bad bulk length"))?;
+                    if len < 0 {
+                        after_line
+                    } else {
+                        let end = after_line + len as usize + 2;
+                        if buf.len() < end {
+                            return Ok(None);
+                        }
+                        end
+                    }
+                }
+                b'*' | b'~' | b'>' | b'%' | b'|' => {
+                    let n = parse_int(line).ok_or(ScanError("bad aggregate length"))?;
+                    let children = match tag {
+                        _ if n <= 0 => 0,
+                        b'%' => 2 * n as u64,
+                        // An attribute is its key/value pairs followed by the value it annotates.
+                        b'|' => 2 * n as u64 + 1,
+                        _ => n as u64,
+                    };
+                    if children > 0 {
+                        self.open.push(children);
+                        self.pos = after_line;
+                        continue;
+                    }
+                    after_line
+                }
+                _ => return Err(ScanError("unknown type byte")),
+            };
+            self.pos = element_end;
+            if self.close_element() {
+                let len = self.pos;
+                self.pos = 0;
+                return Ok(Some(len));
+            }
+        }
+    }
+
+    /// Counts one finished element against the open aggregates; true when the reply is complete.
+    fn close_element(&mut self) -> bool {
+        while let Some(left) = self.open.last_mut() {
+            *left -= 1;
+            if *left > 0 {
+                return false;
+            }
+            self.open.pop();
+        }
+        true
+    }
+}
+
+/// True when a complete reply is an out-of-band RESP3 push (`>`), not the answer to a request.
+pub fn is_push(reply: &[u8]) -> bool {
+    reply.first() == Some(&b'>')
+}
+
+pub const OK: &[u8] = b"+OK\r\n";
+
+/// `-<message>\r\n`. CR and LF inside the message would break framing and are replaced.
+pub fn error(message: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(message.len() + 3);
+    out.put_u8(b'-');
+    out.extend(message.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+/// The same error reply repeated `count` times (one per failed command of a batch).
+pub fn errors(message: &str, count: usize) -> Bytes {
+    let one = error(message);
+    if count == 1 {
+        return one;
+    }
+    let mut out = BytesMut::with_capacity(one.len() * count);
+    for _ in 0..count {
+        out.extend_from_slice(&one);
+    }
+    out.freeze()
+}
+
+/// Writer for replies the proxy builds itself, in the client's protocol version.
+pub struct ReplyWriter {
+    out: BytesMut,
+    resp3: bool,
+}
+
+impl ReplyWriter {
+    pub fn new(resp3: bool) -> Self {
+        ReplyWriter { out: BytesMut::with_capacity(128), resp3 }
+    }
+
+    pub fn finish(self) -> Bytes {
+        self.out.freeze()
+    }
+
+    fn header(&mut self, tag: u8, n: usize) -> &mut Self {
+        self.out.put_u8(tag);
+        self.out.extend_from_slice(n.to_string().as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// A map of `pairs` entries: `%n` in RESP3, a flat `*2n` array in RESP2.
+    pub fn map(&mut self, pairs: usize) -> &mut Self {
+        if self.resp3 { self.header(b'%', pairs) } else { self.header(b'*', pairs * 2) }
+    }
+
+    pub fn array(&mut self, n: usize) -> &mut Self {
+        self.header(b'*', n)
+    }
+
+    pub fn bulk(&mut self, data: &[u8]) -> &mut Self {
+        self.header(b'$', data.len());
+        self.out.extend_from_slice(data);
+        self.out.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// Text for humans: a verbatim string (`=`, format `txt`) in RESP3, a bulk string in RESP2.
+    pub fn verbatim(&mut self, text: &[u8]) -> &mut Self {
+        if !self.resp3 {
+            return self.bulk(text);
+        }
+        self.header(b'=', text.len() + 4);
+        self.out.extend_from_slice(b"txt:");
+        self.out.extend_from_slice(text);
+        self.out.extend_from_slice(b"\r\n");
+        self
+    }
+
+    pub fn int(&mut self, value: i64) -> &mut Self {
+        self.out.put_u8(b':');
+        self.out.extend_from_slice(value.to_string().as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// The null reply: `_` in RESP3, `$-1` in RESP2.
+    pub fn null(&mut self) -> &mut Self {
+        self.out.extend_from_slice(if self.resp3 { b"_\r\n" } else { b"$-1\r\n" });
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_all(input: &[u8]) -> Vec<usize> {
+        let mut scanner = ReplyScanner::default();
+        let mut lens = Vec::new();
+        let mut start = 0;
+        while let Some(len) = scanner.scan(&input[start..]).unwrap() {
+            lens.push(len);
+            start += len;
+        }
+        lens
+    }
+
+    #[test]
+    fn finds_each_resp2_reply() {
+        let input = b"+OK\r\n-ERR x\r\n:42\r\n$3\r\nfoo\r\n$-1\r\n*-1\r\n*0\r\n*2\r\n$1\r\na\r\n*1\r\n:1\r\n";
+        assert_eq!(scan_all(input), vec![5, 8, 5, 9, 5, 5, 4, 19]);
+    }
+
+    #[test]
+    fn finds_each_resp3_reply() {
+        let map = b"%2\r\n+a\r\n:1\r\n+b\r\n~1\r\n,1.5\r\n";
+        let attr = b"|1\r\n+ttl\r\n:3\r\n$1\r\nx\r\n";
+        let push = b">2\r\n$10\r\ninvalidate\r\n_\r\n";
+        let mut input = Vec::new();
+        for part in [&map[..], attr, push, b"#t\r\n", b"(123\r\n", b"=8\r\ntxt:abcd\r\n", b"!3\r\nerr\r\n"] {
+            input.extend_from_slice(part);
+        }
+        let lens = scan_all(&input);
+        assert_eq!(lens, vec![map.len(), attr.len(), push.len(), 4, 6, 14, 9]);
+        assert!(is_push(&input[map.len() + attr.len()..]));
+    }
+
+    #[test]
+    fn resumes_across_partial_reads_byte_by_byte() {
+        let input = b"*3\r\n$5\r\nhello\r\n*2\r\n:1\r\n:2\r\n%1\r\n+k\r\n$2\r\nvv\r\n+next\r\n";
+        let first = input.len() - 7;
+        let mut scanner = ReplyScanner::default();
+        for end in 0..first {
+            assert_eq!(scanner.scan(&input[..end]).unwrap(), None, "at {end}");
+        }
+        assert_eq!(scanner.scan(&input[..first]).unwrap(), Some(first));
+        assert_eq!(scanner.scan(&input[first..]).unwrap(), Some(7));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(ReplyScanner::default().scan(b"?x\r\n").is_err());
+        assert!(ReplyScanner::default().scan(b"$abc\r\n").is_err());
+    }
+
+    #[test]
+    fn error_replies_cannot_break_framing() {
+        assert_eq!(&error("bad\r\nthing")[..], b"-bad  thing\r\n");
+        assert_eq!(&errors("E", 3)[..], b"-E\r\n-E\r\n-E\r\n");
+    }
+
+    #[test]
+    fn maps_follow_the_protocol() {
+        let mut w = ReplyWriter::new(false);
+        w.map(1).bulk(b"k").int(1);
+        assert_eq!(&w.finish()[..], b"*2\r\n$1\r\nk\r\n:1\r\n");
+        let mut w = ReplyWriter::new(true);
+        w.map(1).bulk(b"k").null();
+        assert_eq!(&w.finish()[..], b"%1\r\n$1\r\nk\r\n_\r\n");
+    }
+}

@@ -1,0 +1,90 @@
+//! Accepting clients under `listen.max_clients`, one task each, and shutting down gracefully.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::connection;
+use crate::error::ProxyError;
+use crate::framing::Limits;
+use crate::upstream::{PoolKey, Upstream};
+
+/// What every client task shares.
+pub struct Context {
+    pub upstream: Arc<Upstream>,
+    pub limits: Limits,
+    pub max_pending: usize,
+}
+
+/// How long a refused client gets to receive its error.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Serves clients from `listener` until `shutdown` completes, then stops accepting, lets
+/// connected clients receive the replies to what they already sent (up to
+/// `listen.drain_timeout`), and closes the rest.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
+    let upstream = Upstream::new(&config.upstream);
+    // Dial the default pool now, so an unreachable upstream is reported at start.
+    upstream.pool(PoolKey::default());
+    let ctx = Arc::new(Context {
+        upstream: Arc::clone(&upstream),
+        limits: Limits {
+            max_request_size: config.listen.max_request_size.0 as usize,
+            max_args: config.listen.max_args,
+        },
+        max_pending: config.listen.max_pending_replies,
+    });
+    let permits = Arc::new(Semaphore::new(config.listen.max_clients));
+    let (stop, stopped) = watch::channel(false);
+    let mut clients = JoinSet::new();
+    let mut next_id = 0u64;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = clients.join_next(), if !clients.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => match Arc::clone(&permits).try_acquire_owned() {
+                    Ok(permit) => {
+                        next_id += 1;
+                        let (ctx, stopped) = (Arc::clone(&ctx), stopped.clone());
+                        clients.spawn(async move {
+                            connection::serve(stream, next_id, ctx, stopped).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        clients.spawn(refuse(stream, ProxyError::MaxClients));
+                    }
+                },
+                Err(e) => {
+                    // Out of file descriptors, usually: wait a little instead of spinning.
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    let drain = config.listen.drain_timeout.0;
+    info!(clients = clients.len(), drain_ms = drain.as_millis() as u64, "shutting down: draining clients");
+    if timeout(drain, async { while clients.join_next().await.is_some() {} }).await.is_err() {
+        warn!(clients = clients.len(), "drain timeout: closing the remaining clients");
+        clients.shutdown().await;
+    }
+    upstream.close();
+    info!("shut down");
+}
+
+async fn refuse(mut stream: TcpStream, err: ProxyError) {
+    let _ = timeout(REFUSAL_TIMEOUT, stream.write_all(&err.to_reply())).await;
+}

@@ -1,0 +1,268 @@
+//! Connections to the upstream Redis.
+//!
+//! - **Shared pools**, one per (db, protocol) in use, each of `upstream.connections`
+//!   connections. Clients hand a connection a [`Batch`] (request bytes exactly as the client
+//!   sent them, a sequence number, a count and where replies go); the connection pipelines
+//!   batches from all its clients and sends each reply back as a slice of its read buffer.
+//!   See [`shared`].
+//! - **Pinned connections**: [`Upstream::connect`] gives a session a connection of its own for
+//!   stateful commands; the session drives it (see `connection.rs`).
+//!
+//! Every connection starts with the same handshake: `HELLO <proto>`, `CONFIG GET databases`
+//! and, outside db 0, `SELECT <db>`.
+
+mod shared;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::{OwnedFrame as Resp2Frame, Resp2Frame as _};
+use redis_protocol::resp3::types::{OwnedFrame as Resp3Frame, Resp3Frame as _};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+use crate::config;
+use crate::error::ProxyError;
+use crate::framing::encode_command;
+use crate::reply::ReplyScanner;
+
+/// Which shared pool a client's commands go to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub db: u32,
+    pub resp3: bool,
+}
+
+/// Replies for `count` consecutive requests of one client, starting at sequence number `seq`.
+#[derive(Debug)]
+pub struct ReplyChunk {
+    pub seq: u64,
+    pub count: u32,
+    pub bytes: Bytes,
+}
+
+/// Where a client receives its reply chunks. Unbounded: an upstream connection must never
+/// wait on one slow client. What bounds it is the client's `listen.max_pending_replies`.
+pub type ReplySink = mpsc::UnboundedSender<ReplyChunk>;
+
+/// Consecutive requests of one client, sent together.
+#[derive(Debug)]
+pub struct Batch {
+    pub bytes: Bytes,
+    pub seq: u64,
+    pub count: u32,
+    pub sink: ReplySink,
+}
+
+impl Batch {
+    /// Answers every request of the batch with `err` (nothing was sent).
+    fn fail(self, err: &ProxyError) {
+        let bytes = err.to_replies(self.count as usize);
+        let _ = self.sink.send(ReplyChunk { seq: self.seq, count: self.count, bytes });
+    }
+}
+
+/// What the proxy learned about the upstream server from handshakes.
+#[derive(Debug)]
+pub struct ServerInfo {
+    version: Mutex<String>,
+    databases: AtomicU32,
+}
+
+impl ServerInfo {
+    pub fn new(version: &str, databases: u32) -> ServerInfo {
+        ServerInfo { version: Mutex::new(version.into()), databases: AtomicU32::new(databases) }
+    }
+
+    pub fn version(&self) -> String {
+        self.version.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `CONFIG GET databases`, or Redis's default of 16 if it could not be read.
+    pub fn databases(&self) -> u32 {
+        self.databases.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Upstream {
+    addr: String,
+    connections: usize,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    info: ServerInfo,
+}
+
+/// A shared pool: the senders of its connection tasks.
+pub struct Pool {
+    conns: Box<[mpsc::UnboundedSender<Batch>]>,
+}
+
+impl Pool {
+    /// Sends a batch on connection `slot` (modulo the pool size).
+    pub fn send(&self, slot: usize, batch: Batch) {
+        if let Err(mpsc::error::SendError(batch)) = self.conns[slot % self.conns.len()].send(batch) {
+            batch.fail(&ProxyError::UpstreamUnavailable { addr: String::new(), reason: "proxy is shutting down".into() });
+        }
+    }
+}
+
+impl Upstream {
+    pub fn new(config: &config::Upstream) -> Arc<Upstream> {
+        Arc::new(Upstream {
+            addr: config.address.clone(),
+            connections: config.connections,
+            connect_timeout: config.connect_timeout.0,
+            command_timeout: config.command_timeout.0,
+            pools: Mutex::new(HashMap::new()),
+            info: ServerInfo::new("unknown", 16),
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    /// The shared pool for `key`, started on first use.
+    pub fn pool(self: &Arc<Self>, key: PoolKey) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = pools.entry(key).or_insert_with(|| {
+            let conns = (0..self.connections)
+                .map(|slot| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    tokio::spawn(shared::run(Arc::clone(self), key, slot, rx));
+                    tx
+                })
+                .collect();
+            Arc::new(Pool { conns })
+        });
+        Arc::clone(pool)
+    }
+
+    /// Drops every pool; their connections close once the batches they hold are answered.
+    pub fn close(&self) {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn unavailable(&self, reason: String) -> ProxyError {
+        ProxyError::UpstreamUnavailable { addr: self.addr.clone(), reason }
+    }
+
+    /// A new connection to the upstream, handshake done, in the protocol and db of `key`.
+    pub async fn connect(&self, key: PoolKey) -> Result<TcpStream, ProxyError> {
+        let limit = self.connect_timeout;
+        let mut stream = timeout(limit, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| self.unavailable(format!("connect timed out after {}ms", limit.as_millis())))?
+            .map_err(|e| self.unavailable(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        timeout(limit, self.handshake(&mut stream, key))
+            .await
+            .map_err(|_| self.unavailable(format!("handshake timed out after {}ms", limit.as_millis())))?
+            .map_err(|reason| self.unavailable(reason))?;
+        Ok(stream)
+    }
+
+    async fn handshake(&self, stream: &mut TcpStream, key: PoolKey) -> Result<(), String> {
+        let mut request = BytesMut::new();
+        request.extend_from_slice(&encode_command(&["HELLO", if key.resp3 { "3" } else { "2" }]));
+        request.extend_from_slice(&encode_command(&["CONFIG", "GET", "databases"]));
+        if key.db != 0 {
+            request.extend_from_slice(&encode_command(&["SELECT".to_string(), key.db.to_string()]));
+        }
+        stream.write_all(&request).await.map_err(|e| e.to_string())?;
+        let replies = read_replies(stream, if key.db != 0 { 3 } else { 2 }).await?;
+        let hello = &replies[0];
+        if hello.first() == Some(&b'-') {
+            return Err(format!("HELLO failed: {}", String::from_utf8_lossy(hello).trim_end()));
+        }
+        if let Some(version) = field(hello, key.resp3, "version") {
+            *self.info.version.lock().unwrap_or_else(|e| e.into_inner()) = version;
+        }
+        if let Some(n) = field(&replies[1], key.resp3, "databases").and_then(|n| n.parse().ok()) {
+            self.info.databases.store(n, Ordering::Relaxed);
+        }
+        if let Some(select) = replies.get(2).filter(|r| r.first() == Some(&b'-')) {
+            return Err(format!("SELECT {} failed: {}", key.db, String::from_utf8_lossy(select).trim_end()));
+        }
+        Ok(())
+    }
+
+    fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+}
+
+/// Reads exactly `n` complete replies.
+async fn read_replies(stream: &mut TcpStream, n: usize) -> Result<Vec<Bytes>, String> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut scanner = ReplyScanner::default();
+    let mut replies = Vec::with_capacity(n);
+    while replies.len() < n {
+        match scanner.scan(&buf).map_err(|e| e.to_string())? {
+            Some(len) => replies.push(buf.split_to(len).freeze()),
+            None => {
+                if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("connection closed during handshake".into());
+                }
+            }
+        }
+    }
+    Ok(replies)
+}
+
+/// The value of `name` in a map-shaped reply (HELLO's map, CONFIG GET's pairs), decoded with
+/// redis-protocol: handshakes are rare, so here a full decode is the simple choice.
+fn field(reply: &[u8], resp3: bool, name: &str) -> Option<String> {
+    if resp3 {
+        let (frame, _) = redis_protocol::resp3::decode::complete::decode(reply).ok()??;
+        match frame {
+            Resp3Frame::Map { data, .. } => data
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(name))
+                .and_then(|(_, v)| v.to_string()),
+            Resp3Frame::Array { data, .. } => pair_value(data.iter().map(|f| f.to_string()), name),
+            _ => None,
+        }
+    } else {
+        let (frame, _) = redis_protocol::resp2::decode::decode(reply).ok()??;
+        match frame {
+            Resp2Frame::Array(data) => pair_value(data.iter().map(|f| f.to_string()), name),
+            _ => None,
+        }
+    }
+}
+
+fn pair_value(mut items: impl Iterator<Item = Option<String>>, name: &str) -> Option<String> {
+    while let (Some(key), Some(value)) = (items.next(), items.next()) {
+        if key.as_deref() == Some(name) {
+            return value;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_fields_of_both_protocols() {
+        let resp2 = b"*4\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.1\r\n";
+        assert_eq!(field(resp2, false, "version").as_deref(), Some("7.0.1"));
+        let resp3 = b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n";
+        assert_eq!(field(resp3, true, "proto").as_deref(), Some("3"));
+        let config = b"*2\r\n$9\r\ndatabases\r\n$2\r\n16\r\n";
+        assert_eq!(field(config, false, "databases").as_deref(), Some("16"));
+        assert_eq!(field(b"-ERR unknown\r\n", false, "databases"), None);
+    }
+}

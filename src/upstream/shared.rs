@@ -1,0 +1,245 @@
+//! One shared, pipelined upstream connection: a task that owns the socket, reconnects with
+//! backoff, and routes each reply to the client that asked.
+//!
+//! The writer takes every batch waiting in the channel and sends them with one vectored write;
+//! before writing it records a [`Route`] per batch in FIFO order. The reader scans reply
+//! boundaries, matches them to routes in the same order (Redis answers a connection's requests
+//! in order), and sends each client the run of its replies as one slice of the read buffer.
+//!
+//! # Failure
+//! If the connection breaks or its oldest request waits longer than `upstream.command_timeout`,
+//! every request sent and not answered gets an error saying its outcome is unknown (it may have
+//! executed: it is never retried), the socket is dropped and a new one is dialled with backoff.
+//! While there is no connection, batches are refused at once with an error naming the upstream.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::time::{Instant, sleep, sleep_until};
+use tracing::{debug, info, warn};
+
+use super::{Batch, PoolKey, ReplyChunk, ReplySink, Upstream};
+use crate::error::ProxyError;
+use crate::reply::{self, ReplyScanner};
+use crate::writev;
+
+const READ_CHUNK: usize = 64 * 1024;
+/// Batches gathered into one write.
+const MAX_BATCHES_PER_WRITE: usize = 256;
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Requests sent on the connection and not fully answered, oldest first.
+struct Route {
+    sink: ReplySink,
+    seq: u64,
+    count: u32,
+    /// Replies already delivered.
+    done: u32,
+    sent_at: Instant,
+}
+
+impl Route {
+    fn deliver(&mut self, bytes: Bytes, count: u32) {
+        let _ = self.sink.send(ReplyChunk { seq: self.seq + u64::from(self.done), count, bytes });
+        self.done += count;
+    }
+
+    fn fail(mut self, err: &ProxyError) {
+        let left = self.count - self.done;
+        if left > 0 {
+            self.deliver(err.to_replies(left as usize), left);
+        }
+    }
+}
+
+/// The connection task: runs until the pool is dropped and its channel drained.
+pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batches: UnboundedReceiver<Batch>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut failures = 0u32;
+    loop {
+        match up.connect(key).await {
+            Ok(stream) => {
+                info!(upstream = %up.addr, db = key.db, resp3 = key.resp3, slot, "upstream connection up");
+                backoff = BACKOFF_MIN;
+                failures = 0;
+                match serve(&up, stream, &mut batches).await {
+                    None => return,
+                    Some(err) => warn!(upstream = %up.addr, slot, error = %err, "upstream connection lost"),
+                }
+            }
+            Err(err) => {
+                failures += 1;
+                if failures == 1 {
+                    warn!(upstream = %up.addr, slot, error = %err, "cannot connect to upstream; retrying with backoff");
+                } else {
+                    debug!(upstream = %up.addr, slot, error = %err, failures, "still cannot connect to upstream");
+                }
+                if !refuse_for(&mut batches, backoff, &err).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Answers every batch that arrives during `wait` with `err`. False once the pool is gone.
+async fn refuse_for(batches: &mut UnboundedReceiver<Batch>, wait: Duration, err: &ProxyError) -> bool {
+    let until = sleep(wait);
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            _ = &mut until => return true,
+            batch = batches.recv() => match batch {
+                Some(batch) => batch.fail(err),
+                None => return false,
+            },
+        }
+    }
+}
+
+/// Serves one connected socket. `None` when the pool is gone; otherwise why the socket was lost
+/// (after failing every request that was sent on it and not answered).
+async fn serve(up: &Upstream, stream: TcpStream, batches: &mut UnboundedReceiver<Batch>) -> Option<ProxyError> {
+    let (rd, wr) = stream.into_split();
+    let (route_tx, mut routes) = mpsc::unbounded_channel();
+    let mut current: Option<Route> = None;
+    let outcome = tokio::select! {
+        done = write_loop(up, wr, batches, &route_tx) => done,
+        lost = read_loop(up, rd, &mut routes, &mut current) => Err(lost),
+    };
+    let err = outcome.err()?;
+    if let Some(route) = current.take() {
+        route.fail(&err);
+    }
+    while let Ok(route) = routes.try_recv() {
+        route.fail(&err);
+    }
+    Some(err)
+}
+
+fn lost(up: &Upstream, reason: impl ToString) -> ProxyError {
+    ProxyError::UpstreamLost { addr: up.addr.clone(), reason: reason.to_string() }
+}
+
+/// Sends batches as they come, several per write. `Ok` when the pool is gone.
+async fn write_loop(
+    up: &Upstream,
+    mut wr: OwnedWriteHalf,
+    batches: &mut UnboundedReceiver<Batch>,
+    routes: &UnboundedSender<Route>,
+) -> Result<(), ProxyError> {
+    let mut out: VecDeque<Bytes> = VecDeque::with_capacity(64);
+    loop {
+        let Some(first) = batches.recv().await else { return Ok(()) };
+        let sent_at = Instant::now();
+        let mut next = Some(first);
+        let mut gathered = 0;
+        while let Some(batch) = next {
+            // The route is recorded before the bytes can reach Redis, so the reader always
+            // finds it when the reply arrives.
+            let _ = routes.send(Route { sink: batch.sink, seq: batch.seq, count: batch.count, done: 0, sent_at });
+            out.push_back(batch.bytes);
+            gathered += 1;
+            next = if gathered < MAX_BATCHES_PER_WRITE { batches.try_recv().ok() } else { None };
+        }
+        writev::write_all(&mut wr, &mut out).await.map_err(|e| lost(up, e))?;
+    }
+}
+
+/// Reads replies and delivers them; returns only when the connection is lost.
+async fn read_loop(
+    up: &Upstream,
+    mut rd: OwnedReadHalf,
+    routes: &mut UnboundedReceiver<Route>,
+    current: &mut Option<Route>,
+) -> ProxyError {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut scanner = ReplyScanner::default();
+    let deadline = sleep_until(Instant::now());
+    tokio::pin!(deadline);
+    let mut armed: Option<Instant> = None;
+    loop {
+        if current.is_none() {
+            *current = routes.try_recv().ok();
+        }
+        // The oldest unanswered request bounds how long we wait for the next byte.
+        let due = current.as_ref().map(|r| r.sent_at + up.command_timeout());
+        if due != armed {
+            if let Some(due) = due {
+                deadline.as_mut().reset(due);
+            }
+            armed = due;
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            read = rd.read_buf(&mut buf) => match read {
+                Ok(0) => return lost(up, "closed by upstream"),
+                Ok(_) => {}
+                Err(e) => return lost(up, e),
+            },
+            route = routes.recv(), if current.is_none() => {
+                *current = route;
+                continue;
+            }
+            _ = &mut deadline, if armed.is_some() => {
+                return ProxyError::UpstreamTimeout { addr: up.addr.clone(), after: up.command_timeout() };
+            }
+        }
+        if let Err(err) = deliver(up, &mut buf, &mut scanner, routes, current) {
+            return err;
+        }
+    }
+}
+
+/// Routes every complete reply in `buf` to its client, a run of replies per slice.
+fn deliver(
+    up: &Upstream,
+    buf: &mut BytesMut,
+    scanner: &mut ReplyScanner,
+    routes: &mut UnboundedReceiver<Route>,
+    current: &mut Option<Route>,
+) -> Result<(), ProxyError> {
+    // buf[..scanned] holds `frames` complete replies for `current`, not yet delivered.
+    let mut scanned = 0;
+    let mut frames = 0u32;
+    while let Some(len) = scanner.scan(&buf[scanned..]).map_err(|e| lost(up, e))? {
+        if reply::is_push(&buf[scanned..scanned + len]) {
+            // Shared connections never subscribe or track; drop a stray push, keep the order.
+            flush(buf, scanned, frames, current);
+            (scanned, frames) = (0, 0);
+            buf.advance(len);
+            continue;
+        }
+        if current.is_none() {
+            *current = routes.try_recv().ok();
+        }
+        let Some(route) = current.as_mut() else {
+            return Err(lost(up, "a reply arrived with no request waiting for it"));
+        };
+        scanned += len;
+        frames += 1;
+        if route.done + frames == route.count {
+            flush(buf, scanned, frames, current);
+            *current = None;
+            (scanned, frames) = (0, 0);
+        }
+    }
+    flush(buf, scanned, frames, current);
+    Ok(())
+}
+
+fn flush(buf: &mut BytesMut, len: usize, frames: u32, current: &mut Option<Route>) {
+    if let (true, Some(route)) = (frames > 0, current.as_mut()) {
+        route.deliver(buf.split_to(len).freeze(), frames);
+    }
+}
