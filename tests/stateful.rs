@@ -1,0 +1,212 @@
+//! Commands that leave state on a connection work through the proxy: transactions, blocking
+//! commands, pub/sub, SELECT, MONITOR.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{PATIENCE, Proxy, Raw, Redis, call, config_for};
+
+/// One shared connection, so that anything blocking it would be seen by other clients.
+async fn proxy_with_one_connection(redis: &Redis) -> Proxy {
+    let mut config = config_for(&redis.addr());
+    config.upstream.connections = 1;
+    Proxy::start(config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_exec_discard_and_watch() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut a = proxy.raw().await;
+    let mut b = proxy.raw().await;
+
+    // Pipelined: a write before MULTI, the transaction, a read after EXEC.
+    a.send(&[
+        nearcache::framing::encode_command(&["SET", "n", "1"]),
+        nearcache::framing::encode_command(&["MULTI"]),
+        nearcache::framing::encode_command(&["INCR", "n"]),
+        nearcache::framing::encode_command(&["INCR", "n"]),
+        nearcache::framing::encode_command(&["EXEC"]),
+        nearcache::framing::encode_command(&["GET", "n"]),
+    ]
+    .concat())
+    .await;
+    for expected in ["+OK\r\n", "+OK\r\n", "+QUEUED\r\n", "+QUEUED\r\n", "*2\r\n:2\r\n:3\r\n", "$1\r\n3\r\n"] {
+        assert_eq!(a.reply().await, expected);
+    }
+
+    assert_eq!(call(&mut a, &["MULTI"]).await, "+OK\r\n");
+    assert_eq!(call(&mut a, &["SET", "n", "100"]).await, "+QUEUED\r\n");
+    assert_eq!(call(&mut a, &["DISCARD"]).await, "+OK\r\n");
+    assert_eq!(call(&mut a, &["GET", "n"]).await, "$1\r\n3\r\n");
+
+    // WATCH: a write by another client aborts the transaction (EXEC answers null).
+    assert_eq!(call(&mut a, &["WATCH", "n"]).await, "+OK\r\n");
+    assert_eq!(call(&mut b, &["SET", "n", "changed"]).await, "+OK\r\n");
+    assert_eq!(call(&mut a, &["MULTI"]).await, "+OK\r\n");
+    assert_eq!(call(&mut a, &["SET", "n", "mine"]).await, "+QUEUED\r\n");
+    assert_eq!(call(&mut a, &["EXEC"]).await, "*-1\r\n");
+    assert_eq!(call(&mut a, &["GET", "n"]).await, "$7\r\nchanged\r\n");
+
+    // Without interference it commits; errors inside MULTI come from Redis.
+    assert_eq!(call(&mut a, &["WATCH", "n"]).await, "+OK\r\n");
+    assert_eq!(call(&mut a, &["MULTI"]).await, "+OK\r\n");
+    assert_eq!(call(&mut a, &["SET", "n", "mine"]).await, "+QUEUED\r\n");
+    assert!(call(&mut a, &["MULTI"]).await.starts_with("-ERR MULTI calls can not be nested"));
+    assert_eq!(call(&mut a, &["EXEC"]).await, "*1\r\n+OK\r\n");
+    assert_eq!(call(&mut b, &["GET", "n"]).await, "$4\r\nmine\r\n");
+    assert!(call(&mut a, &["EXEC"]).await.starts_with("-ERR EXEC without MULTI"));
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_through_the_redis_crate() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut con = proxy.client(false).await;
+    let (a, b): (i64, i64) = redis::pipe().atomic().incr("t", 1).incr("t", 10).query_async(&mut con).await.unwrap();
+    assert_eq!((a, b), (1, 11));
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blpop_waits_without_blocking_other_clients() {
+    let redis = Redis::start();
+    let proxy = proxy_with_one_connection(&redis).await;
+    let mut blocked = proxy.raw().await;
+    blocked.cmd(&[b"BLPOP", b"queue", b"0"]).await;
+    // Other clients are served while BLPOP waits (it is not on the shared connection).
+    let mut other = proxy.raw().await;
+    for i in 0..50 {
+        assert_eq!(call(&mut other, &["SET", "x", &i.to_string()]).await, "+OK\r\n");
+    }
+    assert!(blocked.try_reply(Duration::from_millis(100)).await.is_none(), "BLPOP returned early");
+    assert_eq!(call(&mut other, &["RPUSH", "queue", "job"]).await, ":1\r\n");
+    assert_eq!(blocked.reply().await, "*2\r\n$5\r\nqueue\r\n$3\r\njob\r\n");
+    // The session carries on (unpinned) after the blocking command.
+    assert_eq!(call(&mut blocked, &["GET", "x"]).await, "$2\r\n49\r\n");
+
+    // With a timeout, BLPOP answers null after it.
+    let started = Instant::now();
+    assert_eq!(call(&mut blocked, &["BLPOP", "empty", "0.2"]).await, "*-1\r\n");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_blocking_command_is_served() {
+    let redis = Redis::start();
+    let proxy = proxy_with_one_connection(&redis).await;
+    let mut a = proxy.raw().await;
+    let mut b = proxy.raw().await;
+    let cases: [(&[&str], &[&str], &str); 5] = [
+        (&["BRPOP", "l1", "5"], &["LPUSH", "l1", "v"], "*2\r\n$2\r\nl1\r\n$1\r\nv\r\n"),
+        (&["BLMOVE", "l2", "l3", "LEFT", "RIGHT", "5"], &["LPUSH", "l2", "m"], "$1\r\nm\r\n"),
+        (&["BZPOPMIN", "z", "5"], &["ZADD", "z", "1", "a"], "*3\r\n$1\r\nz\r\n$1\r\na\r\n$1\r\n1\r\n"),
+        (&["XREAD", "BLOCK", "5000", "STREAMS", "s", "$"], &["XADD", "s", "1-1", "f", "v"], "*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n1-1\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"),
+        (&["BRPOPLPUSH", "l4", "l5", "5"], &["LPUSH", "l4", "p"], "$1\r\np\r\n"),
+    ];
+    for (blocking, unblock, expected) in cases {
+        let args: Vec<&[u8]> = blocking.iter().map(|s| s.as_bytes()).collect();
+        a.cmd(&args).await;
+        assert!(a.try_reply(Duration::from_millis(50)).await.is_none(), "{blocking:?} returned early");
+        call(&mut b, unblock).await;
+        assert_eq!(a.reply().await, expected, "{blocking:?}");
+    }
+    // WAIT with no replicas returns 0 after its timeout.
+    assert_eq!(call(&mut a, &["WAIT", "1", "50"]).await, ":0\r\n");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_messages_as_they_are_published() {
+    let redis = Redis::start();
+    let proxy = proxy_with_one_connection(&redis).await;
+    let mut sub = proxy.raw().await;
+    let mut publisher = proxy.raw().await;
+    // A command before SUBSCRIBE is answered first.
+    sub.send(&[nearcache::framing::encode_command(&["SET", "before", "1"]), nearcache::framing::encode_command(&["SUBSCRIBE", "news", "sport"])].concat()).await;
+    assert_eq!(sub.reply().await, "+OK\r\n");
+    assert_eq!(sub.reply().await, "*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n");
+    assert_eq!(sub.reply().await, "*3\r\n$9\r\nsubscribe\r\n$5\r\nsport\r\n:2\r\n");
+    assert_eq!(call(&mut sub, &["PSUBSCRIBE", "w*"]).await, "*3\r\n$10\r\npsubscribe\r\n$2\r\nw*\r\n:3\r\n");
+    assert_eq!(call(&mut sub, &["SSUBSCRIBE", "shard"]).await, "*3\r\n$10\r\nssubscribe\r\n$5\r\nshard\r\n:1\r\n");
+    for i in 0..3 {
+        assert_eq!(call(&mut publisher, &["PUBLISH", "news", &format!("m{i}")]).await, ":1\r\n");
+        assert_eq!(sub.reply().await, format!("*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nm{i}\r\n"));
+    }
+    call(&mut publisher, &["PUBLISH", "weather", "sun"]).await;
+    assert_eq!(sub.reply().await, "*4\r\n$8\r\npmessage\r\n$2\r\nw*\r\n$7\r\nweather\r\n$3\r\nsun\r\n");
+    call(&mut publisher, &["SPUBLISH", "shard", "s"]).await;
+    assert_eq!(sub.reply().await, "*3\r\n$8\r\nsmessage\r\n$5\r\nshard\r\n$1\r\ns\r\n");
+    // PING in subscribed mode is answered the pub/sub way, by Redis.
+    assert_eq!(call(&mut sub, &["PING"]).await, "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    // Publishing still flows while the subscriber is connected.
+    assert_eq!(call(&mut publisher, &["GET", "before"]).await, "$1\r\n1\r\n");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_subscribers_get_push_messages() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut sub = proxy.raw().await;
+    assert!(call(&mut sub, &["HELLO", "3"]).await.starts_with("%7"));
+    assert_eq!(call(&mut sub, &["SUBSCRIBE", "c"]).await, ">3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n");
+    call(&mut proxy.raw().await, &["PUBLISH", "c", "hi"]).await;
+    assert_eq!(sub.reply().await, ">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2\r\nhi\r\n");
+    // RESP3 allows ordinary commands on a subscribed connection.
+    assert_eq!(call(&mut sub, &["SET", "k", "v"]).await, "+OK\r\n");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_moves_the_client_to_another_db() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut raw = proxy.raw().await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    assert_eq!(call(&mut raw, &["SET", "k", "db0"]).await, "+OK\r\n");
+    // Pipelined: SELECT applies to the commands right after it.
+    raw.send(&[nearcache::framing::encode_command(&["SELECT", "5"]), nearcache::framing::encode_command(&["SET", "k", "db5"]), nearcache::framing::encode_command(&["GET", "k"])].concat()).await;
+    assert_eq!(raw.reply().await, "+OK\r\n");
+    assert_eq!(raw.reply().await, "+OK\r\n");
+    assert_eq!(raw.reply().await, "$3\r\ndb5\r\n");
+    assert_eq!(call(&mut direct, &["GET", "k"]).await, "$3\r\ndb0\r\n");
+    assert_eq!(call(&mut direct, &["SELECT", "5"]).await, "+OK\r\n");
+    assert_eq!(call(&mut direct, &["GET", "k"]).await, "$3\r\ndb5\r\n");
+    // A transaction in db 5 stays in db 5, and so does the session after it.
+    assert_eq!(call(&mut raw, &["MULTI"]).await, "+OK\r\n");
+    assert_eq!(call(&mut raw, &["GET", "k"]).await, "+QUEUED\r\n");
+    assert_eq!(call(&mut raw, &["EXEC"]).await, "*1\r\n$3\r\ndb5\r\n");
+    assert_eq!(call(&mut raw, &["GET", "k"]).await, "$3\r\ndb5\r\n");
+    assert_eq!(call(&mut raw, &["SELECT", "99"]).await, "-ERR DB index is out of range\r\n");
+    assert_eq!(call(&mut raw, &["SELECT", "0"]).await, "+OK\r\n");
+    assert_eq!(call(&mut raw, &["GET", "k"]).await, "$3\r\ndb0\r\n");
+    // The redis crate selects the db in its URL.
+    let mut con = redis::Client::open(format!("{}5", proxy.url())).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let value: String = redis::cmd("GET").arg("k").query_async(&mut con).await.unwrap();
+    assert_eq!(value, "db5");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_streams_commands() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut monitor = proxy.raw().await;
+    assert_eq!(call(&mut monitor, &["MONITOR"]).await, "+OK\r\n");
+    let mut other = proxy.raw().await;
+    call(&mut other, &["SET", "watched-key", "1"]).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let line = String::from_utf8_lossy(&monitor.reply().await).into_owned();
+        if line.contains("\"watched-key\"") {
+            assert!(line.contains("\"set\"") || line.contains("\"SET\""), "{line}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "MONITOR never showed the SET");
+    }
+    proxy.stop().await;
+}
