@@ -87,8 +87,8 @@ pub enum ConfigError {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(&text, path)
     }
 
@@ -134,11 +134,7 @@ fn check_address(key: &'static str, address: &str) -> Result<(), (&'static str, 
 }
 
 fn check_range(key: &'static str, value: usize, min: usize, max: usize) -> Result<(), (&'static str, String)> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err((key, format!("{value} is out of range ({min}..={max})")))
-    }
+    if (min..=max).contains(&value) { Ok(()) } else { Err((key, format!("{value} is out of range ({min}..={max})"))) }
 }
 
 #[cfg(test)]
@@ -166,7 +162,8 @@ mod tests {
 
     #[test]
     fn units_are_read() {
-        let config = parse("[listen]\nmax_request_size = \"64KiB\"\n[upstream]\ncommand_timeout = \"250ms\"\n").unwrap();
+        let config =
+            parse("[listen]\nmax_request_size = \"64KiB\"\n[upstream]\ncommand_timeout = \"250ms\"\n").unwrap();
         assert_eq!(config.listen.max_request_size, ByteSize(65_536));
         assert_eq!(config.upstream.command_timeout, Span(Duration::from_millis(250)));
     }

@@ -37,7 +37,9 @@ pub enum ProxyError {
     BadClientName,
     #[error("invalid username-password pair or user is disabled.")]
     WrongPass,
-    #[error("AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")]
+    #[error(
+        "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"
+    )]
     AuthNotConfigured,
 
     // --- caused by the upstream ---
@@ -79,7 +81,10 @@ mod tests {
 
     #[test]
     fn replies_look_like_redis_errors() {
-        assert_eq!(&ProxyError::WrongArity("select").to_reply()[..], b"-ERR wrong number of arguments for 'select' command\r\n");
+        assert_eq!(
+            &ProxyError::WrongArity("select").to_reply()[..],
+            b"-ERR wrong number of arguments for 'select' command\r\n"
+        );
         assert_eq!(&ProxyError::NoProto.to_reply()[..], b"-NOPROTO unsupported protocol version\r\n");
         let frame = ProxyError::Protocol(FrameError::InvalidBulkLength);
         assert_eq!(&frame.to_reply()[..], b"-ERR Protocol error: invalid bulk length\r\n");
@@ -88,6 +93,9 @@ mod tests {
     #[test]
     fn upstream_errors_name_the_upstream() {
         let err = ProxyError::UpstreamUnavailable { addr: "10.0.0.1:6379".into(), reason: "Connection refused".into() };
-        assert_eq!(&err.to_replies(2)[..], b"-ERR upstream 10.0.0.1:6379 unavailable: Connection refused\r\n".repeat(2));
+        assert_eq!(
+            &err.to_replies(2)[..],
+            b"-ERR upstream 10.0.0.1:6379 unavailable: Connection refused\r\n".repeat(2)
+        );
     }
 }

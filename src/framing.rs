@@ -121,8 +121,7 @@ impl RequestParser {
             return Err(FrameError::ExpectedBulk(tag));
         }
         let Some(end) = find_crlf(buf, start + 1, MAX_BULK_HEADER) else {
-            return incomplete_line(&buf[start..], MAX_BULK_HEADER, FrameError::InvalidBulkLength)
-                .map(|_| false);
+            return incomplete_line(&buf[start..], MAX_BULK_HEADER, FrameError::InvalidBulkLength).map(|_| false);
         };
         let len = parse_int(&buf[start + 1..end]).ok_or(FrameError::InvalidBulkLength)?;
         if len < 0 {

@@ -109,6 +109,9 @@ impl PinnedConn {
 
     /// The connection is gone: one error reply per counted request still waiting.
     pub fn fail(self, err: &ProxyError) -> Vec<ReplyChunk> {
-        self.fifo.into_iter().map(|(seq, count)| ReplyChunk { seq, count, bytes: err.to_replies(count as usize) }).collect()
+        self.fifo
+            .into_iter()
+            .map(|(seq, count)| ReplyChunk { seq, count, bytes: err.to_replies(count as usize) })
+            .collect()
     }
 }

@@ -171,7 +171,8 @@ impl Session {
             Class::Select => {
                 arity(argc == 2, "select")?;
                 let db = cmd.arg(1).and_then(parse_int).ok_or(ProxyError::NotInteger)?;
-                self.db = u32::try_from(db).ok().filter(|&db| db < server.databases()).ok_or(ProxyError::DbOutOfRange)?;
+                self.db =
+                    u32::try_from(db).ok().filter(|&db| db < server.databases()).ok_or(ProxyError::DbOutOfRange)?;
                 Ok(ok())
             }
             Class::Reset => {

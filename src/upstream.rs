@@ -107,7 +107,10 @@ impl Pool {
     /// Sends a batch on connection `slot` (modulo the pool size).
     pub fn send(&self, slot: usize, batch: Batch) {
         if let Err(mpsc::error::SendError(batch)) = self.conns[slot % self.conns.len()].send(batch) {
-            batch.fail(&ProxyError::UpstreamUnavailable { addr: String::new(), reason: "proxy is shutting down".into() });
+            batch.fail(&ProxyError::UpstreamUnavailable {
+                addr: String::new(),
+                reason: "proxy is shutting down".into(),
+            });
         }
     }
 }
@@ -226,10 +229,9 @@ fn field(reply: &[u8], resp3: bool, name: &str) -> Option<String> {
     if resp3 {
         let (frame, _) = redis_protocol::resp3::decode::complete::decode(reply).ok()??;
         match frame {
-            Resp3Frame::Map { data, .. } => data
-                .iter()
-                .find(|(k, _)| k.as_str() == Some(name))
-                .and_then(|(_, v)| v.to_string()),
+            Resp3Frame::Map { data, .. } => {
+                data.iter().find(|(k, _)| k.as_str() == Some(name)).and_then(|(_, v)| v.to_string())
+            }
             Resp3Frame::Array { data, .. } => pair_value(data.iter().map(|f| f.to_string()), name),
             _ => None,
         }

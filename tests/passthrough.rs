@@ -44,10 +44,8 @@ async fn ten_thousand_pipelined_commands_come_back_in_order() {
         }
     }
     let replies: Vec<redis::Value> = pipe.query_async(&mut con).await.unwrap();
-    let counts: Vec<i64> = replies
-        .iter()
-        .filter_map(|v| if let redis::Value::Int(n) = v { Some(*n) } else { None })
-        .collect();
+    let counts: Vec<i64> =
+        replies.iter().filter_map(|v| if let redis::Value::Int(n) = v { Some(*n) } else { None }).collect();
     assert_eq!(counts, (1..=10_000).collect::<Vec<_>>());
     assert_eq!(replies.len(), 10_000 + 3334);
 

@@ -22,15 +22,17 @@ async fn multi_exec_discard_and_watch() {
     let mut b = proxy.raw().await;
 
     // Pipelined: a write before MULTI, the transaction, a read after EXEC.
-    a.send(&[
-        nearcache::framing::encode_command(&["SET", "n", "1"]),
-        nearcache::framing::encode_command(&["MULTI"]),
-        nearcache::framing::encode_command(&["INCR", "n"]),
-        nearcache::framing::encode_command(&["INCR", "n"]),
-        nearcache::framing::encode_command(&["EXEC"]),
-        nearcache::framing::encode_command(&["GET", "n"]),
-    ]
-    .concat())
+    a.send(
+        &[
+            nearcache::framing::encode_command(&["SET", "n", "1"]),
+            nearcache::framing::encode_command(&["MULTI"]),
+            nearcache::framing::encode_command(&["INCR", "n"]),
+            nearcache::framing::encode_command(&["INCR", "n"]),
+            nearcache::framing::encode_command(&["EXEC"]),
+            nearcache::framing::encode_command(&["GET", "n"]),
+        ]
+        .concat(),
+    )
     .await;
     for expected in ["+OK\r\n", "+OK\r\n", "+QUEUED\r\n", "+QUEUED\r\n", "*2\r\n:2\r\n:3\r\n", "$1\r\n3\r\n"] {
         assert_eq!(a.reply().await, expected);
@@ -104,7 +106,11 @@ async fn every_blocking_command_is_served() {
         (&["BRPOP", "l1", "5"], &["LPUSH", "l1", "v"], "*2\r\n$2\r\nl1\r\n$1\r\nv\r\n"),
         (&["BLMOVE", "l2", "l3", "LEFT", "RIGHT", "5"], &["LPUSH", "l2", "m"], "$1\r\nm\r\n"),
         (&["BZPOPMIN", "z", "5"], &["ZADD", "z", "1", "a"], "*3\r\n$1\r\nz\r\n$1\r\na\r\n$1\r\n1\r\n"),
-        (&["XREAD", "BLOCK", "5000", "STREAMS", "s", "$"], &["XADD", "s", "1-1", "f", "v"], "*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n1-1\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"),
+        (
+            &["XREAD", "BLOCK", "5000", "STREAMS", "s", "$"],
+            &["XADD", "s", "1-1", "f", "v"],
+            "*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n1-1\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n",
+        ),
         (&["BRPOPLPUSH", "l4", "l5", "5"], &["LPUSH", "l4", "p"], "$1\r\np\r\n"),
     ];
     for (blocking, unblock, expected) in cases {
@@ -126,7 +132,14 @@ async fn subscribers_get_messages_as_they_are_published() {
     let mut sub = proxy.raw().await;
     let mut publisher = proxy.raw().await;
     // A command before SUBSCRIBE is answered first.
-    sub.send(&[nearcache::framing::encode_command(&["SET", "before", "1"]), nearcache::framing::encode_command(&["SUBSCRIBE", "news", "sport"])].concat()).await;
+    sub.send(
+        &[
+            nearcache::framing::encode_command(&["SET", "before", "1"]),
+            nearcache::framing::encode_command(&["SUBSCRIBE", "news", "sport"]),
+        ]
+        .concat(),
+    )
+    .await;
     assert_eq!(sub.reply().await, "+OK\r\n");
     assert_eq!(sub.reply().await, "*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n");
     assert_eq!(sub.reply().await, "*3\r\n$9\r\nsubscribe\r\n$5\r\nsport\r\n:2\r\n");
@@ -169,7 +182,15 @@ async fn select_moves_the_client_to_another_db() {
     let mut direct = Raw::connect(redis.addr()).await;
     assert_eq!(call(&mut raw, &["SET", "k", "db0"]).await, "+OK\r\n");
     // Pipelined: SELECT applies to the commands right after it.
-    raw.send(&[nearcache::framing::encode_command(&["SELECT", "5"]), nearcache::framing::encode_command(&["SET", "k", "db5"]), nearcache::framing::encode_command(&["GET", "k"])].concat()).await;
+    raw.send(
+        &[
+            nearcache::framing::encode_command(&["SELECT", "5"]),
+            nearcache::framing::encode_command(&["SET", "k", "db5"]),
+            nearcache::framing::encode_command(&["GET", "k"]),
+        ]
+        .concat(),
+    )
+    .await;
     assert_eq!(raw.reply().await, "+OK\r\n");
     assert_eq!(raw.reply().await, "+OK\r\n");
     assert_eq!(raw.reply().await, "$3\r\ndb5\r\n");
@@ -185,7 +206,8 @@ async fn select_moves_the_client_to_another_db() {
     assert_eq!(call(&mut raw, &["SELECT", "0"]).await, "+OK\r\n");
     assert_eq!(call(&mut raw, &["GET", "k"]).await, "$3\r\ndb0\r\n");
     // The redis crate selects the db in its URL.
-    let mut con = redis::Client::open(format!("{}5", proxy.url())).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut con =
+        redis::Client::open(format!("{}5", proxy.url())).unwrap().get_multiplexed_async_connection().await.unwrap();
     let value: String = redis::cmd("GET").arg("k").query_async(&mut con).await.unwrap();
     assert_eq!(value, "db5");
     proxy.stop().await;

@@ -26,7 +26,9 @@ impl FromStr for ByteSize {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let bad = || format!("invalid size {text:?}: expected a whole number with a unit B, KiB, MiB or GiB (e.g. \"64KiB\")");
+        let bad = || {
+            format!("invalid size {text:?}: expected a whole number with a unit B, KiB, MiB or GiB (e.g. \"64KiB\")")
+        };
         let (number, unit) = split_number(text).ok_or_else(bad)?;
         let scale: u64 = match unit {
             "" | "B" => 1,
@@ -46,7 +48,9 @@ impl FromStr for Span {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let bad = || format!("invalid duration {text:?}: expected a whole number with a unit ms, s, m, h or d (e.g. \"250ms\")");
+        let bad = || {
+            format!("invalid duration {text:?}: expected a whole number with a unit ms, s, m, h or d (e.g. \"250ms\")")
+        };
         let (number, unit) = split_number(text).ok_or_else(bad)?;
         let millis: u64 = match unit {
             "ms" => 1,

@@ -74,7 +74,8 @@ fn malformed_frames_are_named() {
 
 #[test]
 fn inline_commands_are_split_and_reencoded() {
-    let Some(Parsed::Inline { len, argc, encoded }) = parse_one(b"SET k \"a b\\r\\n\\x41\" 'it\\'s'\r\nX").unwrap() else {
+    let Some(Parsed::Inline { len, argc, encoded }) = parse_one(b"SET k \"a b\\r\\n\\x41\" 'it\\'s'\r\nX").unwrap()
+    else {
         panic!()
     };
     assert_eq!((len, argc), (29, 4));
@@ -89,10 +90,7 @@ fn inline_errors() {
     assert_eq!(parse_one(b"SET \"k\r\n").unwrap_err(), FrameError::UnbalancedQuotes);
     assert_eq!(parse_one(b"SET \"k\"x\r\n").unwrap_err(), FrameError::UnbalancedQuotes);
     assert_eq!(parse_one(&[b'a'; 70_000]).unwrap_err(), FrameError::InlineTooLarge);
-    assert_eq!(
-        parse_one(b"a b c d e f g h i\r\n").unwrap_err(),
-        FrameError::TooManyArgs { count: 9, limit: 8 }
-    );
+    assert_eq!(parse_one(b"a b c d e f g h i\r\n").unwrap_err(), FrameError::TooManyArgs { count: 9, limit: 8 });
 }
 
 #[test]

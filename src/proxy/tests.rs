@@ -50,7 +50,10 @@ fn hello_switches_protocol_and_answers_in_it() {
     assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), "$3\r\napp\r\n");
     assert!(reply(&mut s, &["HELLO", "2"]).starts_with("*14\r\n"));
     assert_eq!(reply(&mut s, &["HELLO", "4"]), "-NOPROTO unsupported protocol version\r\n");
-    assert_eq!(reply(&mut s, &["HELLO", "3", "AUTH", "bob", "pw"]), "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    assert_eq!(
+        reply(&mut s, &["HELLO", "3", "AUTH", "bob", "pw"]),
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
     assert_eq!(reply(&mut s, &["HELLO", "3", "FOO"]), "-ERR Syntax error in HELLO option 'FOO'\r\n");
     // A failed HELLO changes nothing.
     assert_eq!(s.pool_key().resp3, false);
@@ -60,7 +63,10 @@ fn hello_switches_protocol_and_answers_in_it() {
 fn client_session_commands() {
     let mut s = session();
     assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), "$-1\r\n");
-    assert_eq!(reply(&mut s, &["CLIENT", "SETNAME", "a b"]), "-ERR Client names cannot contain spaces, newlines or special characters.\r\n");
+    assert_eq!(
+        reply(&mut s, &["CLIENT", "SETNAME", "a b"]),
+        "-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
+    );
     assert_eq!(reply(&mut s, &["client", "setname", "worker-1"]), "+OK\r\n");
     assert_eq!(reply(&mut s, &["CLIENT", "ID"]), ":7\r\n");
     assert_eq!(reply(&mut s, &["CLIENT", "SETINFO", "LIB-NAME", "redis-rs"]), "+OK\r\n");
