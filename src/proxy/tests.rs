@@ -56,7 +56,7 @@ fn hello_switches_protocol_and_answers_in_it() {
     );
     assert_eq!(reply(&mut s, &["HELLO", "3", "FOO"]), "-ERR Syntax error in HELLO option 'FOO'\r\n");
     // A failed HELLO changes nothing.
-    assert_eq!(s.pool_key().resp3, false);
+    assert!(!s.pool_key().resp3);
 }
 
 #[test]
