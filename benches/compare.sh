@@ -16,6 +16,7 @@ N16=${N16:-4000000}        # requests per test at -P 16
 CLIENTS=${CLIENTS:-50}
 TESTS=${TESTS:-set,get}
 PIPELINES=${PIPELINES:-"1 16"}
+CONFIG=${CONFIG:-proxy.toml}   # the proxy configuration to benchmark
 
 scripts/ensure-redis.sh
 cargo build --release --quiet
@@ -50,7 +51,7 @@ trap cleanup EXIT
 redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
 REDIS_PID=$!
 wait_ping "$RPORT"
-RUST_LOG=warn target/release/nearcache --config proxy.toml --listen "127.0.0.1:$PPORT" --upstream "127.0.0.1:$RPORT" &
+RUST_LOG=warn target/release/nearcache --config "$CONFIG" --listen "127.0.0.1:$PPORT" --upstream "127.0.0.1:$RPORT" &
 PROXY_PID=$!
 wait_ping "$PPORT"
 
@@ -70,7 +71,7 @@ for rep in $(seq "$REPS"); do
       after=$(ticks)
       cpu=$(awk -v d=$((after - before)) -v hz="$hz" -v req=$((n * tests_count)) 'BEGIN { printf "%.2f", d / hz * 1e6 / req }')
       [ "$target" = direct ] && cpu="-"
-      echo "$out" | awk -F'","' -v t="$target" -v p="$p" -v cpu="$cpu" 'NR > 1 { gsub(/"/, ""); print t, p, $1, $2, $5, cpu }' >> "$results"
+      echo "$out" | tr -d '"' | awk -F, -v t="$target" -v p="$p" -v cpu="$cpu" 'NR > 1 { print t, p, $1, $2, $5, cpu }' >> "$results"
     done
     echo "rep $rep/$REPS, -P $p done" >&2
   done

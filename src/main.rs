@@ -43,7 +43,16 @@ fn main() -> ExitCode {
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One thread: the current-thread scheduler (no work stealing, no cross-thread wakeups).
+    let threads = config.runtime.worker_threads();
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             error!(error = %e, "cannot start the runtime");
@@ -58,7 +67,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        info!(listen = %config.listen.address, upstream = %config.upstream.address, "nearcache started");
+        info!(listen = %config.listen.address, upstream = %config.upstream.address, threads, "nearcache started");
         nearcache::server::run(listener, config, shutdown_signal()).await;
         ExitCode::SUCCESS
     })
