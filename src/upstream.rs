@@ -100,6 +100,7 @@ pub struct Upstream {
 
 /// A shared pool: the senders of its connection tasks.
 pub struct Pool {
+    addr: String,
     conns: Box<[mpsc::UnboundedSender<Batch>]>,
 }
 
@@ -108,7 +109,7 @@ impl Pool {
     pub fn send(&self, slot: usize, batch: Batch) {
         if let Err(mpsc::error::SendError(batch)) = self.conns[slot % self.conns.len()].send(batch) {
             batch.fail(&ProxyError::UpstreamUnavailable {
-                addr: String::new(),
+                addr: self.addr.clone(),
                 reason: "proxy is shutting down".into(),
             });
         }
@@ -146,7 +147,7 @@ impl Upstream {
                     tx
                 })
                 .collect();
-            Arc::new(Pool { conns })
+            Arc::new(Pool { addr: self.addr.clone(), conns })
         });
         Arc::clone(pool)
     }
