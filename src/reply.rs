@@ -50,7 +50,10 @@ impl ReplyScanner {
                     if len < 0 {
                         after_line
                     } else {
-                        let end = after_line + len as usize + 2;
+                        let end = usize::try_from(len)
+                            .ok()
+                            .and_then(|len| after_line.checked_add(len)?.checked_add(2))
+                            .ok_or(ScanError("bulk length too large"))?;
                         if buf.len() < end {
                             return Ok(None);
                         }

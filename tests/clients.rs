@@ -119,7 +119,7 @@ fn the_binary_serves_and_stops_gracefully_on_sigterm() {
         assert!(Instant::now() < deadline, "the proxy did not start: {out}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (_, out) = run("kill", &["-TERM", &child.id().to_string()]);
+    let (_, out) = run("sh", &["-c", &format!("kill -TERM {}", child.id())]);
     assert!(out.is_empty(), "{out}");
     let deadline = Instant::now() + PATIENCE;
     let status = loop {
