@@ -112,7 +112,19 @@ impl Session {
     pub fn route(&mut self, cmd: &CommandView<'_>, server: &ServerInfo) -> Route {
         let class = classify(cmd);
         if self.pin.active {
-            return self.route_pinned(class, cmd);
+            // Session-only CLIENT subcommands stay the proxy's while pinned, unless Redis would
+            // queue them (MULTI) or refuse them (RESP2 pub/sub): the name must not depend on it.
+            let session_only = matches!(
+                class,
+                Class::ClientSetName
+                    | Class::ClientGetName
+                    | Class::ClientId
+                    | Class::ClientInfo
+                    | Class::ClientSetInfo
+            );
+            if !(session_only && !self.pin.in_multi && !self.pin.stream) {
+                return self.route_pinned(class, cmd);
+            }
         }
         match class {
             Class::Ordinary | Class::Exec | Class::Discard | Class::Unwatch => Route::Shared(self.pool_key()),

@@ -92,6 +92,19 @@ fn transactions_pin_until_exec() {
 }
 
 #[test]
+fn the_client_name_is_the_sessions_while_pinned_outside_multi() {
+    let mut s = session();
+    assert_eq!(route(&mut s, &["WATCH", "k"]), Route::Pinned { stream: false });
+    assert_eq!(reply(&mut s, &["CLIENT", "SETNAME", "w"]), "+OK\r\n");
+    assert_eq!(route(&mut s, &["MULTI"]), Route::Pinned { stream: false });
+    // Inside MULTI, Redis queues it.
+    assert_eq!(route(&mut s, &["CLIENT", "GETNAME"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["EXEC"]), Route::Pinned { stream: false });
+    assert!(s.try_unpin());
+    assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), "$1\r\nw\r\n");
+}
+
+#[test]
 fn blocking_commands_pin_until_answered() {
     let mut s = session();
     assert_eq!(route(&mut s, &["BLPOP", "q", "0"]), Route::Pinned { stream: false });
