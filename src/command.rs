@@ -103,6 +103,135 @@ fn classify_xread<'a>(args: impl Iterator<Item = &'a [u8]>) -> Class {
     Class::Ordinary
 }
 
+/// How a command relates to the local tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// A deterministic read of the one key at argument 1: its reply may be cached.
+    CacheableRead,
+    /// Changes no key (reads, server commands): nothing to invalidate.
+    Nothing,
+    /// May change keys: which arguments they are.
+    Writes(KeySpec),
+    /// May change every key of a db (FLUSHDB, FLUSHALL, SWAPDB): clear the tier.
+    Flush,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySpec {
+    /// Argument 1.
+    First,
+    /// Arguments 1, 3, 5, ... (MSET key value key value).
+    Pairs,
+    /// Every argument: exact for DEL/UNLINK, and the safe answer for commands whose key
+    /// positions are not listed here (invalidating a non-key costs a lookup, nothing more).
+    All,
+}
+
+pub fn effect(cmd: &CommandView<'_>) -> Effect {
+    let Some(name) = cmd.arg(0) else { return Effect::Nothing };
+    let mut buf = [0u8; NAME_MAX];
+    let single_key = cmd.argc() >= 2;
+    match upper(name, &mut buf) {
+        b"GET" | b"STRLEN" | b"GETRANGE" | b"SUBSTR" | b"GETBIT" | b"BITCOUNT" | b"BITPOS" | b"HGET" | b"HMGET"
+        | b"HGETALL" | b"HEXISTS" | b"HLEN" | b"HKEYS" | b"HVALS" | b"HSTRLEN" | b"LRANGE" | b"LLEN" | b"LINDEX"
+        | b"LPOS" | b"SMEMBERS" | b"SISMEMBER" | b"SMISMEMBER" | b"SCARD" | b"ZRANGE" | b"ZRANGEBYSCORE"
+        | b"ZREVRANGE" | b"ZREVRANGEBYSCORE" | b"ZRANGEBYLEX" | b"ZREVRANGEBYLEX" | b"ZSCORE" | b"ZMSCORE"
+        | b"ZCARD" | b"ZCOUNT" | b"ZLEXCOUNT" | b"ZRANK" | b"ZREVRANK" | b"XRANGE" | b"XREVRANGE" | b"XLEN"
+        | b"GEOPOS" | b"GEODIST" | b"GEOHASH" | b"TYPE"
+            if single_key =>
+        {
+            Effect::CacheableRead
+        }
+        // EXISTS counts its keys: only the one-key form is a per-key read.
+        b"EXISTS" if cmd.argc() == 2 => Effect::CacheableRead,
+        b"EXISTS"
+        | b"MGET"
+        | b"PING"
+        | b"ECHO"
+        | b"INFO"
+        | b"TIME"
+        | b"DBSIZE"
+        | b"TTL"
+        | b"PTTL"
+        | b"EXPIRETIME"
+        | b"PEXPIRETIME"
+        | b"SCAN"
+        | b"SSCAN"
+        | b"HSCAN"
+        | b"ZSCAN"
+        | b"KEYS"
+        | b"RANDOMKEY"
+        | b"CONFIG"
+        | b"COMMAND"
+        | b"CLIENT"
+        | b"SLOWLOG"
+        | b"LATENCY"
+        | b"MEMORY"
+        | b"OBJECT"
+        | b"PUBLISH"
+        | b"SPUBLISH"
+        | b"PUBSUB"
+        | b"SRANDMEMBER"
+        | b"HRANDFIELD"
+        | b"ZRANDMEMBER"
+        | b"ROLE"
+        | b"LASTSAVE"
+        | b"DUMP"
+        | b"SINTER"
+        | b"SUNION"
+        | b"SDIFF"
+        | b"SINTERCARD"
+        | b"ZUNION"
+        | b"ZINTER"
+        | b"ZDIFF"
+        | b"ZINTERCARD"
+        | b"LCS"
+        | b"XINFO"
+        | b"XPENDING"
+        | b"GEOSEARCH"
+        | b"GEORADIUS_RO"
+        | b"GEORADIUSBYMEMBER_RO"
+        | b"SORT_RO"
+        | b"BITFIELD_RO"
+        | b"EVAL_RO"
+        | b"EVALSHA_RO"
+        | b"FCALL_RO"
+        | b"TOUCH"
+        | b"LOLWUT"
+        | b"HELLO"
+        | b"AUTH"
+        | b"SELECT"
+        | b"QUIT"
+        | b"RESET"
+        | b"WATCH"
+        | b"UNWATCH"
+        | b"MULTI"
+        | b"DISCARD"
+        | b"EXEC" => Effect::Nothing,
+        b"FLUSHDB" | b"FLUSHALL" | b"SWAPDB" => Effect::Flush,
+        b"MSET" | b"MSETNX" => Effect::Writes(KeySpec::Pairs),
+        b"SET" | b"SETNX" | b"SETEX" | b"PSETEX" | b"GETSET" | b"GETDEL" | b"GETEX" | b"APPEND" | b"SETRANGE"
+        | b"SETBIT" | b"INCR" | b"DECR" | b"INCRBY" | b"DECRBY" | b"INCRBYFLOAT" | b"HSET" | b"HSETNX" | b"HMSET"
+        | b"HDEL" | b"HINCRBY" | b"HINCRBYFLOAT" | b"LPUSH" | b"RPUSH" | b"LPUSHX" | b"RPUSHX" | b"LPOP" | b"RPOP"
+        | b"LSET" | b"LREM" | b"LTRIM" | b"LINSERT" | b"SADD" | b"SREM" | b"SPOP" | b"ZADD" | b"ZREM" | b"ZINCRBY"
+        | b"ZPOPMIN" | b"ZPOPMAX" | b"ZREMRANGEBYSCORE" | b"ZREMRANGEBYRANK" | b"ZREMRANGEBYLEX" | b"EXPIRE"
+        | b"PEXPIRE" | b"EXPIREAT" | b"PEXPIREAT" | b"PERSIST" | b"PFADD" | b"XADD" | b"XDEL" | b"XTRIM" | b"XACK"
+        | b"GEOADD" | b"BITFIELD" | b"RESTORE" | b"MOVE"
+            if single_key =>
+        {
+            Effect::Writes(KeySpec::First)
+        }
+        _ => Effect::Writes(KeySpec::All),
+    }
+}
+
+/// The arguments a write may change, per its [`KeySpec`].
+pub fn written_keys<'a>(cmd: &CommandView<'a>, spec: KeySpec) -> impl Iterator<Item = &'a [u8]> {
+    let step = if spec == KeySpec::Pairs { 2 } else { 1 };
+    let take = if spec == KeySpec::First { 1 } else { usize::MAX };
+    cmd.args().skip(1).step_by(step).take(take)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +267,37 @@ mod tests {
         // A stream named "block" is not an option.
         assert_eq!(class_of(&["XREAD", "STREAMS", "block", "0"]), Class::Ordinary);
         assert_eq!(class_of(&["XREADGROUP", "GROUP", "g", "c", "BLOCK", "0", "STREAMS", "s", ">"]), Class::Blocking);
+    }
+
+    fn effect_of(args: &[&str]) -> (Effect, Vec<String>) {
+        let bytes = encode_command(args);
+        let view = CommandView::new(&bytes, args.len());
+        let effect = effect(&view);
+        let keys = match effect {
+            Effect::Writes(spec) => {
+                written_keys(&view, spec).map(|k| String::from_utf8_lossy(k).into_owned()).collect()
+            }
+            _ => vec![],
+        };
+        (effect, keys)
+    }
+
+    #[test]
+    fn tier_effects() {
+        assert_eq!(effect_of(&["get", "k"]).0, Effect::CacheableRead);
+        assert_eq!(effect_of(&["GET"]).0, Effect::Writes(KeySpec::All), "malformed: Redis refuses it");
+        assert_eq!(effect_of(&["EXISTS", "k"]).0, Effect::CacheableRead);
+        assert_eq!(effect_of(&["EXISTS", "a", "b"]).0, Effect::Nothing);
+        assert_eq!(effect_of(&["TTL", "k"]).0, Effect::Nothing);
+        assert_eq!(effect_of(&["FLUSHALL", "ASYNC"]).0, Effect::Flush);
+        assert_eq!(effect_of(&["SET", "k", "v", "EX", "5"]), (Effect::Writes(KeySpec::First), vec!["k".into()]));
+        assert_eq!(effect_of(&["MSET", "a", "1", "b", "2"]).1, vec!["a", "b"]);
+        assert_eq!(effect_of(&["DEL", "a", "b"]).1, vec!["a", "b"]);
+        // Unknown key positions: every argument, which includes the keys.
+        let (effect, keys) = effect_of(&["EVAL", "return 1", "2", "k1", "k2", "arg"]);
+        assert_eq!(effect, Effect::Writes(KeySpec::All));
+        assert!(keys.contains(&"k1".to_string()) && keys.contains(&"k2".to_string()));
+        assert_eq!(effect_of(&["RENAME", "a", "b"]).1, vec!["a", "b"]);
     }
 
     #[test]

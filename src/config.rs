@@ -17,7 +17,79 @@ pub use units::{ByteSize, Span};
 pub struct Config {
     pub listen: Listen,
     pub upstream: Upstream,
+    pub cache: Cache,
+    /// The rule for keys no `[[rule]]` matches.
+    pub default: DefaultRule,
+    /// `[[rule]]` entries, first match wins.
+    pub rule: Vec<Rule>,
     pub runtime: Runtime,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cache {
+    pub enabled: bool,
+    /// Bytes the tier may hold (keys + replies + per-entry overhead).
+    pub max_memory: ByteSize,
+    /// Larger replies are not cached.
+    pub max_entry_size: ByteSize,
+    pub tracking: Tracking,
+}
+
+/// How the tier learns about writes that do not pass through this proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tracking {
+    /// `CLIENT TRACKING ON BCAST` on a dedicated connection.
+    Bcast,
+    /// No tracking: only `cache = "ttl"` rules may cache.
+    Off,
+}
+
+/// A rule's consistency model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// Strong: always read from Redis.
+    None,
+    /// Eventual: cached, invalidated on every write.
+    Tracked,
+    /// Weak: cached for `local_ttl` only.
+    Ttl,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DefaultRule {
+    pub cache: CacheMode,
+    pub local_ttl: Span,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Redis glob pattern (`*`, `?`, `[...]`) matched against the key.
+    pub pattern: String,
+    pub cache: CacheMode,
+    /// Defaults to `[default] local_ttl`.
+    pub local_ttl: Option<Span>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            enabled: true,
+            max_memory: ByteSize(256 << 20),
+            max_entry_size: ByteSize(1 << 20),
+            tracking: Tracking::Bcast,
+        }
+    }
+}
+
+impl Default for DefaultRule {
+    fn default() -> Self {
+        DefaultRule { cache: CacheMode::Tracked, local_ttl: Span(Duration::from_secs(300)) }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -138,10 +210,31 @@ impl Config {
         for (key, span) in [
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.command_timeout", self.upstream.command_timeout),
+            ("default.local_ttl", self.default.local_ttl),
         ] {
             if span.0.is_zero() {
                 return Err((key, "must be greater than 0s".into()));
             }
+        }
+        let (memory, entry) = (self.cache.max_memory, self.cache.max_entry_size);
+        if !(ByteSize(1024)..=ByteSize(u32::MAX as u64 * 1024)).contains(&memory) {
+            return Err(("cache.max_memory", format!("{memory} is out of range (1KiB..=4096GiB)")));
+        }
+        if entry > memory || entry.0 > u32::MAX as u64 / 2 {
+            return Err(("cache.max_entry_size", format!("{entry} must be at most cache.max_memory and 2GiB")));
+        }
+        for rule in &self.rule {
+            if rule.pattern.is_empty() {
+                return Err(("rule.pattern", "must not be empty".into()));
+            }
+            if rule.local_ttl.is_some_and(|ttl| ttl.0.is_zero()) {
+                return Err(("rule.local_ttl", format!("must be greater than 0s (pattern {:?})", rule.pattern)));
+            }
+        }
+        // moka panics on lifetimes over 1000 years: keep far below.
+        let longest = self.rule.iter().filter_map(|r| r.local_ttl).chain([self.default.local_ttl]).max();
+        if longest.is_some_and(|ttl| ttl.0 > Duration::from_secs(100 * 365 * 86_400)) {
+            return Err(("local_ttl", "must be at most 100 years".into()));
         }
         Ok(())
     }

@@ -17,12 +17,14 @@
 //! Errors the proxy reports are [`error::ProxyError`]; `ProxyError::to_reply` is the one place
 //! they become RESP. Configuration is [`config::Config`], read from `proxy.toml`.
 
+pub mod cache;
 pub mod command;
 pub mod config;
 pub mod connection;
 pub mod error;
 pub mod framing;
 pub mod pinned;
+pub mod policy;
 pub mod proxy;
 pub mod reply;
 pub mod server;

@@ -1,0 +1,263 @@
+//! The local tier: a byte-bounded LRU of read replies, kept coherent with Redis.
+//!
+//! Entries are keyed by **Redis key**; an entry holds every cached *variant* of that key (the
+//! same key read by different commands, arguments, dbs or protocol versions), each with its own
+//! reply and expiry. Invalidating a key therefore removes all its variants in one call, which is
+//! what writes and tracking messages need. Entries are immutable: adding a variant replaces the
+//! entry. moka does the LRU (set explicitly; its default is TinyLFU) and the byte bound.
+//!
+//! # Race window: fills and invalidations
+//! A read is sent upstream at time T0 and its reply arrives at T1. If the key was invalidated
+//! in between (a write through this proxy, a tracking message, a flush), the reply may predate
+//! the write, and caching it would serve a stale value until it expires (the Lettuce #3481
+//! bug). So every read in flight is registered under its key with the key's *epoch*;
+//! [`Tier::invalidate`] bumps the epoch under the same shard lock that [`Tier::fill`] holds
+//! while it checks the epoch and inserts. Either the invalidation comes first (the fill is
+//! refused) or the fill does (and the invalidation then removes it). [`Tier::clear`] bumps a
+//! global counter the same way.
+//!
+//! # Coalescing
+//! A miss on a variant already in flight (same epoch) waits for that read instead of sending its
+//! own: the reply is handed to every waiter's reply sink with its sequence number.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+
+use crate::upstream::{ReplyChunk, ReplySink};
+
+/// Fixed cost counted per variant and per entry on top of their bytes.
+const OVERHEAD: usize = 64;
+
+pub struct Tier {
+    entries: Cache<Bytes, Arc<KeyEntry>>,
+    /// Keys with reads in flight: their epoch and flights. Removed when no read is in flight.
+    in_flight: DashMap<Bytes, KeyState>,
+    /// Bumped by every [`Tier::clear`].
+    clears: AtomicU64,
+    /// Tracked rules may cache only while the tracking connection is up.
+    tracking_up: AtomicBool,
+    max_entry_size: usize,
+}
+
+#[derive(Debug)]
+struct KeyEntry {
+    variants: Vec<Variant>,
+}
+
+#[derive(Debug, Clone)]
+struct Variant {
+    id: Bytes,
+    reply: Bytes,
+    expires_at: Instant,
+}
+
+#[derive(Default)]
+struct KeyState {
+    epoch: u64,
+    flights: Vec<Flight>,
+}
+
+struct Flight {
+    id: Bytes,
+    epoch: u64,
+    clears: u64,
+    waiters: Vec<Waiter>,
+}
+
+/// A client waiting for a coalesced read: where and under which sequence number.
+#[derive(Debug)]
+pub struct Waiter {
+    pub sink: ReplySink,
+    pub seq: u64,
+}
+
+/// Permission to fill one variant, taken when its read was sent.
+#[derive(Debug)]
+pub struct FillTicket {
+    key: Bytes,
+    id: Bytes,
+    epoch: u64,
+    clears: u64,
+    local_ttl: Duration,
+}
+
+impl FillTicket {
+    pub fn key(&self) -> &Bytes {
+        &self.key
+    }
+}
+
+#[derive(Debug)]
+pub enum Lookup {
+    Hit(Bytes),
+    /// An identical read is in flight; the waiter will get its reply.
+    Joined,
+    /// Send the read, then [`Tier::fill`] (or [`Tier::abort`]) with this ticket.
+    Miss(FillTicket),
+}
+
+struct Lifetime;
+
+impl moka::Expiry<Bytes, Arc<KeyEntry>> for Lifetime {
+    fn expire_after_create(&self, _: &Bytes, entry: &Arc<KeyEntry>, now: Instant) -> Option<Duration> {
+        entry.variants.iter().map(|v| v.expires_at.saturating_duration_since(now)).max()
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &Bytes,
+        entry: &Arc<KeyEntry>,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, entry, now)
+    }
+}
+
+impl Tier {
+    pub fn new(max_memory: u64, max_entry_size: usize, tracking_up: bool) -> Tier {
+        let entries = Cache::builder()
+            .max_capacity(max_memory)
+            .eviction_policy(EvictionPolicy::lru())
+            .weigher(|key: &Bytes, entry: &Arc<KeyEntry>| {
+                let variants: usize = entry.variants.iter().map(|v| v.id.len() + v.reply.len() + OVERHEAD).sum();
+                u32::try_from(key.len() + variants + OVERHEAD).unwrap_or(u32::MAX)
+            })
+            .expire_after(Lifetime)
+            .build();
+        Tier {
+            entries,
+            in_flight: DashMap::new(),
+            clears: AtomicU64::new(0),
+            tracking_up: AtomicBool::new(tracking_up),
+            max_entry_size,
+        }
+    }
+
+    pub fn tracking_up(&self) -> bool {
+        self.tracking_up.load(Ordering::Acquire)
+    }
+
+    /// Tracking (re-)established: tracked rules may cache again.
+    pub fn tracking_started(&self) {
+        self.tracking_up.store(true, Ordering::Release);
+    }
+
+    /// Tracking lost: invalidations may have been missed, so nothing cached can be trusted.
+    pub fn tracking_lost(&self) {
+        self.tracking_up.store(false, Ordering::Release);
+        self.clear();
+    }
+
+    /// Looks up variant `id` of `key`; on a miss, joins an identical read in flight or
+    /// registers a new one.
+    pub fn lookup(&self, key: &[u8], id: &[u8], local_ttl: Duration, waiter: impl FnOnce() -> Waiter) -> Lookup {
+        if let Some(entry) = self.entries.get(key)
+            && let Some(variant) = entry.variants.iter().find(|v| v.id == id)
+            && variant.expires_at > Instant::now()
+        {
+            return Lookup::Hit(variant.reply.clone());
+        }
+        let clears = self.clears.load(Ordering::Acquire);
+        let mut state = self.in_flight.entry(Bytes::copy_from_slice(key)).or_default();
+        let epoch = state.epoch;
+        if let Some(flight) = state.flights.iter_mut().find(|f| f.id == id && f.epoch == epoch && f.clears == clears) {
+            flight.waiters.push(waiter());
+            return Lookup::Joined;
+        }
+        let id = Bytes::copy_from_slice(id);
+        state.flights.push(Flight { id: id.clone(), epoch, clears, waiters: Vec::new() });
+        Lookup::Miss(FillTicket { key: state.key().clone(), id, epoch, clears, local_ttl })
+    }
+
+    /// The read's reply arrived: answer the waiters and cache it, unless the key was
+    /// invalidated since the read was sent. `pttl` is the key's PTTL read just before it.
+    pub fn fill(&self, ticket: FillTicket, reply: Bytes, pttl: Option<i64>) {
+        let waiters = {
+            let Some(mut state) = self.in_flight.get_mut(&ticket.key) else { return };
+            let waiters = take_flight(&mut state, &ticket);
+            let fresh = state.epoch == ticket.epoch && self.clears.load(Ordering::Acquire) == ticket.clears;
+            let lifetime = lifetime(ticket.local_ttl, pttl);
+            if fresh && is_cacheable(&reply) && reply.len() <= self.max_entry_size && !lifetime.is_zero() {
+                // Under the key's shard lock: no invalidation can slip between check and insert.
+                self.insert(&ticket, reply.clone(), lifetime);
+            }
+            waiters
+        };
+        self.in_flight.remove_if(&ticket.key, |_, state| state.flights.is_empty());
+        for waiter in waiters {
+            let _ = waiter.sink.send(ReplyChunk { seq: waiter.seq, count: 1, bytes: reply.clone() });
+        }
+    }
+
+    /// The read failed: its waiters get the same error reply; nothing is cached.
+    pub fn abort(&self, ticket: FillTicket, error: Bytes) {
+        let waiters = match self.in_flight.get_mut(&ticket.key) {
+            Some(mut state) => take_flight(&mut state, &ticket),
+            None => Vec::new(),
+        };
+        self.in_flight.remove_if(&ticket.key, |_, state| state.flights.is_empty());
+        for waiter in waiters {
+            let _ = waiter.sink.send(ReplyChunk { seq: waiter.seq, count: 1, bytes: error.clone() });
+        }
+    }
+
+    fn insert(&self, ticket: &FillTicket, reply: Bytes, lifetime: Duration) {
+        let now = Instant::now();
+        let mut variants: Vec<Variant> = match self.entries.get(&ticket.key) {
+            Some(entry) => entry.variants.iter().filter(|v| v.id != ticket.id && v.expires_at > now).cloned().collect(),
+            None => Vec::with_capacity(1),
+        };
+        variants.push(Variant { id: ticket.id.clone(), reply, expires_at: now + lifetime });
+        self.entries.insert(ticket.key.clone(), Arc::new(KeyEntry { variants }));
+    }
+
+    /// Drops every variant of `key` and refuses fills of reads already in flight for it.
+    pub fn invalidate(&self, key: &[u8]) {
+        if let Some(mut state) = self.in_flight.get_mut(key) {
+            state.epoch += 1;
+        }
+        self.entries.invalidate(key);
+    }
+
+    /// Drops everything and refuses fills of every read in flight.
+    pub fn clear(&self) {
+        self.clears.fetch_add(1, Ordering::AcqRel);
+        self.entries.invalidate_all();
+    }
+
+    /// Bytes held (as weighed), after pending maintenance. For tests and metrics.
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+}
+
+fn take_flight(state: &mut KeyState, ticket: &FillTicket) -> Vec<Waiter> {
+    let position =
+        state.flights.iter().position(|f| f.id == ticket.id && f.epoch == ticket.epoch && f.clears == ticket.clears);
+    position.map(|p| state.flights.swap_remove(p).waiters).unwrap_or_default()
+}
+
+/// An entry never outlives its key upstream: min(rule's local TTL, the key's PTTL), where
+/// PTTL -1 (no expiry) and -2 (no key) leave the local TTL.
+fn lifetime(local_ttl: Duration, pttl: Option<i64>) -> Duration {
+    match pttl {
+        Some(ms) if ms >= 0 => local_ttl.min(Duration::from_millis(ms as u64)),
+        _ => local_ttl,
+    }
+}
+
+/// Error replies (and stray pushes) are never cached.
+fn is_cacheable(reply: &[u8]) -> bool {
+    !matches!(reply.first(), Some(b'-' | b'!' | b'>') | None)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,152 @@
+use super::*;
+use tokio::sync::mpsc;
+
+const TTL: Duration = Duration::from_secs(60);
+
+fn tier() -> Tier {
+    Tier::new(1 << 20, 64 << 10, true)
+}
+
+fn nobody() -> Waiter {
+    panic!("no waiter expected")
+}
+
+fn miss(tier: &Tier, key: &str, id: &str) -> FillTicket {
+    match tier.lookup(key.as_bytes(), id.as_bytes(), TTL, nobody) {
+        Lookup::Miss(ticket) => ticket,
+        other => panic!("expected a miss, got {other:?}"),
+    }
+}
+
+fn hit(tier: &Tier, key: &str, id: &str) -> Option<Bytes> {
+    match tier.lookup(key.as_bytes(), id.as_bytes(), TTL, nobody) {
+        Lookup::Hit(reply) => Some(reply),
+        Lookup::Miss(ticket) => {
+            tier.abort(ticket, Bytes::new());
+            None
+        }
+        Lookup::Joined => panic!("unexpected join"),
+    }
+}
+
+#[test]
+fn a_filled_read_is_a_hit_and_an_invalidation_removes_every_variant() {
+    let tier = tier();
+    let get = miss(&tier, "k", "GET k");
+    tier.fill(get, Bytes::from_static(b"$1\r\nv\r\n"), Some(-1));
+    let strlen = miss(&tier, "k", "STRLEN k");
+    tier.fill(strlen, Bytes::from_static(b":1\r\n"), Some(-1));
+    assert_eq!(hit(&tier, "k", "GET k").as_deref(), Some(&b"$1\r\nv\r\n"[..]));
+    assert_eq!(hit(&tier, "k", "STRLEN k").as_deref(), Some(&b":1\r\n"[..]));
+    tier.invalidate(b"k");
+    assert_eq!(hit(&tier, "k", "GET k"), None);
+    assert_eq!(hit(&tier, "k", "STRLEN k"), None);
+}
+
+#[test]
+fn a_read_in_flight_during_an_invalidation_is_not_cached() {
+    let tier = tier();
+    let ticket = miss(&tier, "k", "GET k");
+    tier.invalidate(b"k"); // a write happened while the read was in flight
+    tier.fill(ticket, Bytes::from_static(b"$3\r\nold\r\n"), Some(-1));
+    assert_eq!(hit(&tier, "k", "GET k"), None, "the possibly stale reply must not be cached");
+    // A read sent after the invalidation fills normally.
+    let ticket = miss(&tier, "k", "GET k");
+    tier.fill(ticket, Bytes::from_static(b"$3\r\nnew\r\n"), Some(-1));
+    assert!(hit(&tier, "k", "GET k").is_some());
+}
+
+#[test]
+fn a_read_in_flight_during_a_clear_is_not_cached() {
+    let tier = tier();
+    let ticket = miss(&tier, "k", "GET k");
+    tier.tracking_lost();
+    assert!(!tier.tracking_up());
+    tier.fill(ticket, Bytes::from_static(b"$1\r\nv\r\n"), Some(-1));
+    assert_eq!(hit(&tier, "k", "GET k"), None);
+}
+
+#[test]
+fn concurrent_misses_share_one_read() {
+    let tier = tier();
+    let ticket = miss(&tier, "k", "GET k");
+    let (sink, mut replies) = mpsc::unbounded_channel();
+    for seq in [7, 8] {
+        let joined = tier.lookup(b"k", b"GET k", TTL, || Waiter { sink: sink.clone(), seq });
+        assert!(matches!(joined, Lookup::Joined));
+    }
+    // A different variant of the same key is its own read.
+    assert!(matches!(tier.lookup(b"k", b"HGET k f", TTL, nobody), Lookup::Miss(_)));
+    tier.fill(ticket, Bytes::from_static(b"$1\r\nv\r\n"), Some(-1));
+    for seq in [7, 8] {
+        let chunk = replies.try_recv().unwrap();
+        assert_eq!((chunk.seq, &chunk.bytes[..]), (seq, &b"$1\r\nv\r\n"[..]));
+    }
+}
+
+#[test]
+fn a_failed_read_answers_its_waiters_with_the_error() {
+    let tier = tier();
+    let ticket = miss(&tier, "k", "GET k");
+    let (sink, mut replies) = mpsc::unbounded_channel();
+    assert!(matches!(tier.lookup(b"k", b"GET k", TTL, || Waiter { sink, seq: 1 }), Lookup::Joined));
+    tier.abort(ticket, Bytes::from_static(b"-ERR gone\r\n"));
+    assert_eq!(&replies.try_recv().unwrap().bytes[..], b"-ERR gone\r\n");
+    // Nothing is left in flight: the next miss leads a new read.
+    assert!(matches!(tier.lookup(b"k", b"GET k", TTL, nobody), Lookup::Miss(_)));
+}
+
+#[test]
+fn a_waiter_never_joins_a_read_sent_before_an_invalidation() {
+    let tier = tier();
+    let _old = miss(&tier, "k", "GET k");
+    tier.invalidate(b"k");
+    assert!(matches!(tier.lookup(b"k", b"GET k", TTL, nobody), Lookup::Miss(_)));
+}
+
+#[test]
+fn entries_never_outlive_the_key() {
+    assert_eq!(lifetime(TTL, Some(1500)), Duration::from_millis(1500));
+    assert_eq!(lifetime(Duration::from_secs(1), Some(5000)), Duration::from_secs(1));
+    assert_eq!(lifetime(TTL, Some(-1)), TTL);
+    assert_eq!(lifetime(TTL, Some(-2)), TTL);
+    assert_eq!(lifetime(TTL, None), TTL);
+    let tier = tier();
+    let ticket = miss(&tier, "k", "GET k");
+    tier.fill(ticket, Bytes::from_static(b"$1\r\nv\r\n"), Some(30));
+    assert!(hit(&tier, "k", "GET k").is_some());
+    std::thread::sleep(Duration::from_millis(40));
+    assert_eq!(hit(&tier, "k", "GET k"), None, "expired with the key's PTTL");
+    let ticket = miss(&tier, "gone", "GET gone");
+    tier.fill(ticket, Bytes::from_static(b"$1\r\nv\r\n"), Some(0));
+    assert_eq!(hit(&tier, "gone", "GET gone"), None);
+}
+
+#[test]
+fn errors_and_oversized_replies_are_not_cached() {
+    let tier = tier();
+    let ticket = miss(&tier, "k", "GET k");
+    tier.fill(ticket, Bytes::from_static(b"-WRONGTYPE x\r\n"), Some(-1));
+    assert_eq!(hit(&tier, "k", "GET k"), None);
+    let ticket = miss(&tier, "k", "GET k");
+    tier.fill(ticket, Bytes::from(vec![b'x'; 65 << 10]), Some(-1));
+    assert_eq!(hit(&tier, "k", "GET k"), None);
+}
+
+#[test]
+fn the_tier_stays_within_max_memory() {
+    let tier = Tier::new(1 << 20, 64 << 10, true);
+    let value = Bytes::from(vec![b'v'; 10_000]);
+    for i in 0..1000 {
+        let key = format!("key:{i}");
+        let ticket = miss(&tier, &key, &format!("GET {key}"));
+        tier.fill(ticket, value.clone(), Some(-1));
+    }
+    // 10 MB written into a 1 MiB tier.
+    let size = tier.weighted_size();
+    assert!(size <= 1 << 20, "{size} bytes held");
+    assert!(size > 900 << 10, "the tier should be nearly full, holds {size}");
+    // LRU: the most recent keys are the ones kept.
+    assert!(hit(&tier, "key:999", "GET key:999").is_some());
+    assert!(hit(&tier, "key:0", "GET key:0").is_none());
+}

@@ -1,0 +1,164 @@
+//! Which rule a key falls under: `[[rule]]` patterns in order (first match wins), then
+//! `[default]`. A rule names the consistency the application needs for that data.
+
+use std::time::Duration;
+
+use crate::config::{CacheMode, Config};
+
+/// What a rule says about a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub mode: CacheMode,
+    /// How long a reply may be served from the tier (further bounded by the key's PTTL).
+    pub local_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    rules: Vec<(Vec<u8>, Settings)>,
+    default: Settings,
+}
+
+impl Policy {
+    pub fn new(config: &Config) -> Policy {
+        let default = Settings { mode: config.default.cache, local_ttl: config.default.local_ttl.0 };
+        let rules = config
+            .rule
+            .iter()
+            .map(|rule| {
+                let settings =
+                    Settings { mode: rule.cache, local_ttl: rule.local_ttl.map_or(default.local_ttl, |span| span.0) };
+                (rule.pattern.as_bytes().to_vec(), settings)
+            })
+            .collect();
+        Policy { rules, default }
+    }
+
+    pub fn for_key(&self, key: &[u8]) -> Settings {
+        self.rules.iter().find(|(pattern, _)| glob_match(pattern, key)).map_or(self.default, |(_, settings)| *settings)
+    }
+}
+
+/// Redis's glob (as in KEYS and PSUBSCRIBE): `*`, `?`, `[abc]`, `[^a-z]`, and `\` escapes.
+pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // Where to resume after the last `*`: (pattern index after it, text index it matched up to).
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        let step = match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p + 1, t));
+                p += 1;
+                continue;
+            }
+            Some(b'?') => Some(p + 1),
+            Some(b'[') => class_match(pattern, p + 1, text[t]),
+            Some(b'\\') if p + 1 < pattern.len() => (pattern[p + 1] == text[t]).then_some(p + 2),
+            Some(&c) => (c == text[t]).then_some(p + 1),
+            None => None,
+        };
+        match (step, star) {
+            (Some(next), _) => {
+                p = next;
+                t += 1;
+            }
+            (None, Some((after_star, matched))) => {
+                p = after_star;
+                t = matched + 1;
+                star = Some((after_star, matched + 1));
+            }
+            (None, None) => return false,
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Matches `c` against the class starting after `[`; the pattern index after `]` on success.
+fn class_match(pattern: &[u8], mut p: usize, c: u8) -> Option<usize> {
+    let negate = pattern.get(p) == Some(&b'^');
+    if negate {
+        p += 1;
+    }
+    let mut found = false;
+    loop {
+        match *pattern.get(p)? {
+            b']' => break,
+            b'\\' => {
+                found |= pattern.get(p + 1) == Some(&c);
+                p += 2;
+            }
+            lo if pattern.get(p + 1) == Some(&b'-') && pattern.get(p + 2).is_some_and(|&hi| hi != b']') => {
+                let hi = pattern[p + 2];
+                let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
+                found |= (lo..=hi).contains(&c);
+                p += 3;
+            }
+            other => {
+                found |= other == c;
+                p += 1;
+            }
+        }
+    }
+    (found != negate).then_some(p + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn globs_match_like_redis() {
+        let cases: [(&str, &str, bool); 16] = [
+            ("user:*", "user:42", true),
+            ("user:*", "users:42", false),
+            ("*", "", true),
+            ("", "", true),
+            ("", "a", false),
+            ("h?llo", "hello", true),
+            ("h?llo", "hllo", false),
+            ("h[ae]llo", "hallo", true),
+            ("h[ae]llo", "hillo", false),
+            ("h[^e]llo", "hallo", true),
+            ("h[^e]llo", "hello", false),
+            ("h[a-c]llo", "hbllo", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("a\\*b", "a*b", true),
+            ("a\\*b", "axb", false),
+        ];
+        for (pattern, text, expected) in cases {
+            assert_eq!(glob_match(pattern.as_bytes(), text.as_bytes()), expected, "{pattern} ~ {text}");
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_wins_then_the_default() {
+        let text = r#"
+            [default]
+            cache = "tracked"
+            local_ttl = "5m"
+            [[rule]]
+            pattern = "idempotency:*"
+            cache = "none"
+            [[rule]]
+            pattern = "leaderboard:*"
+            cache = "ttl"
+            local_ttl = "10s"
+            [[rule]]
+            pattern = "*"
+            cache = "none"
+        "#;
+        let config = Config::parse(text, Path::new("t.toml")).unwrap();
+        let policy = Policy::new(&config);
+        assert_eq!(policy.for_key(b"idempotency:1").mode, CacheMode::None);
+        let board = policy.for_key(b"leaderboard:daily");
+        assert_eq!((board.mode, board.local_ttl), (CacheMode::Ttl, Duration::from_secs(10)));
+        assert_eq!(policy.for_key(b"user:1").mode, CacheMode::None);
+        let default = Policy::new(&Config::default());
+        assert_eq!(
+            default.for_key(b"user:1"),
+            Settings { mode: CacheMode::Tracked, local_ttl: Duration::from_secs(300) }
+        );
+    }
+}
