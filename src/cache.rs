@@ -45,6 +45,12 @@ pub struct Tier {
     max_entry_size: usize,
 }
 
+impl std::fmt::Debug for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tier").field("entries", &self.entries.entry_count()).finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 struct KeyEntry {
     variants: Vec<Variant>,
@@ -78,7 +84,7 @@ pub struct Waiter {
 }
 
 /// Permission to fill one variant, taken when its read was sent.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct FillTicket {
     key: Bytes,
     id: Bytes,

@@ -28,12 +28,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
+use crate::cache::FillTicket;
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Parsed, RequestParser};
 use crate::pinned::PinnedConn;
-use crate::proxy::{Route, Session};
+use crate::proxy::{Env, Route, Session};
 use crate::server::Context;
-use crate::upstream::{Batch, Pool, PoolKey, ReplyChunk, ReplySink};
+use crate::upstream::{Batch, Hooks, Pool, PoolKey, ReplyChunk, ReplySink};
 use crate::writev;
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -85,6 +86,8 @@ struct Run {
     seq: u64,
     count: u32,
     len: usize,
+    /// Some of them are writes (their keys are invalidated again as replies arrive).
+    writes: bool,
 }
 
 /// A request for a new destination, waiting for the replies of all requests before it.
@@ -92,6 +95,14 @@ struct Held {
     dest: Dest,
     bytes: Bytes,
     seq: u64,
+    work: TierWork,
+}
+
+/// What the local tier does when a batch's replies arrive.
+#[derive(Default)]
+struct TierWork {
+    fill: Option<FillTicket>,
+    writes: bool,
 }
 
 pub struct Client {
@@ -195,7 +206,7 @@ impl Client {
         if self.held.as_ref().is_some_and(|h| h.seq == self.replies.next) {
             let held = self.held.take().expect("checked above");
             let count = u32::from(held.dest.counted());
-            self.send(held.dest, held.bytes, held.seq, count).await;
+            self.send(held.dest, held.bytes, held.seq, count, held.work).await;
         }
         self.process().await;
     }
@@ -204,16 +215,22 @@ impl Client {
     async fn process(&mut self) {
         while !self.closing && self.held.is_none() && self.outstanding() < self.ctx.max_pending {
             let offset = self.run.as_ref().map_or(0, |run| run.len);
-            let info = self.ctx.upstream.info();
+            let env = Env {
+                server: self.ctx.upstream.info(),
+                policy: &self.ctx.policy,
+                tier: self.ctx.tier.as_deref(),
+                seq: self.next_seq,
+                sink: &self.sink,
+            };
             match self.parser.parse(&self.rbuf[offset..]) {
                 Ok(None) => break,
                 Ok(Some(Parsed::Empty { len })) => self.skip_frame(len).await,
                 Ok(Some(Parsed::Command { len, argc })) => {
-                    let route = self.session.route(&CommandView::new(&self.rbuf[offset..offset + len], argc), info);
+                    let route = self.session.route(&CommandView::new(&self.rbuf[offset..offset + len], argc), &env);
                     self.dispatch(route, len, None).await;
                 }
                 Ok(Some(Parsed::Inline { len, argc, encoded })) => {
-                    let route = self.session.route(&CommandView::new(&encoded, argc), info);
+                    let route = self.session.route(&CommandView::new(&encoded, argc), &env);
                     self.dispatch(route, len, Some(encoded)).await;
                 }
                 Err(err) => {
@@ -230,22 +247,31 @@ impl Client {
     /// re-encoded bytes when the client sent an inline command.
     async fn dispatch(&mut self, route: Route, len: usize, inline: Option<Bytes>) {
         let close = matches!(route, Route::Close(_));
-        let dest = match route {
+        let (dest, work) = match route {
             Route::Reply(bytes) | Route::Close(bytes) => {
                 self.closing |= close;
                 self.skip_frame(len).await;
                 self.reply_local(bytes);
                 return;
             }
-            Route::Shared(key) => Dest::Shared(key),
-            Route::Pinned { stream } => Dest::Pinned { stream },
+            Route::Joined => {
+                // The reply comes from the read in flight, through the tier.
+                self.skip_frame(len).await;
+                self.next_seq += 1;
+                return;
+            }
+            Route::Shared(key) => (Dest::Shared(key), TierWork::default()),
+            Route::Write(key) => (Dest::Shared(key), TierWork { fill: None, writes: true }),
+            Route::Fill(key, ticket) => (Dest::Shared(key), TierWork { fill: Some(ticket), writes: false }),
+            Route::Pinned { stream } => (Dest::Pinned { stream }, TierWork::default()),
         };
         let counted = u32::from(dest.counted());
-        if let (None, Some(run)) = (&inline, self.run.as_mut())
+        if let (None, None, Some(run)) = (&inline, &work.fill, self.run.as_mut())
             && run.dest == dest
         {
             run.len += len;
             run.count += counted;
+            run.writes |= work.writes;
             self.next_seq += u64::from(counted);
             return;
         }
@@ -257,17 +283,17 @@ impl Client {
                 self.rbuf.advance(len);
                 encoded
             }
-            None if self.last_dest == Some(dest) || self.replies.next == seq => {
+            None if work.fill.is_none() && (self.last_dest == Some(dest) || self.replies.next == seq) => {
                 self.last_dest = Some(dest);
-                self.run = Some(Run { dest, seq, count: counted, len });
+                self.run = Some(Run { dest, seq, count: counted, len, writes: work.writes });
                 return;
             }
             None => self.rbuf.split_to(len).freeze(),
         };
         if self.last_dest != Some(dest) && self.replies.next != seq {
-            self.held = Some(Held { dest, bytes, seq });
+            self.held = Some(Held { dest, bytes, seq, work });
         } else {
-            self.send(dest, bytes, seq, counted).await;
+            self.send(dest, bytes, seq, counted, work).await;
         }
     }
 
@@ -286,16 +312,31 @@ impl Client {
     async fn flush_run(&mut self) {
         if let Some(run) = self.run.take() {
             let bytes = self.rbuf.split_to(run.len).freeze();
-            self.send(run.dest, bytes, run.seq, run.count).await;
+            let work = TierWork { fill: None, writes: run.writes };
+            self.send(run.dest, bytes, run.seq, run.count, work).await;
         }
     }
 
-    async fn send(&mut self, dest: Dest, bytes: Bytes, seq: u64, count: u32) {
+    async fn send(&mut self, dest: Dest, bytes: Bytes, seq: u64, count: u32, work: TierWork) {
         self.last_dest = Some(dest);
         match dest {
             Dest::Shared(key) => {
-                let batch = Batch { bytes, seq, count, sink: self.sink.clone() };
                 let slot = self.session.id() as usize;
+                let ctx = Arc::clone(&self.ctx);
+                let hooks = match (&ctx.tier, work.fill.is_some() || work.writes) {
+                    (Some(tier), true) => {
+                        if let Some(ticket) = &work.fill {
+                            // The key's PTTL, read just before the fill on the same connection.
+                            let probe = Batch::probe(tier, ticket.key(), &self.sink);
+                            self.pool(key).send(slot, probe);
+                        }
+                        let hooks =
+                            Hooks { tier: Arc::clone(tier), fill: work.fill, writes: work.writes, probe: false };
+                        Some(Box::new(hooks))
+                    }
+                    _ => None,
+                };
+                let batch = Batch { bytes, seq, count, sink: self.sink.clone(), hooks };
                 self.pool(key).send(slot, batch);
             }
             Dest::Pinned { stream } => self.send_pinned(bytes, seq, count, stream).await,
@@ -351,7 +392,9 @@ impl Client {
         if let Err(e) = taken {
             return self.pinned_failed(self.lost(e));
         }
-        if conn.is_idle() && self.session.is_pinned() && self.session.try_unpin() {
+        let idle = conn.is_idle();
+        self.session.revalidate(self.ctx.tier.as_deref(), idle);
+        if idle && self.session.is_pinned() && self.session.try_unpin() {
             // The connection stays open for the next pin, in the db/protocol it is now in.
             conn.set_key(self.session.pool_key());
         }

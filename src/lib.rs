@@ -28,5 +28,6 @@ pub mod policy;
 pub mod proxy;
 pub mod reply;
 pub mod server;
+pub mod tracking;
 pub mod upstream;
 pub mod writev;

@@ -22,19 +22,29 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use crate::command::{Class, classify};
+use crate::cache::{FillTicket, Lookup, Tier, Waiter};
+use crate::command::{Class, Effect, classify, effect, written_keys};
+use crate::config::CacheMode;
 use crate::error::ProxyError;
 use crate::framing::{CommandView, parse_int};
+use crate::policy::Policy;
 use crate::reply::{self, ReplyWriter};
-use crate::upstream::{PoolKey, ServerInfo};
+use crate::upstream::{PoolKey, ReplySink, ServerInfo};
 
 /// What to do with one command.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
-    /// Answered by the proxy; nothing goes upstream.
+    /// Answered by the proxy (or from the local tier); nothing goes upstream.
     Reply(Bytes),
     /// Forwarded on the shared pool for this key.
     Shared(PoolKey),
+    /// A write forwarded on the shared pool: its keys were invalidated, and are invalidated
+    /// again when its reply arrives, before the client gets it (read-your-writes).
+    Write(PoolKey),
+    /// A cacheable read that missed: forwarded, and its reply fills the tier.
+    Fill(PoolKey, FillTicket),
+    /// An identical read is in flight: its reply will be delivered for this request too.
+    Joined,
     /// Forwarded on the session's pinned connection; `stream` once replies are no longer one
     /// per request.
     Pinned { stream: bool },
@@ -53,6 +63,17 @@ struct Pin {
     sticky: bool,
 }
 
+/// What a routing decision may consult besides the session.
+pub struct Env<'a> {
+    pub server: &'a ServerInfo,
+    pub policy: &'a Policy,
+    /// `None` when `cache.enabled` is false.
+    pub tier: Option<&'a Tier>,
+    /// The request's sequence number, and where its reply goes if it joins a read in flight.
+    pub seq: u64,
+    pub sink: &'a ReplySink,
+}
+
 /// One client's session.
 #[derive(Debug)]
 pub struct Session {
@@ -65,11 +86,27 @@ pub struct Session {
     lib_name: Option<Bytes>,
     lib_ver: Option<Bytes>,
     pin: Pin,
+    /// Keys written on the pinned connection, invalidated again as its replies arrive.
+    dirty: Vec<Bytes>,
+    /// Scratch space for a variant id (no allocation on a cache hit).
+    variant: Vec<u8>,
 }
 
 impl Session {
     pub fn new(id: u64, peer: SocketAddr, local: SocketAddr) -> Session {
-        Session { id, peer, local, db: 0, resp3: false, name: None, lib_name: None, lib_ver: None, pin: Pin::default() }
+        Session {
+            id,
+            peer,
+            local,
+            db: 0,
+            resp3: false,
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            pin: Pin::default(),
+            dirty: Vec::new(),
+            variant: Vec::new(),
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -109,7 +146,7 @@ impl Session {
         self.pin = Pin::default();
     }
 
-    pub fn route(&mut self, cmd: &CommandView<'_>, server: &ServerInfo) -> Route {
+    pub fn route(&mut self, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
         let class = classify(cmd);
         if self.pin.active {
             // Session-only CLIENT subcommands stay the proxy's while pinned, unless Redis would
@@ -123,17 +160,100 @@ impl Session {
                     | Class::ClientSetInfo
             );
             if !(session_only && !self.pin.in_multi && !self.pin.stream) {
+                self.invalidate_pinned_write(cmd, env.tier);
                 return self.route_pinned(class, cmd);
             }
         }
         match class {
-            Class::Ordinary | Class::Exec | Class::Discard | Class::Unwatch => Route::Shared(self.pool_key()),
+            Class::Ordinary => self.route_ordinary(cmd, env),
+            Class::Exec | Class::Discard | Class::Unwatch => Route::Shared(self.pool_key()),
             Class::Multi | Class::Watch | Class::Blocking | Class::Stream | Class::Sticky => {
                 self.pin = Pin { active: true, key: self.pool_key(), ..Pin::default() };
+                self.invalidate_pinned_write(cmd, env.tier);
                 self.route_pinned(class, cmd)
             }
             Class::Quit => Route::Close(Bytes::from_static(reply::OK)),
-            local => Route::Reply(self.answer(local, cmd, server).unwrap_or_else(|e| e.to_reply())),
+            local => Route::Reply(self.answer(local, cmd, env.server).unwrap_or_else(|e| e.to_reply())),
+        }
+    }
+
+    /// An ordinary command on the shared pool, through the local tier.
+    fn route_ordinary(&mut self, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
+        let pool = self.pool_key();
+        let Some(tier) = env.tier else { return Route::Shared(pool) };
+        match effect(cmd) {
+            Effect::Nothing => Route::Shared(pool),
+            Effect::Flush => {
+                tier.clear();
+                Route::Write(pool)
+            }
+            Effect::Writes(spec) => {
+                written_keys(cmd, spec).for_each(|key| tier.invalidate(key));
+                Route::Write(pool)
+            }
+            Effect::CacheableRead => {
+                let key = cmd.arg(1).unwrap_or_default();
+                let rule = env.policy.for_key(key);
+                let cacheable = match rule.mode {
+                    CacheMode::None => false,
+                    CacheMode::Tracked => tier.tracking_up(),
+                    CacheMode::Ttl => true,
+                };
+                if !cacheable {
+                    return Route::Shared(pool);
+                }
+                self.variant_id(cmd);
+                let waiter = || Waiter { sink: env.sink.clone(), seq: env.seq };
+                match tier.lookup(key, &self.variant, rule.local_ttl, waiter) {
+                    Lookup::Hit(reply) => Route::Reply(reply),
+                    Lookup::Joined => Route::Joined,
+                    Lookup::Miss(ticket) => Route::Fill(pool, ticket),
+                }
+            }
+        }
+    }
+
+    /// A variant's identity: db, protocol and the command with its name uppercased, each
+    /// argument length-prefixed. Built in reused scratch space.
+    fn variant_id(&mut self, cmd: &CommandView<'_>) {
+        let id = &mut self.variant;
+        id.clear();
+        id.extend_from_slice(&self.db.to_le_bytes());
+        id.push(u8::from(self.resp3));
+        for (i, arg) in cmd.args().enumerate() {
+            id.extend_from_slice(&(arg.len() as u32).to_le_bytes());
+            let start = id.len();
+            id.extend_from_slice(arg);
+            if i == 0 {
+                id[start..].make_ascii_uppercase();
+            }
+        }
+    }
+
+    /// Writes sent on the pinned connection (in MULTI, scripts, ...) are invalidated before
+    /// they are sent and again as the connection's replies arrive ([`Session::revalidate`]).
+    fn invalidate_pinned_write(&mut self, cmd: &CommandView<'_>, tier: Option<&Tier>) {
+        let Some(tier) = tier else { return };
+        match effect(cmd) {
+            Effect::Writes(spec) => {
+                for key in written_keys(cmd, spec) {
+                    tier.invalidate(key);
+                    self.dirty.push(Bytes::copy_from_slice(key));
+                }
+            }
+            Effect::Flush => tier.clear(),
+            Effect::CacheableRead | Effect::Nothing => {}
+        }
+    }
+
+    /// Replies arrived on the pinned connection: invalidate what it wrote again (a queued
+    /// write executes at EXEC); forget the keys once nothing is outstanding.
+    pub fn revalidate(&mut self, tier: Option<&Tier>, idle: bool) {
+        if let Some(tier) = tier {
+            self.dirty.iter().for_each(|key| tier.invalidate(key));
+        }
+        if idle {
+            self.dirty.clear();
         }
     }
 

@@ -11,10 +11,13 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::cache::Tier;
+use crate::config::{Config, Tracking};
 use crate::connection;
 use crate::error::ProxyError;
 use crate::framing::Limits;
+use crate::policy::Policy;
+use crate::tracking;
 use crate::upstream::{PoolKey, Upstream};
 
 /// What every client task shares.
@@ -22,6 +25,9 @@ pub struct Context {
     pub upstream: Arc<Upstream>,
     pub limits: Limits,
     pub max_pending: usize,
+    pub policy: Policy,
+    /// The local tier; `None` when `cache.enabled` is false.
+    pub tier: Option<Arc<Tier>>,
 }
 
 /// How long a refused client gets to receive its error.
@@ -34,6 +40,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let upstream = Upstream::new(&config.upstream);
     // Dial the default pool now, so an unreachable upstream is reported at start.
     upstream.pool(PoolKey::default());
+    let cache = &config.cache;
+    let tier = cache.enabled.then(|| Arc::new(Tier::new(cache.max_memory.0, cache.max_entry_size.0 as usize, false)));
+    let tracking = match (&tier, cache.tracking) {
+        (Some(tier), Tracking::Bcast) => Some(tokio::spawn(tracking::run(Arc::clone(&upstream), Arc::clone(tier)))),
+        _ => None,
+    };
     let ctx = Arc::new(Context {
         upstream: Arc::clone(&upstream),
         limits: Limits {
@@ -41,6 +53,8 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             max_args: config.listen.max_args,
         },
         max_pending: config.listen.max_pending_replies,
+        policy: Policy::new(&config),
+        tier,
     });
     let permits = Arc::new(Semaphore::new(config.listen.max_clients));
     let (stop, stopped) = watch::channel(false);
@@ -80,6 +94,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     if timeout(drain, async { while clients.join_next().await.is_some() {} }).await.is_err() {
         warn!(clients = clients.len(), "drain timeout: closing the remaining clients");
         clients.shutdown().await;
+    }
+    if let Some(tracking) = tracking {
+        tracking.abort();
     }
     upstream.close();
     info!("shut down");

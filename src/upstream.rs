@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+use crate::cache::{FillTicket, Tier};
 use crate::config;
 use crate::error::ProxyError;
 use crate::framing::encode_command;
@@ -57,12 +58,48 @@ pub struct Batch {
     pub seq: u64,
     pub count: u32,
     pub sink: ReplySink,
+    /// What the local tier does with the replies; `None` for plain pass-through.
+    pub hooks: Option<Box<Hooks>>,
+}
+
+/// Work on the local tier when replies arrive, before the client gets them.
+#[derive(Debug)]
+pub struct Hooks {
+    pub tier: Arc<Tier>,
+    /// The batch is one cacheable read: fill the tier with its reply.
+    pub fill: Option<FillTicket>,
+    /// The batch has writes: invalidate their keys again as their replies arrive.
+    pub writes: bool,
+    /// The batch is the proxy's own `PTTL key`, sent just before a fill: its reply is the
+    /// key's lifetime and is not delivered to anyone.
+    pub probe: bool,
 }
 
 impl Batch {
+    /// The proxy's `PTTL key` sent ahead of a fill of `key`.
+    pub fn probe(tier: &Arc<Tier>, key: &[u8], sink: &ReplySink) -> Batch {
+        Batch {
+            bytes: encode_command(&[&b"PTTL"[..], key]),
+            seq: 0,
+            count: 1,
+            sink: sink.clone(),
+            hooks: Some(Box::new(Hooks { tier: Arc::clone(tier), fill: None, writes: false, probe: true })),
+        }
+    }
+
+    fn is_probe(&self) -> bool {
+        self.hooks.as_ref().is_some_and(|h| h.probe)
+    }
+
     /// Answers every request of the batch with `err` (nothing was sent).
-    fn fail(self, err: &ProxyError) {
+    fn fail(mut self, err: &ProxyError) {
+        if self.is_probe() {
+            return;
+        }
         let bytes = err.to_replies(self.count as usize);
+        if let Some(ticket) = self.hooks.as_mut().and_then(|h| h.fill.take()) {
+            self.hooks.as_ref().expect("has hooks").tier.abort(ticket, bytes.clone());
+        }
         let _ = self.sink.send(ReplyChunk { seq: self.seq, count: self.count, bytes });
     }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::Config;
 use crate::framing::encode_command;
 
 fn session() -> Session {
@@ -7,8 +8,14 @@ fn session() -> Session {
 }
 
 fn route(session: &mut Session, args: &[&str]) -> Route {
+    route_with(session, args, None, &Policy::new(&Config::default()))
+}
+
+fn route_with(session: &mut Session, args: &[&str], tier: Option<&Tier>, policy: &Policy) -> Route {
     let bytes = encode_command(args);
-    session.route(&CommandView::new(&bytes, args.len()), &ServerInfo::new("7.0.0", 16))
+    let (sink, _) = tokio::sync::mpsc::unbounded_channel();
+    let env = Env { server: &ServerInfo::new("7.0.0", 16), policy, tier, seq: 0, sink: &sink };
+    session.route(&CommandView::new(&bytes, args.len()), &env)
 }
 
 fn reply(session: &mut Session, args: &[&str]) -> String {
@@ -123,4 +130,37 @@ fn streams_and_sticky_flags_pin_for_good() {
     assert!(!s.try_unpin());
     s.pinned_lost();
     assert_eq!(route(&mut s, &["GET", "k"]), SHARED_DB0);
+}
+
+#[test]
+fn cacheable_reads_go_through_the_tier_by_rule() {
+    let text = "[[rule]]\npattern = \"lock:*\"\ncache = \"none\"\n";
+    let policy = Policy::new(&Config::parse(text, std::path::Path::new("t.toml")).unwrap());
+    let tier = Tier::new(1 << 20, 1 << 10, true);
+    let mut s = session();
+    let Route::Fill(pool, ticket) = route_with(&mut s, &["GET", "user:1"], Some(&tier), &policy) else { panic!() };
+    assert_eq!(pool, PoolKey::default());
+    // An identical read while the first is in flight waits for it.
+    assert_eq!(route_with(&mut s, &["get", "user:1"], Some(&tier), &policy), Route::Joined);
+    tier.fill(ticket, Bytes::from_static(b"$1\r\nv\r\n"), Some(-1));
+    assert_eq!(
+        route_with(&mut s, &["GET", "user:1"], Some(&tier), &policy),
+        Route::Reply(Bytes::from_static(b"$1\r\nv\r\n"))
+    );
+    // Another protocol or db is another variant.
+    assert!(matches!(route_with(&mut s, &["HELLO", "3"], Some(&tier), &policy), Route::Reply(_)));
+    assert!(matches!(route_with(&mut s, &["GET", "user:1"], Some(&tier), &policy), Route::Fill(..)));
+    // A write invalidates before it is forwarded.
+    assert_eq!(
+        route_with(&mut s, &["SET", "user:1", "w"], Some(&tier), &policy),
+        Route::Write(PoolKey { db: 0, resp3: true })
+    );
+    assert!(matches!(route_with(&mut s, &["HELLO", "2"], Some(&tier), &policy), Route::Reply(_)));
+    assert!(matches!(route_with(&mut s, &["GET", "user:1"], Some(&tier), &policy), Route::Fill(..)));
+    // "none" rules and uncacheable commands are plain forwards.
+    assert_eq!(route_with(&mut s, &["GET", "lock:1"], Some(&tier), &policy), SHARED_DB0);
+    assert_eq!(route_with(&mut s, &["TTL", "user:1"], Some(&tier), &policy), SHARED_DB0);
+    // Without tracking, tracked rules do not cache.
+    let untracked = Tier::new(1 << 20, 1 << 10, false);
+    assert_eq!(route_with(&mut s, &["GET", "user:2"], Some(&untracked), &policy), SHARED_DB0);
 }

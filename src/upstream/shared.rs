@@ -24,8 +24,10 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
-use super::{Batch, PoolKey, ReplyChunk, ReplySink, Upstream};
+use super::{Batch, Hooks, PoolKey, ReplyChunk, ReplySink, Upstream};
+use crate::command::{self, Effect};
 use crate::error::ProxyError;
+use crate::framing::{CommandView, Limits, Parsed, RequestParser, parse_int};
 use crate::reply::{self, ReplyScanner};
 use crate::writev;
 
@@ -43,18 +45,71 @@ struct Route {
     /// Replies already delivered.
     done: u32,
     sent_at: Instant,
+    hooks: Option<Box<Hooks>>,
+    /// With `hooks.writes`: the requests, and where the next reply's request starts.
+    request: Bytes,
+    request_pos: usize,
 }
 
 impl Route {
+    fn new(batch: Batch, sent_at: Instant) -> (Route, Bytes) {
+        let request = if batch.hooks.as_ref().is_some_and(|h| h.writes) { batch.bytes.clone() } else { Bytes::new() };
+        let route = Route {
+            sink: batch.sink,
+            seq: batch.seq,
+            count: batch.count,
+            done: 0,
+            sent_at,
+            hooks: batch.hooks,
+            request,
+            request_pos: 0,
+        };
+        (route, batch.bytes)
+    }
+
     fn deliver(&mut self, bytes: Bytes, count: u32) {
         let _ = self.sink.send(ReplyChunk { seq: self.seq + u64::from(self.done), count, bytes });
         self.done += count;
     }
 
+    fn is_probe(&self) -> bool {
+        self.hooks.as_ref().is_some_and(|h| h.probe)
+    }
+
     fn fail(mut self, err: &ProxyError) {
         let left = self.count - self.done;
-        if left > 0 {
-            self.deliver(err.to_replies(left as usize), left);
+        if left == 0 || self.is_probe() {
+            return;
+        }
+        let bytes = err.to_replies(left as usize);
+        if let Some(hooks) = self.hooks.as_mut()
+            && let Some(ticket) = hooks.fill.take()
+        {
+            hooks.tier.abort(ticket, bytes.clone());
+        }
+        self.deliver(bytes, left);
+    }
+
+    /// Tier work for one reply (`frame`), before it is delivered.
+    fn on_reply(&mut self, frame: &[u8], probe: &mut Option<i64>) {
+        let Some(hooks) = self.hooks.as_mut() else { return };
+        if let Some(ticket) = hooks.fill.take() {
+            // A copy: a slice would pin the whole read buffer for as long as it is cached.
+            hooks.tier.fill(ticket, Bytes::copy_from_slice(frame), probe.take());
+        }
+        if hooks.writes {
+            let mut parser = RequestParser::new(Limits { max_request_size: usize::MAX, max_args: usize::MAX });
+            if let Ok(Some(Parsed::Command { len, argc })) = parser.parse(&self.request[self.request_pos..]) {
+                let cmd = CommandView::new(&self.request[self.request_pos..self.request_pos + len], argc);
+                match command::effect(&cmd) {
+                    Effect::Writes(spec) => {
+                        command::written_keys(&cmd, spec).for_each(|key| hooks.tier.invalidate(key))
+                    }
+                    Effect::Flush => hooks.tier.clear(),
+                    Effect::CacheableRead | Effect::Nothing => {}
+                }
+                self.request_pos += len;
+            }
         }
     }
 }
@@ -145,8 +200,9 @@ async fn write_loop(
         while let Some(batch) = next {
             // The route is recorded before the bytes can reach Redis, so the reader always
             // finds it when the reply arrives.
-            let _ = routes.send(Route { sink: batch.sink, seq: batch.seq, count: batch.count, done: 0, sent_at });
-            out.push_back(batch.bytes);
+            let (route, bytes) = Route::new(batch, sent_at);
+            let _ = routes.send(route);
+            out.push_back(bytes);
             gathered += 1;
             next = if gathered < MAX_BATCHES_PER_WRITE { batches.try_recv().ok() } else { None };
         }
@@ -163,6 +219,8 @@ async fn read_loop(
 ) -> ProxyError {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = ReplyScanner::default();
+    // The PTTL probe's answer, kept for the fill that follows it.
+    let mut pttl = None;
     let deadline = sleep_until(Instant::now());
     tokio::pin!(deadline);
     let mut armed: Option<Instant> = None;
@@ -195,7 +253,7 @@ async fn read_loop(
                 return ProxyError::UpstreamTimeout { addr: up.addr.clone(), after: up.command_timeout() };
             }
         }
-        if let Err(err) = deliver(up, &mut buf, &mut scanner, routes, current) {
+        if let Err(err) = deliver(up, &mut buf, &mut scanner, routes, current, &mut pttl) {
             return err;
         }
     }
@@ -208,6 +266,7 @@ fn deliver(
     scanner: &mut ReplyScanner,
     routes: &mut UnboundedReceiver<Route>,
     current: &mut Option<Route>,
+    pttl: &mut Option<i64>,
 ) -> Result<(), ProxyError> {
     // buf[..scanned] holds `frames` complete replies for `current`, not yet delivered.
     let mut scanned = 0;
@@ -226,6 +285,14 @@ fn deliver(
         let Some(route) = current.as_mut() else {
             return Err(lost(up, "a reply arrived with no request waiting for it"));
         };
+        if route.is_probe() {
+            // The proxy's own PTTL (its route follows a completed one, so nothing is pending).
+            *pttl = parse_int(buf.get(1..len - 2).unwrap_or_default());
+            buf.advance(len);
+            *current = None;
+            continue;
+        }
+        route.on_reply(&buf[scanned..scanned + len], pttl);
         scanned += len;
         frames += 1;
         if route.done + frames == route.count {

@@ -1,0 +1,140 @@
+//! The tracking connection: how writes that do not pass through this proxy (other proxies,
+//! direct clients, scripts, expiry, eviction) reach the local tier.
+//!
+//! A dedicated RESP3 connection sends `CLIENT TRACKING ON BCAST` (all keys) and receives
+//! `invalidate` pushes: a key array drops those keys, a null (FLUSHALL/FLUSHDB) clears the tier.
+//!
+//! # Losing the stream
+//! While the connection is down, invalidations are missed. So the tier is cleared and tracked
+//! rules stop caching ([`Tier::tracking_lost`]) the moment the connection fails, until a new
+//! one has tracking on again. Reads in flight across the loss are refused by the tier's clear
+//! counter.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use redis_protocol::resp3::types::{OwnedFrame, Resp3Frame as _};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{info, warn};
+
+use crate::cache::Tier;
+use crate::framing::encode_command;
+use crate::reply::ReplyScanner;
+use crate::upstream::{PoolKey, Upstream};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Runs the tracking connection for as long as the proxy runs, reconnecting with backoff.
+pub async fn run(upstream: Arc<Upstream>, tier: Arc<Tier>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let started = Instant::now();
+        let err = track(&upstream, &tier).await;
+        if tier.tracking_up() {
+            warn!(upstream = %upstream.addr(), error = %err, "tracking connection lost: local tier cleared, tracked keys uncached until it is back");
+        }
+        tier.tracking_lost();
+        if started.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One tracking connection, until it fails.
+async fn track(upstream: &Upstream, tier: &Tier) -> String {
+    let mut stream = match upstream.connect(PoolKey { db: 0, resp3: true }).await {
+        Ok(stream) => stream,
+        Err(err) => return err.to_string(),
+    };
+    let mut request = BytesMut::new();
+    request.extend_from_slice(&encode_command(&["CLIENT", "SETNAME", "nearcache-tracking"]));
+    request.extend_from_slice(&encode_command(&["CLIENT", "TRACKING", "ON", "BCAST"]));
+    if let Err(e) = stream.write_all(&request).await {
+        return e.to_string();
+    }
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut scanner = ReplyScanner::default();
+    let mut confirmations = 0;
+    loop {
+        while let Some(len) = match scanner.scan(&buf) {
+            Ok(found) => found,
+            Err(e) => return e.to_string(),
+        } {
+            let frame = buf.split_to(len);
+            if confirmations < 2 {
+                if &frame[..] != b"+OK\r\n" {
+                    return format!("CLIENT TRACKING refused: {}", String::from_utf8_lossy(&frame).trim_end());
+                }
+                confirmations += 1;
+                if confirmations == 2 {
+                    tier.tracking_started();
+                    info!(upstream = %upstream.addr(), "tracking on: the local tier caches tracked keys");
+                }
+                continue;
+            }
+            apply(&frame, tier);
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => return "closed by upstream".into(),
+            Ok(_) => {}
+            Err(e) => return e.to_string(),
+        }
+    }
+}
+
+/// Applies one message from the tracking connection.
+fn apply(frame: &[u8], tier: &Tier) {
+    let Ok(Some((OwnedFrame::Push { data, .. }, _))) = redis_protocol::resp3::decode::complete::decode(frame) else {
+        return;
+    };
+    if data.first().and_then(|kind| kind.as_bytes()) != Some(b"invalidate") {
+        return;
+    }
+    match data.get(1) {
+        Some(OwnedFrame::Array { data: keys, .. }) => {
+            keys.iter().filter_map(|key| key.as_bytes()).for_each(|key| tier.invalidate(key));
+        }
+        // A null key list: everything (FLUSHALL, FLUSHDB).
+        _ => tier.clear(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Lookup;
+
+    fn cached(tier: &Tier, key: &[u8]) -> bool {
+        match tier.lookup(key, key, Duration::from_secs(60), || unreachable!()) {
+            Lookup::Miss(ticket) => {
+                tier.fill(ticket, bytes::Bytes::from_static(b"+v\r\n"), None);
+                false
+            }
+            Lookup::Hit(_) => true,
+            Lookup::Joined => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn invalidate_pushes_drop_keys_and_a_null_clears() {
+        let tier = Tier::new(1 << 20, 1 << 10, true);
+        for key in [&b"a"[..], b"b", b"c"] {
+            assert!(!cached(&tier, key));
+            assert!(cached(&tier, key));
+        }
+        apply(b">2\r\n$10\r\ninvalidate\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n", &tier);
+        assert!(!cached(&tier, b"a"));
+        assert!(!cached(&tier, b"b"));
+        assert!(cached(&tier, b"c"));
+        apply(b">2\r\n$10\r\ninvalidate\r\n_\r\n", &tier);
+        assert!(!cached(&tier, b"c"));
+        // Other pushes change nothing.
+        assert!(cached(&tier, b"c"));
+        apply(b">3\r\n$7\r\nmessage\r\n$1\r\nx\r\n$1\r\nc\r\n", &tier);
+        assert!(cached(&tier, b"c"));
+    }
+}
