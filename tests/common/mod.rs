@@ -97,6 +97,8 @@ fn ping(port: u16) -> bool {
 /// The proxy, running in this process until `stop` (or drop).
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The Redis it forwards to.
+    pub upstream: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -111,11 +113,12 @@ impl Proxy {
     pub async fn start(config: Config) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let upstream = config.upstream.address.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(nearcache::server::run(listener, config, async {
             let _ = stopped.await;
         }));
-        Proxy { addr, stop: Some(stop), task: Some(task) }
+        Proxy { addr, upstream, stop: Some(stop), task: Some(task) }
     }
 
     /// A proxy with default settings in front of `redis`.

@@ -1,0 +1,256 @@
+//! The local tier against a real redis-server: hits never reach Redis, and the coherence rules
+//! of DESIGN.md hold (read-your-writes, tracking, losing tracking, TTL, coalescing, variants).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{PATIENCE, Proxy, Raw, Redis, call, config_for};
+use nearcache::config::{CacheMode, Config, Rule, Span, Tracking};
+
+/// How many times Redis executed `command` (from INFO commandstats).
+async fn calls(direct: &mut Raw, command: &str) -> u64 {
+    let info = call(direct, &["INFO", "commandstats"]).await;
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Waits until reads through the proxy are cached (the tracking connection is up).
+async fn wait_for_caching(proxy: &mut Raw, direct: &mut Raw) {
+    let deadline = Instant::now() + PATIENCE;
+    call(direct, &["SET", "probe", "1"]).await;
+    loop {
+        call(proxy, &["GET", "probe"]).await;
+        let before = calls(direct, "get").await;
+        call(proxy, &["GET", "probe"]).await;
+        if calls(direct, "get").await == before {
+            return;
+        }
+        assert!(Instant::now() < deadline, "reads were never cached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn setup(config: Config) -> (Proxy, Raw, Raw) {
+    let proxy = Proxy::start(config).await;
+    let mut raw = proxy.raw().await;
+    let upstream = proxy_upstream(&proxy);
+    let mut direct = Raw::connect(upstream).await;
+    wait_for_caching(&mut raw, &mut direct).await;
+    (proxy, raw, direct)
+}
+
+fn proxy_upstream(proxy: &Proxy) -> String {
+    proxy.upstream.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_never_reach_redis_and_none_rules_are_never_cached() {
+    let redis = Redis::start();
+    let mut config = config_for(&redis.addr());
+    config.rule.push(Rule { pattern: "lock:*".into(), cache: CacheMode::None, local_ttl: None });
+    let (proxy, mut raw, mut direct) = setup(config).await;
+    call(&mut raw, &["SET", "user:1", "alice"]).await;
+    call(&mut raw, &["HSET", "h", "f", "v"]).await;
+    call(&mut raw, &["SET", "lock:1", "held"]).await;
+    for (read, command) in [(&["GET", "user:1"][..], "get"), (&["HGETALL", "h"], "hgetall"), (&["EXISTS", "user:1"], "exists")] {
+        let first = call(&mut raw, read).await;
+        let before = calls(&mut direct, command).await;
+        for _ in 0..5 {
+            assert_eq!(call(&mut raw, read).await, first);
+        }
+        assert_eq!(calls(&mut direct, command).await, before, "{read:?} reached Redis on a hit");
+    }
+    let before = calls(&mut direct, "get").await;
+    for _ in 0..3 {
+        assert_eq!(call(&mut raw, &["GET", "lock:1"]).await, "$4\r\nheld\r\n");
+    }
+    assert_eq!(calls(&mut direct, "get").await, before + 3, "cache = \"none\" must always read Redis");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_the_proxy_are_read_back_by_every_client() {
+    let redis = Redis::start();
+    let mut config = config_for(&redis.addr());
+    config.upstream.connections = 4;
+    let (proxy, mut first, _direct) = setup(config).await;
+    // Clients are spread over the four shared connections.
+    let mut clients = vec![];
+    for _ in 0..4 {
+        clients.push(proxy.raw().await);
+    }
+    for i in 0..200 {
+        let value = format!("v{i}");
+        let writer = i % 4;
+        assert_eq!(call(&mut clients[writer], &["SET", "k", &value]).await, "+OK\r\n");
+        for reader in &mut clients {
+            assert_eq!(call(reader, &["GET", "k"]).await, format!("${}\r\n{value}\r\n", value.len()));
+        }
+    }
+    // Every kind of write invalidates. Each case: cache the read, write, read again at once.
+    let cases: [(&[&str], &[&str], &[&str], &str); 10] = [
+        (&["SET", "a", "1"], &["DEL", "a"], &["GET", "a"], "$-1\r\n"),
+        (&["SET", "a", "1"], &["UNLINK", "a"], &["GET", "a"], "$-1\r\n"),
+        (&["SET", "a", "1"], &["RENAME", "a", "b"], &["GET", "a"], "$-1\r\n"),
+        (&["SET", "b", "1"], &["RENAME", "a2", "b"], &["GET", "b"], "$1\r\n2\r\n"),
+        (&["SET", "a", "1"], &["MSET", "x", "0", "a", "3"], &["GET", "a"], "$1\r\n3\r\n"),
+        (&["SET", "a", "1"], &["PEXPIRE", "a", "1"], &["PTTL", "a"], ""),
+        (&["SET", "a", "1"], &["FLUSHDB"], &["GET", "a"], "$-1\r\n"),
+        (&["SET", "a", "1"], &["FLUSHALL"], &["GET", "a"], "$-1\r\n"),
+        (&["SET", "a", "1"], &["EVAL", "return redis.call('SET', KEYS[1], ARGV[1])", "1", "a", "4"], &["GET", "a"], "$1\r\n4\r\n"),
+        (&["HSET", "h", "f", "1"], &["HINCRBY", "h", "f", "5"], &["HGET", "h", "f"], "$1\r\n6\r\n"),
+    ];
+    for (prepare, write, read, expected) in cases {
+        call(&mut first, prepare).await;
+        call(&mut first, &["SET", "a2", "2"]).await;
+        call(&mut clients[1], read).await;
+        call(&mut clients[1], read).await;
+        call(&mut clients[2], write).await;
+        if read[0] == "PTTL" {
+            // The cached GET must not outlive the key made to expire.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(call(&mut clients[1], &["GET", "a"]).await, "$-1\r\n", "after {write:?}");
+        } else {
+            assert_eq!(call(&mut clients[1], read).await, expected, "after {write:?}");
+        }
+    }
+    // A transaction's writes are visible once EXEC is answered.
+    call(&mut first, &["SET", "t", "before"]).await;
+    call(&mut clients[1], &["GET", "t"]).await;
+    assert_eq!(call(&mut clients[3], &["MULTI"]).await, "+OK\r\n");
+    assert_eq!(call(&mut clients[3], &["SET", "t", "after"]).await, "+QUEUED\r\n");
+    // Queued, not executed: readers may still see the old value...
+    call(&mut clients[1], &["GET", "t"]).await;
+    assert_eq!(call(&mut clients[3], &["EXEC"]).await, "*1\r\n+OK\r\n");
+    // ...and after EXEC they see the new one.
+    assert_eq!(call(&mut clients[1], &["GET", "t"]).await, "$5\r\nafter\r\n");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_by_other_clients_arrive_through_tracking() {
+    let redis = Redis::start();
+    let (proxy, mut raw, mut direct) = setup(config_for(&redis.addr())).await;
+    let mut delays = vec![];
+    for i in 0..20 {
+        call(&mut direct, &["SET", "shared", &format!("old{i}")]).await;
+        call(&mut raw, &["GET", "shared"]).await;
+        call(&mut raw, &["GET", "shared"]).await;
+        let new = format!("new{i}");
+        call(&mut direct, &["SET", "shared", &new]).await;
+        let written = Instant::now();
+        while call(&mut raw, &["GET", "shared"]).await != format!("${}\r\n{new}\r\n", new.len()) {
+            assert!(written.elapsed() < Duration::from_secs(1), "still serving the old value after 1s");
+        }
+        delays.push(written.elapsed());
+    }
+    delays.sort();
+    eprintln!("stale window after a direct write: median {:?}, max {:?}", delays[10], delays[19]);
+    // A key made to expire directly is dropped too.
+    call(&mut direct, &["SET", "soon", "v"]).await;
+    call(&mut raw, &["GET", "soon"]).await;
+    call(&mut direct, &["PEXPIRE", "soon", "50"]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(call(&mut raw, &["GET", "soon"]).await, "$-1\r\n");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_tracking_flushes_the_tier_until_it_is_back() {
+    let redis = Redis::start();
+    let (proxy, mut raw, mut direct) = setup(config_for(&redis.addr())).await;
+    call(&mut direct, &["SET", "k", "old"]).await;
+    call(&mut raw, &["GET", "k"]).await;
+    assert_eq!(call(&mut raw, &["GET", "k"]).await, "$3\r\nold\r\n");
+    // Kill the tracking connection, then write while no invalidation can arrive.
+    let clients = call(&mut direct, &["CLIENT", "LIST"]).await;
+    let id = clients
+        .lines()
+        .find(|l| l.contains("name=nearcache-tracking"))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .expect("the tracking connection is named")
+        .to_owned();
+    assert_eq!(call(&mut direct, &["CLIENT", "KILL", "ID", &id]).await, ":1\r\n");
+    call(&mut direct, &["SET", "k", "new"]).await;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while call(&mut raw, &["GET", "k"]).await != "$3\r\nnew\r\n" {
+        assert!(Instant::now() < deadline, "a tier that missed invalidations kept serving");
+    }
+    // Tracking comes back by itself, and with it caching.
+    wait_for_caching(&mut raw, &mut direct).await;
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_never_outlives_the_key_upstream() {
+    let redis = Redis::start();
+    let mut config = config_for(&redis.addr());
+    // No tracking: only the lifetime bounds the entry.
+    config.cache.tracking = Tracking::Off;
+    config.default.cache = CacheMode::Ttl;
+    config.default.local_ttl = Span(Duration::from_secs(600));
+    let (proxy, mut raw, mut direct) = setup(config).await;
+    call(&mut direct, &["SET", "session", "s", "PX", "300"]).await;
+    assert_eq!(call(&mut raw, &["GET", "session"]).await, "$1\r\ns\r\n");
+    let before = calls(&mut direct, "get").await;
+    assert_eq!(call(&mut raw, &["GET", "session"]).await, "$1\r\ns\r\n");
+    assert_eq!(calls(&mut direct, "get").await, before, "cached");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(call(&mut raw, &["GET", "session"]).await, "$-1\r\n", "served past the key's PTTL");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_send_one_read() {
+    let redis = Redis::start();
+    let mut config = config_for(&redis.addr());
+    config.upstream.connections = 1;
+    let (proxy, _raw, mut direct) = setup(config).await;
+    call(&mut direct, &["SET", "hot", "value"]).await;
+    call(&mut direct, &["CONFIG", "RESETSTAT"]).await;
+    // Keep Redis busy for 300 ms so that all the reads below are in flight together.
+    let mut blocker = Raw::connect(redis.addr()).await;
+    let busy = "local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] \
+                while true do local n = redis.call('TIME') if n[1] * 1000000 + n[2] - s > 300000 then break end end";
+    blocker.cmd(&[b"EVAL", busy.as_bytes(), b"0"]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut readers = vec![];
+    for _ in 0..10 {
+        let mut raw = proxy.raw().await;
+        readers.push(tokio::spawn(async move { call(&mut raw, &["GET", "hot"]).await }));
+    }
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), "$5\r\nvalue\r\n");
+    }
+    blocker.reply().await;
+    assert_eq!(calls(&mut direct, "get").await, 1, "ten concurrent misses, one read");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocols_and_dbs_never_share_entries() {
+    let redis = Redis::start();
+    let (proxy, mut resp2, mut direct) = setup(config_for(&redis.addr())).await;
+    call(&mut direct, &["HSET", "h", "f", "v"]).await;
+    assert_eq!(call(&mut resp2, &["HGETALL", "h"]).await, "*2\r\n$1\r\nf\r\n$1\r\nv\r\n");
+    assert_eq!(call(&mut resp2, &["HGETALL", "h"]).await, "*2\r\n$1\r\nf\r\n$1\r\nv\r\n");
+    let mut resp3 = proxy.raw().await;
+    call(&mut resp3, &["HELLO", "3"]).await;
+    assert_eq!(call(&mut resp3, &["HGETALL", "h"]).await, "%1\r\n$1\r\nf\r\n$1\r\nv\r\n");
+    assert_eq!(call(&mut resp3, &["HGETALL", "h"]).await, "%1\r\n$1\r\nf\r\n$1\r\nv\r\n");
+    assert_eq!(call(&mut resp2, &["HGETALL", "h"]).await, "*2\r\n$1\r\nf\r\n$1\r\nv\r\n");
+
+    call(&mut direct, &["SET", "k", "zero"]).await;
+    call(&mut direct, &["SELECT", "1"]).await;
+    call(&mut direct, &["SET", "k", "one"]).await;
+    assert_eq!(call(&mut resp2, &["GET", "k"]).await, "$4\r\nzero\r\n");
+    assert_eq!(call(&mut resp2, &["GET", "k"]).await, "$4\r\nzero\r\n");
+    assert_eq!(call(&mut resp2, &["SELECT", "1"]).await, "+OK\r\n");
+    assert_eq!(call(&mut resp2, &["GET", "k"]).await, "$3\r\none\r\n");
+    assert_eq!(call(&mut resp2, &["GET", "k"]).await, "$3\r\none\r\n");
+    proxy.stop().await;
+}
