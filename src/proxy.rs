@@ -246,13 +246,14 @@ impl Session {
         }
     }
 
-    /// Replies arrived on the pinned connection: invalidate what it wrote again (a queued
-    /// write executes at EXEC); forget the keys once nothing is outstanding.
+    /// Replies arrived on the pinned connection: invalidate what it wrote again; forget the
+    /// keys once nothing is outstanding and no transaction is open (queued writes execute at
+    /// EXEC, so a QUEUED reply does not end them).
     pub fn revalidate(&mut self, tier: Option<&Tier>, idle: bool) {
         if let Some(tier) = tier {
             self.dirty.iter().for_each(|key| tier.invalidate(key));
         }
-        if idle {
+        if idle && !self.pin.in_multi {
             self.dirty.clear();
         }
     }
