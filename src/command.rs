@@ -108,6 +108,8 @@ fn classify_xread<'a>(args: impl Iterator<Item = &'a [u8]>) -> Class {
 pub enum Effect {
     /// A deterministic read of the one key at argument 1: its reply may be cached.
     CacheableRead,
+    /// MGET: one GET per key, answered per key from the tier where possible.
+    MultiGet,
     /// Changes no key (reads, server commands): nothing to invalidate.
     Nothing,
     /// May change keys: which arguments they are.
@@ -144,6 +146,7 @@ pub fn effect(cmd: &CommandView<'_>) -> Effect {
         }
         // EXISTS counts its keys: only the one-key form is a per-key read.
         b"EXISTS" if cmd.argc() == 2 => Effect::CacheableRead,
+        b"MGET" if single_key => Effect::MultiGet,
         b"EXISTS"
         | b"MGET"
         | b"PING"
@@ -289,6 +292,7 @@ mod tests {
         assert_eq!(effect_of(&["EXISTS", "k"]).0, Effect::CacheableRead);
         assert_eq!(effect_of(&["EXISTS", "a", "b"]).0, Effect::Nothing);
         assert_eq!(effect_of(&["TTL", "k"]).0, Effect::Nothing);
+        assert_eq!(effect_of(&["MGET", "a", "b"]).0, Effect::MultiGet);
         assert_eq!(effect_of(&["FLUSHALL", "ASYNC"]).0, Effect::Flush);
         assert_eq!(effect_of(&["SET", "k", "v", "EX", "5"]), (Effect::Writes(KeySpec::First), vec!["k".into()]));
         assert_eq!(effect_of(&["MSET", "a", "1", "b", "2"]).1, vec!["a", "b"]);

@@ -28,7 +28,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use crate::cache::FillTicket;
+use crate::cache::{FillTicket, SplitGet};
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Parsed, RequestParser};
 use crate::pinned::PinnedConn;
@@ -102,6 +102,7 @@ struct Held {
 #[derive(Default)]
 struct TierWork {
     fill: Option<FillTicket>,
+    split: Option<SplitGet>,
     writes: bool,
 }
 
@@ -245,7 +246,7 @@ impl Client {
 
     /// `len` is the request's length in the read buffer (after the current run); `inline` its
     /// re-encoded bytes when the client sent an inline command.
-    async fn dispatch(&mut self, route: Route, len: usize, inline: Option<Bytes>) {
+    async fn dispatch(&mut self, route: Route, len: usize, mut inline: Option<Bytes>) {
         let close = matches!(route, Route::Close(_));
         let (dest, work) = match route {
             Route::Reply(bytes) | Route::Close(bytes) => {
@@ -261,8 +262,13 @@ impl Client {
                 return;
             }
             Route::Shared(key) => (Dest::Shared(key), TierWork::default()),
-            Route::Write(key) => (Dest::Shared(key), TierWork { fill: None, writes: true }),
-            Route::Fill(key, ticket) => (Dest::Shared(key), TierWork { fill: Some(ticket), writes: false }),
+            Route::Write(key) => (Dest::Shared(key), TierWork { writes: true, ..TierWork::default() }),
+            Route::Fill(key, ticket) => (Dest::Shared(key), TierWork { fill: Some(ticket), ..TierWork::default() }),
+            Route::Split(key, split, bytes) => {
+                // The client's MGET is replaced by one for the keys the tier did not have.
+                inline = Some(bytes);
+                (Dest::Shared(key), TierWork { split: Some(split), ..TierWork::default() })
+            }
             Route::Pinned { stream } => (Dest::Pinned { stream }, TierWork::default()),
         };
         let counted = u32::from(dest.counted());
@@ -312,7 +318,7 @@ impl Client {
     async fn flush_run(&mut self) {
         if let Some(run) = self.run.take() {
             let bytes = self.rbuf.split_to(run.len).freeze();
-            let work = TierWork { fill: None, writes: run.writes };
+            let work = TierWork { writes: run.writes, ..TierWork::default() };
             self.send(run.dest, bytes, run.seq, run.count, work).await;
         }
     }
@@ -322,25 +328,31 @@ impl Client {
         match dest {
             Dest::Shared(key) => {
                 let slot = self.session.id() as usize;
-                let ctx = Arc::clone(&self.ctx);
-                let hooks = match (&ctx.tier, work.fill.is_some() || work.writes) {
-                    (Some(tier), true) => {
-                        if let Some(ticket) = &work.fill {
-                            // The key's PTTL, read just before the fill on the same connection.
-                            let probe = Batch::probe(tier, ticket.key(), &self.sink);
-                            self.pool(key).send(slot, probe);
-                        }
-                        let hooks =
-                            Hooks { tier: Arc::clone(tier), fill: work.fill, writes: work.writes, probe: false };
-                        Some(Box::new(hooks))
-                    }
-                    _ => None,
-                };
+                let hooks = self.tier_hooks(key, slot, work);
                 let batch = Batch { bytes, seq, count, sink: self.sink.clone(), hooks };
                 self.pool(key).send(slot, batch);
             }
             Dest::Pinned { stream } => self.send_pinned(bytes, seq, count, stream).await,
         }
+    }
+
+    /// The tier's work for a batch to the shared pool, with the PTTL probe it needs sent first
+    /// (on the same connection, so it is answered just before the batch).
+    fn tier_hooks(&mut self, key: PoolKey, slot: usize, work: TierWork) -> Option<Box<Hooks>> {
+        let tier = Arc::clone(self.ctx.tier.as_ref()?);
+        if work.fill.is_none() && work.split.is_none() && !work.writes {
+            return None;
+        }
+        let keys: Vec<&[u8]> = match (&work.fill, &work.split) {
+            (Some(ticket), _) => vec![&ticket.key()[..]],
+            (None, Some(split)) => split.probe_keys().collect(),
+            (None, None) => vec![],
+        };
+        if !keys.is_empty() {
+            let probe = Batch::probe(&tier, &keys, &self.sink);
+            self.pool(key).send(slot, probe);
+        }
+        Some(Box::new(Hooks { tier, fill: work.fill, split: work.split, writes: work.writes, probe: false }))
     }
 
     fn pool(&mut self, key: PoolKey) -> &Pool {

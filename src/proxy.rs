@@ -22,11 +22,11 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use crate::cache::{FillTicket, Lookup, Tier, Waiter};
+use crate::cache::{FillTicket, Lookup, SplitGet, Tier, Waiter};
 use crate::command::{Class, Effect, classify, effect, written_keys};
 use crate::config::CacheMode;
 use crate::error::ProxyError;
-use crate::framing::{CommandView, parse_int};
+use crate::framing::{CommandView, encode_command, parse_int};
 use crate::policy::Policy;
 use crate::reply::{self, ReplyWriter};
 use crate::upstream::{PoolKey, ReplySink, ServerInfo};
@@ -45,6 +45,9 @@ pub enum Route {
     Fill(PoolKey, FillTicket),
     /// An identical read is in flight: its reply will be delivered for this request too.
     Joined,
+    /// An MGET partly answered from the tier: these bytes (an MGET of the missing keys) are
+    /// sent instead, and the client's reply is assembled when they are answered.
+    Split(PoolKey, SplitGet, Bytes),
     /// Forwarded on the session's pinned connection; `stream` once replies are no longer one
     /// per request.
     Pinned { stream: bool },
@@ -194,15 +197,10 @@ impl Session {
             Effect::CacheableRead => {
                 let key = cmd.arg(1).unwrap_or_default();
                 let rule = env.policy.for_key(key);
-                let cacheable = match rule.mode {
-                    CacheMode::None => false,
-                    CacheMode::Tracked => tier.tracking_up(),
-                    CacheMode::Ttl => true,
-                };
-                if !cacheable {
+                if !may_cache(rule.mode, tier) {
                     return Route::Shared(pool);
                 }
-                self.variant_id(cmd);
+                self.variant_id(cmd.args());
                 let waiter = || Waiter { sink: env.sink.clone(), seq: env.seq };
                 match tier.lookup(key, &self.variant, rule.local_ttl, waiter) {
                     Lookup::Hit(reply) => Route::Reply(reply),
@@ -210,17 +208,52 @@ impl Session {
                     Lookup::Miss(ticket) => Route::Fill(pool, ticket),
                 }
             }
+            Effect::MultiGet => self.route_mget(cmd, tier, env.policy),
         }
     }
 
-    /// A variant's identity: db, protocol and the command with its name uppercased, each
-    /// argument length-prefixed. Built in reused scratch space.
-    fn variant_id(&mut self, cmd: &CommandView<'_>) {
+    /// MGET as one GET per key (sharing GET's entries): cached keys are answered from the tier,
+    /// only the others go upstream.
+    fn route_mget(&mut self, cmd: &CommandView<'_>, tier: &Tier, policy: &Policy) -> Route {
+        let keys = cmd.argc() - 1;
+        let mut parts = Vec::with_capacity(keys);
+        let mut tickets = Vec::new();
+        let mut missing: Vec<&[u8]> = vec![b"MGET"];
+        for key in cmd.args().skip(1) {
+            let rule = policy.for_key(key);
+            let ticket = if may_cache(rule.mode, tier) {
+                self.variant_id([&b"GET"[..], key].into_iter());
+                match tier.lookup_or_register(key, &self.variant, rule.local_ttl) {
+                    Ok(element) => {
+                        parts.push(Some(element));
+                        continue;
+                    }
+                    Err(ticket) => ticket,
+                }
+            } else {
+                None
+            };
+            parts.push(None);
+            tickets.push(ticket);
+            missing.push(key);
+        }
+        if tickets.is_empty() {
+            return Route::Reply(SplitGet::all_cached(parts));
+        }
+        if tickets.len() == keys && tickets.iter().all(Option::is_none) {
+            return Route::Shared(self.pool_key());
+        }
+        Route::Split(self.pool_key(), SplitGet::new(parts, tickets), encode_command(&missing))
+    }
+
+    /// A variant's identity: db, protocol and the command (`args`) with its name uppercased,
+    /// each argument length-prefixed. Built in reused scratch space.
+    fn variant_id<'a>(&mut self, args: impl Iterator<Item = &'a [u8]>) {
         let id = &mut self.variant;
         id.clear();
         id.extend_from_slice(&self.db.to_le_bytes());
         id.push(u8::from(self.resp3));
-        for (i, arg) in cmd.args().enumerate() {
+        for (i, arg) in args.enumerate() {
             id.extend_from_slice(&(arg.len() as u32).to_le_bytes());
             let start = id.len();
             id.extend_from_slice(arg);
@@ -242,7 +275,7 @@ impl Session {
                 }
             }
             Effect::Flush => tier.clear(),
-            Effect::CacheableRead | Effect::Nothing => {}
+            Effect::CacheableRead | Effect::MultiGet | Effect::Nothing => {}
         }
     }
 
@@ -409,6 +442,15 @@ impl Session {
             text(&self.lib_name),
             text(&self.lib_ver),
         )
+    }
+}
+
+/// Whether a rule's reads may be cached now.
+fn may_cache(mode: CacheMode, tier: &Tier) -> bool {
+    match mode {
+        CacheMode::None => false,
+        CacheMode::Tracked => tier.tracking_up(),
+        CacheMode::Ttl => true,
     }
 }
 

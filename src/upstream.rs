@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use crate::cache::{FillTicket, Tier};
+use crate::cache::{FillTicket, SplitGet, Tier};
 use crate::config;
 use crate::error::ProxyError;
 use crate::framing::encode_command;
@@ -68,23 +68,25 @@ pub struct Hooks {
     pub tier: Arc<Tier>,
     /// The batch is one cacheable read: fill the tier with its reply.
     pub fill: Option<FillTicket>,
+    /// The batch is an MGET of the keys the tier did not have: assemble the client's reply.
+    pub split: Option<SplitGet>,
     /// The batch has writes: invalidate their keys again as their replies arrive.
     pub writes: bool,
-    /// The batch is the proxy's own `PTTL key`, sent just before a fill: its reply is the
-    /// key's lifetime and is not delivered to anyone.
+    /// The batch is the proxy's own `PTTL key` commands, sent just before a fill: their replies
+    /// are the keys' lifetimes and are not delivered to anyone.
     pub probe: bool,
 }
 
 impl Batch {
-    /// The proxy's `PTTL key` sent ahead of a fill of `key`.
-    pub fn probe(tier: &Arc<Tier>, key: &[u8], sink: &ReplySink) -> Batch {
-        Batch {
-            bytes: encode_command(&[&b"PTTL"[..], key]),
-            seq: 0,
-            count: 1,
-            sink: sink.clone(),
-            hooks: Some(Box::new(Hooks { tier: Arc::clone(tier), fill: None, writes: false, probe: true })),
+    /// The proxy's `PTTL key` for each key, sent ahead of the fill of those keys.
+    pub fn probe(tier: &Arc<Tier>, keys: &[&[u8]], sink: &ReplySink) -> Batch {
+        let mut bytes = BytesMut::new();
+        for key in keys {
+            bytes.extend_from_slice(&encode_command(&[&b"PTTL"[..], key]));
         }
+        let hooks = Hooks { tier: Arc::clone(tier), fill: None, split: None, writes: false, probe: true };
+        let count = keys.len() as u32;
+        Batch { bytes: bytes.freeze(), seq: 0, count, sink: sink.clone(), hooks: Some(Box::new(hooks)) }
     }
 
     fn is_probe(&self) -> bool {
@@ -97,10 +99,22 @@ impl Batch {
             return;
         }
         let bytes = err.to_replies(self.count as usize);
-        if let Some(ticket) = self.hooks.as_mut().and_then(|h| h.fill.take()) {
-            self.hooks.as_ref().expect("has hooks").tier.abort(ticket, bytes.clone());
+        if let Some(hooks) = self.hooks.take() {
+            hooks.abort(&bytes);
         }
         let _ = self.sink.send(ReplyChunk { seq: self.seq, count: self.count, bytes });
+    }
+}
+
+impl Hooks {
+    /// The requests failed with `error`: reads in flight answer their waiters with it.
+    pub fn abort(mut self: Box<Self>, error: &Bytes) {
+        if let Some(ticket) = self.fill.take() {
+            self.tier.abort(ticket, error.clone());
+        }
+        if let Some(split) = self.split.take() {
+            split.abort(&self.tier, error.clone());
+        }
     }
 }
 

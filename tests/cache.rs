@@ -277,3 +277,40 @@ async fn protocols_and_dbs_never_share_entries() {
     assert_eq!(call(&mut resp2, &["GET", "k"]).await, "$3\r\none\r\n");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mget_is_answered_per_key_from_the_tier() {
+    let redis = Redis::start();
+    let mut config = config_for(&redis.addr());
+    config.rule.push(Rule { pattern: "lock:*".into(), cache: CacheMode::None, local_ttl: None });
+    let (proxy, mut raw, mut direct) = setup(config).await;
+    call(&mut direct, &["MSET", "a", "1", "b", "2", "lock:1", "L"]).await;
+    call(&mut direct, &["HSET", "h", "f", "v"]).await;
+    let expected = "*5\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n$1\r\nL\r\n$-1\r\n";
+    assert_eq!(call(&mut raw, &["MGET", "a", "b", "nope", "lock:1", "h"]).await, expected);
+    // The MGET filled the per-key entries GET uses, but not for the hash (GET h is an error).
+    let gets = calls(&mut direct, "get").await;
+    assert_eq!(call(&mut raw, &["GET", "b"]).await, "$1\r\n2\r\n");
+    assert_eq!(calls(&mut direct, "get").await, gets);
+    assert!(call(&mut raw, &["GET", "h"]).await.starts_with("-WRONGTYPE"));
+    // Only the keys the tier cannot answer go upstream again (lock:1 is never cached, h is not
+    // a string).
+    let mgets = calls(&mut direct, "mget").await;
+    assert_eq!(call(&mut raw, &["MGET", "a", "b", "nope", "lock:1", "h"]).await, expected);
+    assert_eq!(calls(&mut direct, "mget").await, mgets + 1);
+    assert_eq!(call(&mut raw, &["MGET", "a", "nope", "b"]).await, "*3\r\n$1\r\n1\r\n$-1\r\n$1\r\n2\r\n");
+    assert_eq!(calls(&mut direct, "mget").await, mgets + 1, "answered entirely from the tier");
+    // Writes invalidate per key.
+    call(&mut raw, &["SET", "b", "22"]).await;
+    call(&mut direct, &["SET", "a", "11"]).await;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while call(&mut raw, &["MGET", "a", "b"]).await != "*2\r\n$2\r\n11\r\n$2\r\n22\r\n" {
+        assert!(Instant::now() < deadline, "MGET kept a stale element");
+    }
+    // RESP3 clients get RESP3 elements.
+    let mut resp3 = proxy.raw().await;
+    call(&mut resp3, &["HELLO", "3"]).await;
+    assert_eq!(call(&mut resp3, &["MGET", "a", "nope"]).await, "*2\r\n$2\r\n11\r\n_\r\n");
+    assert_eq!(call(&mut resp3, &["MGET", "a", "nope"]).await, "*2\r\n$2\r\n11\r\n_\r\n");
+    proxy.stop().await;
+}

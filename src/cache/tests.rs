@@ -150,3 +150,42 @@ fn the_tier_stays_within_max_memory() {
     assert!(hit(&tier, "key:999", "GET key:999").is_some());
     assert!(hit(&tier, "key:0", "GET key:0").is_none());
 }
+
+#[test]
+fn a_split_mget_is_assembled_in_key_order_and_fills_the_missing_keys() {
+    let tier = tier();
+    // MGET a b c: b is cached, a and c go upstream as MGET a c.
+    let b = miss(&tier, "b", "GET b");
+    tier.fill(b, Bytes::from_static(b"$1\r\n2\r\n"), Some(-1));
+    let parts = vec![None, hit(&tier, "b", "GET b"), None];
+    let tickets = vec![Some(miss(&tier, "a", "GET a")), Some(miss(&tier, "c", "GET c"))];
+    let split = SplitGet::new(parts, tickets);
+    assert_eq!(split.probe_keys().collect::<Vec<_>>(), [&b"a"[..], b"c"]);
+    let mut pttls = std::collections::VecDeque::from([-1, -2]);
+    let reply = split.complete(&tier, b"*2\r\n$1\r\n1\r\n$-1\r\n", &mut pttls).unwrap();
+    assert_eq!(&reply[..], b"*3\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n");
+    assert!(pttls.is_empty());
+    assert_eq!(hit(&tier, "a", "GET a").as_deref(), Some(&b"$1\r\n1\r\n"[..]));
+    assert_eq!(hit(&tier, "c", "GET c").as_deref(), Some(&b"$-1\r\n"[..]));
+}
+
+#[test]
+fn a_split_mget_with_an_unexpected_reply_is_left_alone() {
+    let tier = tier();
+    let split = SplitGet::new(vec![None], vec![Some(miss(&tier, "a", "GET a"))]);
+    assert_eq!(split.complete(&tier, b"-ERR nope\r\n", &mut Default::default()), None);
+    // Its flight is over: the next miss leads a new read.
+    assert!(matches!(tier.lookup(b"a", b"GET a", TTL, nobody), Lookup::Miss(_)));
+}
+
+#[test]
+fn a_null_mget_element_is_cached_only_for_a_missing_key() {
+    let tier = tier();
+    let tickets = vec![Some(miss(&tier, "hash", "GET hash")), Some(miss(&tier, "none", "GET none"))];
+    let split = SplitGet::new(vec![None, None], tickets);
+    // "hash" exists (PTTL -1) but is not a string: GET would answer WRONGTYPE, not null.
+    let mut pttls = std::collections::VecDeque::from([-1, -2]);
+    split.complete(&tier, b"*2\r\n$-1\r\n$-1\r\n", &mut pttls).unwrap();
+    assert_eq!(hit(&tier, "hash", "GET hash"), None);
+    assert_eq!(hit(&tier, "none", "GET none").as_deref(), Some(&b"$-1\r\n"[..]));
+}

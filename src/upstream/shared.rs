@@ -82,20 +82,22 @@ impl Route {
             return;
         }
         let bytes = err.to_replies(left as usize);
-        if let Some(hooks) = self.hooks.as_mut()
-            && let Some(ticket) = hooks.fill.take()
-        {
-            hooks.tier.abort(ticket, bytes.clone());
+        if let Some(hooks) = self.hooks.take() {
+            hooks.abort(&bytes);
         }
         self.deliver(bytes, left);
     }
 
-    /// Tier work for one reply (`frame`), before it is delivered.
-    fn on_reply(&mut self, frame: &[u8], probe: &mut Option<i64>) {
-        let Some(hooks) = self.hooks.as_mut() else { return };
+    /// Tier work for one reply (`frame`), before it is delivered. Returns the reply to
+    /// deliver instead of `frame`, if any (an MGET assembled with the tier's elements).
+    fn on_reply(&mut self, frame: &[u8], pttls: &mut VecDeque<i64>) -> Option<Bytes> {
+        let hooks = self.hooks.as_mut()?;
         if let Some(ticket) = hooks.fill.take() {
             // A copy: a slice would pin the whole read buffer for as long as it is cached.
-            hooks.tier.fill(ticket, Bytes::copy_from_slice(frame), probe.take());
+            hooks.tier.fill(ticket, Bytes::copy_from_slice(frame), pttls.pop_front());
+        }
+        if let Some(split) = hooks.split.take() {
+            return split.complete(&hooks.tier, frame, pttls);
         }
         if hooks.writes {
             let mut parser = RequestParser::new(Limits { max_request_size: usize::MAX, max_args: usize::MAX });
@@ -106,11 +108,12 @@ impl Route {
                         command::written_keys(&cmd, spec).for_each(|key| hooks.tier.invalidate(key))
                     }
                     Effect::Flush => hooks.tier.clear(),
-                    Effect::CacheableRead | Effect::Nothing => {}
+                    Effect::CacheableRead | Effect::MultiGet | Effect::Nothing => {}
                 }
                 self.request_pos += len;
             }
         }
+        None
     }
 }
 
@@ -219,8 +222,8 @@ async fn read_loop(
 ) -> ProxyError {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = ReplyScanner::default();
-    // The PTTL probe's answer, kept for the fill that follows it.
-    let mut pttl = None;
+    // The PTTL probes' answers, kept for the fills that follow them.
+    let mut pttls = VecDeque::new();
     let deadline = sleep_until(Instant::now());
     tokio::pin!(deadline);
     let mut armed: Option<Instant> = None;
@@ -253,7 +256,7 @@ async fn read_loop(
                 return ProxyError::UpstreamTimeout { addr: up.addr.clone(), after: up.command_timeout() };
             }
         }
-        if let Err(err) = deliver(up, &mut buf, &mut scanner, routes, current, &mut pttl) {
+        if let Err(err) = deliver(up, &mut buf, &mut scanner, routes, current, &mut pttls) {
             return err;
         }
     }
@@ -266,7 +269,7 @@ fn deliver(
     scanner: &mut ReplyScanner,
     routes: &mut UnboundedReceiver<Route>,
     current: &mut Option<Route>,
-    pttl: &mut Option<i64>,
+    pttls: &mut VecDeque<i64>,
 ) -> Result<(), ProxyError> {
     // buf[..scanned] holds `frames` complete replies for `current`, not yet delivered.
     let mut scanned = 0;
@@ -287,12 +290,23 @@ fn deliver(
         };
         if route.is_probe() {
             // The proxy's own PTTL (its route follows a completed one, so nothing is pending).
-            *pttl = parse_int(buf.get(1..len - 2).unwrap_or_default());
+            pttls.push_back(parse_int(buf.get(1..len - 2).unwrap_or_default()).unwrap_or(-1));
             buf.advance(len);
-            *current = None;
+            route.done += 1;
+            if route.done == route.count {
+                *current = None;
+            }
             continue;
         }
-        route.on_reply(&buf[scanned..scanned + len], pttl);
+        if let Some(reply) = route.on_reply(&buf[scanned..scanned + len], pttls) {
+            // Delivered in place of the raw reply (a batch with a split is that one request).
+            buf.advance(len);
+            route.deliver(reply, 1);
+            if route.done == route.count {
+                *current = None;
+            }
+            continue;
+        }
         scanned += len;
         frames += 1;
         if route.done + frames == route.count {
