@@ -314,3 +314,60 @@ async fn mget_is_answered_per_key_from_the_tier() {
     assert_eq!(call(&mut resp3, &["MGET", "a", "nope"]).await, "*2\r\n$2\r\n11\r\n_\r\n");
     proxy.stop().await;
 }
+
+/// Polls `done` until true, failing after `PATIENCE`.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_in_flight_when_its_key_is_invalidated_is_not_cached() {
+    let fake = common::fake::FakeRedis::start().await;
+    let mut config = config_for(&fake.addr);
+    config.upstream.connections = 1;
+    let proxy = Proxy::start(config).await;
+    until("tracking is on", || fake.tracking_on()).await;
+    let mut reader = proxy.raw().await;
+    // Tracking is on upstream; wait until the proxy caches (a second GET does not reach it).
+    fake.set("probe", "p");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        call(&mut reader, &["GET", "probe"]).await;
+        let before = fake.gets();
+        call(&mut reader, &["GET", "probe"]).await;
+        if fake.gets() == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never cached");
+    }
+
+    // Control: a held read with no invalidation meanwhile is cached.
+    fake.set("calm", "old");
+    fake.hold("calm");
+    let gets = fake.gets();
+    reader.cmd(&[b"GET", b"calm"]).await;
+    until("the GET reached upstream", || fake.gets() == gets + 1).await;
+    fake.release();
+    assert_eq!(reader.reply().await, "$3\r\nold\r\n");
+    fake.set("calm", "new");
+    assert_eq!(call(&mut proxy.raw().await, &["GET", "calm"]).await, "$3\r\nold\r\n", "served from the tier");
+
+    // The race: the key is written and invalidated while its read is in flight.
+    fake.set("k", "old");
+    fake.hold("k");
+    let gets = fake.gets();
+    reader.cmd(&[b"GET", b"k"]).await;
+    until("the GET reached upstream", || fake.gets() == gets + 1).await;
+    fake.set("k", "new");
+    fake.invalidate("k");
+    // Give the tracking task the push before the held reply is let go.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fake.release();
+    assert_eq!(reader.reply().await, "$3\r\nold\r\n", "the read itself predates the write");
+    assert_eq!(call(&mut proxy.raw().await, &["GET", "k"]).await, "$3\r\nnew\r\n", "the stale reply was cached");
+    proxy.stop().await;
+}

@@ -2,6 +2,8 @@
 //! and a raw RESP client for byte-level assertions.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod fake;
+
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
