@@ -3,10 +3,15 @@
 # table of medians with the ratio proxy/direct per row, the p50 latencies, and the proxy's CPU
 # time per request (user+sys from /proc, over the whole redis-benchmark run).
 #
+# Rows:
+#   pass  SET, GET  through a proxy with the local tier off (pure pass-through)
+#   hit   GET -r 1000 through a proxy with the tier on, after a warm-up (cache hits)
+#   write SET -r 1000 through a proxy with the tier on (writes pay for invalidation)
+#
 #   benches/compare.sh                      # defaults below
 #   REPS=5 N1=200000 benches/compare.sh     # override any of them
 #
-# Starts its own redis-server and release proxy on free loopback ports and stops them at exit.
+# Starts its own redis-server and two release proxies on free loopback ports and stops them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,9 +19,9 @@ REPS=${REPS:-3}            # interleaved repetitions; the table shows medians
 N1=${N1:-400000}           # requests per test unpipelined (2+ s each on a 2-core box)
 N16=${N16:-4000000}        # requests per test at -P 16
 CLIENTS=${CLIENTS:-50}
-TESTS=${TESTS:-set,get}
 PIPELINES=${PIPELINES:-"1 16"}
-CONFIG=${CONFIG:-proxy.toml}   # the proxy configuration to benchmark
+SCENARIOS=${SCENARIOS:-"pass hit write"}
+CONFIG=${CONFIG:-proxy.toml}   # the proxy configuration (the pass row turns the tier off)
 
 scripts/ensure-redis.sh
 cargo build --release --quiet
@@ -38,59 +43,90 @@ wait_ping() {
   echo "nothing answers on port $1" >&2; exit 1
 }
 
-RPORT=$(pick_port)
-PPORT=$(pick_port)
 work=$(mktemp -d)
+PIDS=()
 cleanup() {
-  [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null || true
-  [ -n "${REDIS_PID:-}" ] && kill "$REDIS_PID" 2>/dev/null || true
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
+RPORT=$(pick_port)
 redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
 REDIS_PID=$!
+PIDS+=("$REDIS_PID")
 wait_ping "$RPORT"
-RUST_LOG=warn target/release/nearcache --config "$CONFIG" --listen "127.0.0.1:$PPORT" --upstream "127.0.0.1:$RPORT" &
-PROXY_PID=$!
-wait_ping "$PPORT"
 
-ticks() { awk '{print $14 + $15}' "/proc/$PROXY_PID/stat"; }
+start_proxy() { # config file -> sets PROXY_PORT and PROXY_PID
+  PROXY_PORT=$(pick_port)
+  RUST_LOG=warn target/release/nearcache --config "$1" --listen "127.0.0.1:$PROXY_PORT" \
+    --upstream "127.0.0.1:$RPORT" >>"$work/proxy.log" 2>&1 &
+  PROXY_PID=$!
+  PIDS+=("$PROXY_PID")
+  wait_ping "$PROXY_PORT"
+}
+sed -e '/^\[cache\]/,/^\[/ s/^enabled = .*/enabled = false/' "$CONFIG" > "$work/plain.toml"
+grep -q '^enabled = false' "$work/plain.toml" || { echo "could not turn the tier off in $CONFIG" >&2; exit 1; }
+start_proxy "$work/plain.toml"
+PLAIN_PORT=$PROXY_PORT PLAIN_PID=$PROXY_PID
+start_proxy "$CONFIG"
+CACHED_PORT=$PROXY_PORT CACHED_PID=$PROXY_PID
+# Warm the tier (and wait for its tracking connection) before measuring hits.
+sleep 1
+redis-benchmark -p "$CACHED_PORT" -t get -r 1000 -n 100000 -c "$CLIENTS" -q >/dev/null
+
 hz=$(getconf CLK_TCK)
-tests_count=$(echo "$TESTS" | tr ',' '\n' | wc -l)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# results: target pipeline test rps p50 cpu_us_per_request
+scenario() { # name -> "tests proxy_port proxy_pid extra_args"
+  case "$1" in
+    pass) echo "set,get $PLAIN_PORT $PLAIN_PID" ;;
+    hit) echo "get $CACHED_PORT $CACHED_PID -r 1000" ;;
+    write) echo "set $CACHED_PORT $CACHED_PID -r 1000" ;;
+    *) echo "unknown scenario $1" >&2; exit 1 ;;
+  esac
+}
+
+# results: scenario pipeline test target rps p50 cpu_us_per_request
 results="$work/results"
 for rep in $(seq "$REPS"); do
   for p in $PIPELINES; do
     n=$N1; [ "$p" -gt 1 ] && n=$N16
-    for target in direct proxy; do
-      port=$RPORT; [ "$target" = proxy ] && port=$PPORT
-      before=$(ticks)
-      out=$(redis-benchmark -p "$port" -t "$TESTS" -c "$CLIENTS" -P "$p" -n "$n" --csv)
-      after=$(ticks)
-      cpu=$(awk -v d=$((after - before)) -v hz="$hz" -v req=$((n * tests_count)) 'BEGIN { printf "%.2f", d / hz * 1e6 / req }')
-      [ "$target" = direct ] && cpu="-"
-      echo "$out" | tr -d '"' | awk -F, -v t="$target" -v p="$p" -v cpu="$cpu" 'NR > 1 { print t, p, $1, $2, $5, cpu }' >> "$results"
+    for s in $SCENARIOS; do
+      read -r tests pport ppid extra < <(scenario "$s")
+      ntests=$(echo "$tests" | tr ',' '\n' | wc -l)
+      for target in direct proxy; do
+        # CPU per request of the server answering: redis-server directly, the proxy otherwise.
+        port=$RPORT pid=$REDIS_PID
+        [ "$target" = proxy ] && port=$pport pid=$ppid
+        before=$(ticks "$pid")
+        # shellcheck disable=SC2086
+        out=$(redis-benchmark -p "$port" -t "$tests" -c "$CLIENTS" -P "$p" -n "$n" $extra --csv)
+        after=$(ticks "$pid")
+        cpu=$(awk -v d=$((after - before)) -v hz="$hz" -v req=$((n * ntests)) 'BEGIN { printf "%.2f", d / hz * 1e6 / req }')
+        echo "$out" | tr -d '"' | awk -F, -v s="$s" -v t="$target" -v p="$p" -v cpu="$cpu" \
+          'NR > 1 { print s, p, $1, t, $2, $5, cpu }' >> "$results"
+      done
     done
     echo "rep $rep/$REPS, -P $p done" >&2
   done
 done
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-field() { awk -v t="$1" -v p="$2" -v x="$3" -v col="$4" '$1 == t && $2 == p && $3 == x { print $col }' "$results" | median; }
+field() { awk -v s="$1" -v p="$2" -v x="$3" -v t="$4" -v col="$5" '$1 == s && $2 == p && $3 == x && $4 == t { print $col }' "$results" | median; }
 
 echo
-echo "redis-benchmark -c $CLIENTS -t $TESTS, n=$N1 (-P 1) / $N16 (-P 16), median of $REPS interleaved runs"
+echo "redis-benchmark -c $CLIENTS, n=$N1 (-P 1) / $N16 (-P 16), median of $REPS interleaved runs"
 echo
-printf '| %-5s | %-3s | %12s | %12s | %6s | %9s | %9s | %8s | %14s |\n' test -P "direct rps" "proxy rps" ratio "direct p50" "proxy p50" "Δp50 ms" "proxy µs/req"
-printf '|-------|-----|--------------|--------------|--------|-----------|-----------|----------|----------------|\n'
-for p in $PIPELINES; do
-  for x in $(awk -v p="$p" '$2 == p { print $3 }' "$results" | awk '!seen[$0]++'); do
-    drps=$(field direct "$p" "$x" 4); prps=$(field proxy "$p" "$x" 4)
-    dp50=$(field direct "$p" "$x" 5); pp50=$(field proxy "$p" "$x" 5)
-    cpu=$(field proxy "$p" "$x" 6)
-    awk -v x="$x" -v p="$p" -v d="$drps" -v q="$prps" -v dl="$dp50" -v pl="$pp50" -v cpu="$cpu" 'BEGIN {
-      printf "| %-5s | %-3s | %12.0f | %12.0f | %5.2fx | %9.3f | %9.3f | %+8.3f | %14s |\n", x, p, d, q, q / d, dl, pl, pl - dl, cpu }'
+printf '| %-5s | %-4s | %-3s | %11s | %11s | %6s | %10s | %9s | %8s | %12s | %12s |\n' row test -P "direct rps" "proxy rps" ratio "direct p50" "proxy p50" "Δp50 ms" "redis µs/req" "proxy µs/req"
+printf '|-------|------|-----|-------------|-------------|--------|------------|-----------|----------|--------------|--------------|\n'
+for s in $SCENARIOS; do
+  for p in $PIPELINES; do
+    for x in $(awk -v s="$s" -v p="$p" '$1 == s && $2 == p { print $3 }' "$results" | awk '!seen[$0]++'); do
+      awk -v s="$s" -v x="$x" -v p="$p" -v d="$(field "$s" "$p" "$x" direct 5)" -v q="$(field "$s" "$p" "$x" proxy 5)" \
+        -v dl="$(field "$s" "$p" "$x" direct 6)" -v pl="$(field "$s" "$p" "$x" proxy 6)" \
+        -v rcpu="$(field "$s" "$p" "$x" direct 7)" -v cpu="$(field "$s" "$p" "$x" proxy 7)" 'BEGIN {
+        printf "| %-5s | %-4s | %-3s | %11.0f | %11.0f | %5.2fx | %10.3f | %9.3f | %+8.3f | %12s | %12s |\n", s, x, p, d, q, q / d, dl, pl, pl - dl, rcpu, cpu }'
+    done
   done
 done

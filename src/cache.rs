@@ -4,7 +4,14 @@
 //! same key read by different commands, arguments, dbs or protocol versions), each with its own
 //! reply and expiry. Invalidating a key therefore removes all its variants in one call, which is
 //! what writes and tracking messages need. Entries are immutable: adding a variant replaces the
-//! entry. moka does the LRU (set explicitly; its default is TinyLFU) and the byte bound.
+//! entry.
+//!
+//! # Two maps, one set of entries
+//! moka decides what stays: LRU (set explicitly; its default is TinyLFU), the byte bound, and
+//! expiry. But a moka hit costs ~20x a dashmap lookup (`shared/CRATES.md`), so hits are read from
+//! a DashMap holding the same `Arc`s; moka's eviction listener removes what it evicts from it.
+//! A hit tells moka about the access at most once per [`TOUCH_EVERY`] per key, which keeps
+//! its LRU order right to within that interval.
 //!
 //! # Race window: fills and invalidations
 //! A read is sent upstream at time T0 and its reply arrives at T1. If the key was invalidated
@@ -20,8 +27,8 @@
 //! A miss on a variant already in flight (same epoch) waits for that read instead of sending its
 //! own: the reply is handed to every waiter's reply sink with its sequence number.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,9 +40,19 @@ use crate::upstream::{ReplyChunk, ReplySink};
 
 /// Fixed cost counted per variant and per entry on top of their bytes.
 const OVERHEAD: usize = 64;
+/// How often a hit on one key is reported to moka's LRU.
+const TOUCH_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Tier {
-    entries: Cache<Bytes, Arc<KeyEntry>>,
+    /// What hits read.
+    entries: Arc<DashMap<Bytes, Arc<KeyEntry>>>,
+    /// Recency, weight and expiry of the same entries: decides evictions.
+    lru: Cache<Bytes, Arc<KeyEntry>>,
+    /// Fills hold it shared while they check and insert, [`Tier::clear`] exclusively, so a
+    /// fill cannot slip an entry in between a clear's count and its removal.
+    clearing: RwLock<()>,
+    /// Time base for [`KeyEntry::touched`].
+    born: Instant,
     /// Keys with reads in flight: their epoch and flights. Removed when no read is in flight.
     in_flight: DashMap<Bytes, KeyState>,
     /// Bumped by every [`Tier::clear`].
@@ -47,13 +64,15 @@ pub struct Tier {
 
 impl std::fmt::Debug for Tier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tier").field("entries", &self.entries.entry_count()).finish_non_exhaustive()
+        f.debug_struct("Tier").field("entries", &self.entries.len()).finish_non_exhaustive()
     }
 }
 
 #[derive(Debug)]
 struct KeyEntry {
     variants: Vec<Variant>,
+    /// When moka last heard of a hit on this entry (ms since `Tier::born`).
+    touched: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -128,7 +147,9 @@ impl moka::Expiry<Bytes, Arc<KeyEntry>> for Lifetime {
 
 impl Tier {
     pub fn new(max_memory: u64, max_entry_size: usize, tracking_up: bool) -> Tier {
-        let entries = Cache::builder()
+        let entries: Arc<DashMap<Bytes, Arc<KeyEntry>>> = Arc::default();
+        let evicted = Arc::clone(&entries);
+        let lru = Cache::builder()
             .max_capacity(max_memory)
             .eviction_policy(EvictionPolicy::lru())
             .weigher(|key: &Bytes, entry: &Arc<KeyEntry>| {
@@ -136,9 +157,18 @@ impl Tier {
                 u32::try_from(key.len() + variants + OVERHEAD).unwrap_or(u32::MAX)
             })
             .expire_after(Lifetime)
+            .eviction_listener(move |key: Arc<Bytes>, entry: Arc<KeyEntry>, cause| {
+                // Only what moka itself dropped; never a newer entry for the same key.
+                if cause.was_evicted() {
+                    evicted.remove_if(&*key, |_, current| Arc::ptr_eq(current, &entry));
+                }
+            })
             .build();
         Tier {
             entries,
+            lru,
+            clearing: RwLock::new(()),
+            born: Instant::now(),
             in_flight: DashMap::new(),
             clears: AtomicU64::new(0),
             tracking_up: AtomicBool::new(tracking_up),
@@ -163,8 +193,16 @@ impl Tier {
 
     /// Looks up variant `id` of `key`; on a miss, joins an identical read in flight or
     /// registers a new one.
-    pub fn lookup(&self, key: &[u8], id: &[u8], local_ttl: Duration, waiter: impl FnOnce() -> Waiter) -> Lookup {
-        self.lookup_with(key, id, local_ttl, || Some(waiter()))
+    /// `now` may be read once for a batch of lookups (the clock is a measurable cost per hit).
+    pub fn lookup(
+        &self,
+        key: &[u8],
+        id: &[u8],
+        ttl: Duration,
+        now: Instant,
+        waiter: impl FnOnce() -> Waiter,
+    ) -> Lookup {
+        self.lookup_with(key, id, ttl, now, || Some(waiter()))
     }
 
     /// `waiter` gives the waiter to add to a read in flight, or `None` to only report it.
@@ -173,13 +211,11 @@ impl Tier {
         key: &[u8],
         id: &[u8],
         local_ttl: Duration,
+        now: Instant,
         waiter: impl FnOnce() -> Option<Waiter>,
     ) -> Lookup {
-        if let Some(entry) = self.entries.get(key)
-            && let Some(variant) = entry.variants.iter().find(|v| v.id == id)
-            && variant.expires_at > Instant::now()
-        {
-            return Lookup::Hit(variant.reply.clone());
+        if let Some(reply) = self.hit(key, id, now) {
+            return Lookup::Hit(reply);
         }
         let clears = self.clears.load(Ordering::Acquire);
         let mut state = self.in_flight.entry(Bytes::copy_from_slice(key)).or_default();
@@ -193,10 +229,32 @@ impl Tier {
         Lookup::Miss(FillTicket { key: state.key().clone(), id, epoch, clears, local_ttl })
     }
 
+    fn hit(&self, key: &[u8], id: &[u8], now: Instant) -> Option<Bytes> {
+        let entry = self.entries.get(key)?;
+        let variant = entry.variants.iter().find(|v| v.id == id)?;
+        if variant.expires_at <= now {
+            return None;
+        }
+        let reply = variant.reply.clone();
+        let ms = now.duration_since(self.born).as_millis() as u64;
+        let touch = ms.saturating_sub(entry.touched.load(Ordering::Relaxed)) >= TOUCH_EVERY.as_millis() as u64;
+        drop(entry);
+        if touch && let Some(entry) = self.lru.get(key) {
+            entry.touched.store(ms, Ordering::Relaxed);
+        }
+        Some(reply)
+    }
+
     /// Like [`Tier::lookup`] without joining: `Ok` on a hit; otherwise a ticket to fill, or
     /// `None` when an identical read is already in flight (this one then goes uncached).
-    pub fn lookup_or_register(&self, key: &[u8], id: &[u8], local_ttl: Duration) -> Result<Bytes, Option<FillTicket>> {
-        match self.lookup_with(key, id, local_ttl, || None) {
+    pub fn lookup_or_register(
+        &self,
+        key: &[u8],
+        id: &[u8],
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<Bytes, Option<FillTicket>> {
+        match self.lookup_with(key, id, ttl, now, || None) {
             Lookup::Hit(reply) => Ok(reply),
             Lookup::Miss(ticket) => Err(Some(ticket)),
             Lookup::Joined => Err(None),
@@ -207,6 +265,7 @@ impl Tier {
     /// invalidated since the read was sent. `pttl` is the key's PTTL read just before it.
     pub fn fill(&self, ticket: FillTicket, reply: Bytes, pttl: Option<i64>) {
         let waiters = {
+            let _no_clear = self.clearing.read().unwrap_or_else(|e| e.into_inner());
             let Some(mut state) = self.in_flight.get_mut(&ticket.key) else { return };
             let waiters = take_flight(&mut state, &ticket);
             let fresh = state.epoch == ticket.epoch && self.clears.load(Ordering::Acquire) == ticket.clears;
@@ -242,7 +301,11 @@ impl Tier {
             None => Vec::with_capacity(1),
         };
         variants.push(Variant { id: ticket.id.clone(), reply, expires_at: now + lifetime });
-        self.entries.insert(ticket.key.clone(), Arc::new(KeyEntry { variants }));
+        let touched = AtomicU64::new(now.duration_since(self.born).as_millis() as u64);
+        let entry = Arc::new(KeyEntry { variants, touched });
+        self.entries.insert(ticket.key.clone(), Arc::clone(&entry));
+        // After the map (no lock held): moka may evict, and its listener edits the map.
+        self.lru.insert(ticket.key.clone(), entry);
     }
 
     /// Drops every variant of `key` and refuses fills of reads already in flight for it.
@@ -250,19 +313,28 @@ impl Tier {
         if let Some(mut state) = self.in_flight.get_mut(key) {
             state.epoch += 1;
         }
-        self.entries.invalidate(key);
+        self.entries.remove(key);
+        self.lru.invalidate(key);
     }
 
     /// Drops everything and refuses fills of every read in flight.
     pub fn clear(&self) {
+        let _exclusive = self.clearing.write().unwrap_or_else(|e| e.into_inner());
         self.clears.fetch_add(1, Ordering::AcqRel);
-        self.entries.invalidate_all();
+        self.entries.clear();
+        self.lru.invalidate_all();
     }
 
     /// Bytes held (as weighed), after pending maintenance. For tests and metrics.
     pub fn weighted_size(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.weighted_size()
+        self.lru.run_pending_tasks();
+        self.lru.weighted_size()
+    }
+
+    /// Keys held, after pending maintenance.
+    pub fn entry_count(&self) -> usize {
+        self.lru.run_pending_tasks();
+        self.entries.len()
     }
 }
 

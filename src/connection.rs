@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -214,12 +215,14 @@ impl Client {
 
     /// Frames and routes every complete request in the read buffer, as far as allowed.
     async fn process(&mut self) {
+        let now = Instant::now();
         while !self.closing && self.held.is_none() && self.outstanding() < self.ctx.max_pending {
             let offset = self.run.as_ref().map_or(0, |run| run.len);
             let env = Env {
                 server: self.ctx.upstream.info(),
                 policy: &self.ctx.policy,
                 tier: self.ctx.tier.as_deref(),
+                now,
                 seq: self.next_seq,
                 sink: &self.sink,
             };

@@ -19,6 +19,7 @@
 //! to the pinned connection, so Redis itself answers it in that state (e.g. QUEUED in MULTI).
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -72,6 +73,8 @@ pub struct Env<'a> {
     pub policy: &'a Policy,
     /// `None` when `cache.enabled` is false.
     pub tier: Option<&'a Tier>,
+    /// The time for expiry checks, read once per batch of requests.
+    pub now: Instant,
     /// The request's sequence number, and where its reply goes if it joins a read in flight.
     pub seq: u64,
     pub sink: &'a ReplySink,
@@ -202,28 +205,28 @@ impl Session {
                 }
                 self.variant_id(cmd.args());
                 let waiter = || Waiter { sink: env.sink.clone(), seq: env.seq };
-                match tier.lookup(key, &self.variant, rule.local_ttl, waiter) {
+                match tier.lookup(key, &self.variant, rule.local_ttl, env.now, waiter) {
                     Lookup::Hit(reply) => Route::Reply(reply),
                     Lookup::Joined => Route::Joined,
                     Lookup::Miss(ticket) => Route::Fill(pool, ticket),
                 }
             }
-            Effect::MultiGet => self.route_mget(cmd, tier, env.policy),
+            Effect::MultiGet => self.route_mget(cmd, tier, env),
         }
     }
 
     /// MGET as one GET per key (sharing GET's entries): cached keys are answered from the tier,
     /// only the others go upstream.
-    fn route_mget(&mut self, cmd: &CommandView<'_>, tier: &Tier, policy: &Policy) -> Route {
+    fn route_mget(&mut self, cmd: &CommandView<'_>, tier: &Tier, env: &Env<'_>) -> Route {
         let keys = cmd.argc() - 1;
         let mut parts = Vec::with_capacity(keys);
         let mut tickets = Vec::new();
         let mut missing: Vec<&[u8]> = vec![b"MGET"];
         for key in cmd.args().skip(1) {
-            let rule = policy.for_key(key);
+            let rule = env.policy.for_key(key);
             let ticket = if may_cache(rule.mode, tier) {
                 self.variant_id([&b"GET"[..], key].into_iter());
-                match tier.lookup_or_register(key, &self.variant, rule.local_ttl) {
+                match tier.lookup_or_register(key, &self.variant, rule.local_ttl, env.now) {
                     Ok(element) => {
                         parts.push(Some(element));
                         continue;
@@ -246,14 +249,15 @@ impl Session {
         Route::Split(self.pool_key(), SplitGet::new(parts, tickets), encode_command(&missing))
     }
 
-    /// A variant's identity: db, protocol and the command (`args`) with its name uppercased,
-    /// each argument length-prefixed. Built in reused scratch space.
+    /// A variant's identity within its key's entry: db, protocol and the command (`args`) with
+    /// its name uppercased and without the key (argument 1: the entry's own), each argument
+    /// length-prefixed. Built in reused scratch space.
     fn variant_id<'a>(&mut self, args: impl Iterator<Item = &'a [u8]>) {
         let id = &mut self.variant;
         id.clear();
         id.extend_from_slice(&self.db.to_le_bytes());
         id.push(u8::from(self.resp3));
-        for (i, arg) in args.enumerate() {
+        for (i, arg) in args.enumerate().filter(|(i, _)| *i != 1) {
             id.extend_from_slice(&(arg.len() as u32).to_le_bytes());
             let start = id.len();
             id.extend_from_slice(arg);

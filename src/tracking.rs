@@ -109,7 +109,7 @@ mod tests {
     use crate::cache::Lookup;
 
     fn cached(tier: &Tier, key: &[u8]) -> bool {
-        match tier.lookup(key, key, Duration::from_secs(60), || unreachable!()) {
+        match tier.lookup(key, key, Duration::from_secs(60), Instant::now(), || unreachable!()) {
             Lookup::Miss(ticket) => {
                 tier.fill(ticket, bytes::Bytes::from_static(b"+v\r\n"), None);
                 false

@@ -14,7 +14,8 @@ fn route(session: &mut Session, args: &[&str]) -> Route {
 fn route_with(session: &mut Session, args: &[&str], tier: Option<&Tier>, policy: &Policy) -> Route {
     let bytes = encode_command(args);
     let (sink, _) = tokio::sync::mpsc::unbounded_channel();
-    let env = Env { server: &ServerInfo::new("7.0.0", 16), policy, tier, seq: 0, sink: &sink };
+    let now = std::time::Instant::now();
+    let env = Env { server: &ServerInfo::new("7.0.0", 16), policy, tier, now, seq: 0, sink: &sink };
     session.route(&CommandView::new(&bytes, args.len()), &env)
 }
 
