@@ -7,10 +7,15 @@
 //! route GET 12.6 ns, scan 16 bulk replies 123 ns (7.7 ns/reply).
 
 use std::hint::black_box;
+use std::time::Instant;
 
+use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use nearcache::cache::Tier;
+use nearcache::config::Config;
 use nearcache::framing::{CommandView, Limits, Parsed, RequestParser, encode_command};
-use nearcache::proxy::Session;
+use nearcache::policy::Policy;
+use nearcache::proxy::{Env, Route, Session};
 use nearcache::reply::ReplyScanner;
 use nearcache::upstream::ServerInfo;
 
@@ -41,8 +46,34 @@ fn routing(c: &mut Criterion) {
     let addr = "127.0.0.1:1".parse().unwrap();
     let mut session = Session::new(1, addr, addr);
     let info = ServerInfo::new("7.0.0", 16);
+    let policy = Policy::new(&Config::default());
+    let (sink, _replies) = tokio::sync::mpsc::unbounded_channel();
     let get = encode_command(&["GET", "user:1234"]);
-    c.bench_function("route GET", |b| b.iter(|| session.route(&CommandView::new(black_box(&get), 2), &info)));
+    c.bench_function("route GET (tier off)", |b| {
+        b.iter(|| {
+            let env = Env { server: &info, policy: &policy, tier: None, now: Instant::now(), seq: 0, sink: &sink };
+            session.route(&CommandView::new(black_box(&get), 2), &env)
+        })
+    });
+
+    // The hit path: frame a GET, route it through the policy and the tier, get the reply bytes.
+    let tier = Tier::new(64 << 20, 1 << 20, true);
+    let now = Instant::now();
+    let env = Env { server: &info, policy: &policy, tier: Some(&tier), now, seq: 0, sink: &sink };
+    let Route::Fill(_, ticket) = session.route(&CommandView::new(&get, 2), &env) else { panic!("expected a miss") };
+    tier.fill(ticket, Bytes::from_static(b"$5\r\nalice\r\n"), Some(-1));
+    c.bench_function("hit path: frame + route + tier lookup", |b| {
+        b.iter(|| {
+            let mut parser = RequestParser::new(LIMITS);
+            let Ok(Some(Parsed::Command { len, argc })) = parser.parse(black_box(&get)) else { panic!() };
+            let env =
+                Env { server: &info, policy: &policy, tier: Some(&tier), now: Instant::now(), seq: 0, sink: &sink };
+            match session.route(&CommandView::new(&get[..len], argc), &env) {
+                Route::Reply(reply) => reply,
+                other => panic!("not a hit: {other:?}"),
+            }
+        })
+    });
 }
 
 fn scanning(c: &mut Criterion) {

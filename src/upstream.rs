@@ -100,7 +100,7 @@ impl Batch {
         }
         let bytes = err.to_replies(self.count as usize);
         if let Some(hooks) = self.hooks.take() {
-            hooks.abort(&bytes);
+            (*hooks).abort(&bytes);
         }
         let _ = self.sink.send(ReplyChunk { seq: self.seq, count: self.count, bytes });
     }
@@ -108,7 +108,7 @@ impl Batch {
 
 impl Hooks {
     /// The requests failed with `error`: reads in flight answer their waiters with it.
-    pub fn abort(mut self: Box<Self>, error: &Bytes) {
+    pub fn abort(mut self, error: &Bytes) {
         if let Some(ticket) = self.fill.take() {
             self.tier.abort(ticket, error.clone());
         }

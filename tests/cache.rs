@@ -107,7 +107,9 @@ async fn read_your_writes(mut config: Config) {
         }
     }
     // Every kind of write invalidates. Each case: cache the read, write, read again at once.
-    let cases: [(&[&str], &[&str], &[&str], &str); 10] = [
+    // (prepare, write, read, what the read must answer after the write)
+    type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str], &'a str);
+    let cases: [Case; 10] = [
         (&["SET", "a", "1"], &["DEL", "a"], &["GET", "a"], "$-1\r\n"),
         (&["SET", "a", "1"], &["UNLINK", "a"], &["GET", "a"], "$-1\r\n"),
         (&["SET", "a", "1"], &["RENAME", "a", "b"], &["GET", "a"], "$-1\r\n"),

@@ -83,7 +83,7 @@ impl Route {
         }
         let bytes = err.to_replies(left as usize);
         if let Some(hooks) = self.hooks.take() {
-            hooks.abort(&bytes);
+            (*hooks).abort(&bytes);
         }
         self.deliver(bytes, left);
     }
