@@ -219,12 +219,12 @@ async fn an_entry_never_outlives_the_key_upstream() {
     config.default.cache = CacheMode::Ttl;
     config.default.local_ttl = Span(Duration::from_secs(600));
     let (proxy, mut raw, mut direct) = setup(config).await;
-    call(&mut direct, &["SET", "session", "s", "PX", "300"]).await;
+    call(&mut direct, &["SET", "session", "s", "PX", "1000"]).await;
     assert_eq!(call(&mut raw, &["GET", "session"]).await, "$1\r\ns\r\n");
     let before = calls(&mut direct, "get").await;
     assert_eq!(call(&mut raw, &["GET", "session"]).await, "$1\r\ns\r\n");
     assert_eq!(calls(&mut direct, "get").await, before, "cached");
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(1050)).await;
     assert_eq!(call(&mut raw, &["GET", "session"]).await, "$-1\r\n", "served past the key's PTTL");
     proxy.stop().await;
 }

@@ -156,6 +156,8 @@ async fn proxy_answers_session_commands_itself() {
     assert_eq!(call(&mut raw, &["CLIENT", "GETNAME"]).await, "$6\r\nworker\r\n");
     let id = call(&mut raw, &["CLIENT", "ID"]).await;
     assert!(id.starts_with(':'), "{id}");
+    // Once the upstream has answered, HELLO reports its version (before, "unknown").
+    assert_eq!(call(&mut raw, &["PING"]).await, "+PONG\r\n");
     let hello = call(&mut raw, &["HELLO"]).await;
     let version = call(&mut Raw::connect(redis.addr()).await, &["HELLO"]).await;
     let field = |reply: &str| reply.split("version\r\n").nth(1).and_then(|r| r.split("\r\n").nth(1)).map(str::to_owned);
