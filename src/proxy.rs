@@ -26,10 +26,9 @@ use bytes::Bytes;
 use crate::cache::{FillTicket, Lookup, SplitGet, Tier, Waiter};
 use crate::command::{Class, Effect, classify, effect, written_keys};
 use crate::config::CacheMode;
-use crate::error::ProxyError;
 use crate::framing::{CommandView, encode_command, parse_int};
 use crate::policy::Policy;
-use crate::reply::{self, ReplyWriter};
+use crate::reply;
 use crate::upstream::{PoolKey, ReplySink, ServerInfo};
 
 /// What to do with one command.
@@ -326,127 +325,6 @@ impl Session {
         }
         Route::Pinned { stream: self.pin.stream }
     }
-
-    /// Commands the proxy answers for the session.
-    fn answer(&mut self, class: Class, cmd: &CommandView<'_>, server: &ServerInfo) -> Result<Bytes, ProxyError> {
-        let argc = cmd.argc();
-        let arity = |ok: bool, name: &'static str| if ok { Ok(()) } else { Err(ProxyError::WrongArity(name)) };
-        match class {
-            Class::Hello => self.hello(cmd, server),
-            Class::Auth => match argc {
-                2 => Err(ProxyError::AuthNotConfigured),
-                3 => check_default_user(cmd.arg(1)).map(|_| ok()),
-                _ => Err(ProxyError::WrongArity("auth")),
-            },
-            Class::Select => {
-                arity(argc == 2, "select")?;
-                let db = cmd.arg(1).and_then(parse_int).ok_or(ProxyError::NotInteger)?;
-                self.db =
-                    u32::try_from(db).ok().filter(|&db| db < server.databases()).ok_or(ProxyError::DbOutOfRange)?;
-                Ok(ok())
-            }
-            Class::Reset => {
-                (self.db, self.resp3, self.name) = (0, false, None);
-                Ok(Bytes::from_static(b"+RESET\r\n"))
-            }
-            Class::ClientSetName => {
-                arity(argc == 3, "client|setname")?;
-                self.name = valid_name(cmd.arg(2).unwrap_or_default())?;
-                Ok(ok())
-            }
-            Class::ClientGetName => {
-                arity(argc == 2, "client|getname")?;
-                let mut w = ReplyWriter::new(self.resp3);
-                match &self.name {
-                    Some(name) => w.bulk(name),
-                    None => w.null(),
-                };
-                Ok(w.finish())
-            }
-            Class::ClientId => {
-                arity(argc == 2, "client|id")?;
-                let mut w = ReplyWriter::new(self.resp3);
-                w.int(self.id as i64);
-                Ok(w.finish())
-            }
-            Class::ClientInfo => {
-                arity(argc == 2, "client|info")?;
-                let mut w = ReplyWriter::new(self.resp3);
-                w.verbatim(self.client_info().as_bytes());
-                Ok(w.finish())
-            }
-            Class::ClientSetInfo => {
-                arity(argc == 4, "client|setinfo")?;
-                let attr = cmd.arg(2).unwrap_or_default();
-                let value = Bytes::copy_from_slice(cmd.arg(3).unwrap_or_default());
-                if attr.eq_ignore_ascii_case(b"LIB-NAME") {
-                    self.lib_name = valid_name(&value)?;
-                } else if attr.eq_ignore_ascii_case(b"LIB-VER") {
-                    self.lib_ver = valid_name(&value)?;
-                } else {
-                    return Err(ProxyError::UnknownOption(String::from_utf8_lossy(attr).into_owned()));
-                }
-                Ok(ok())
-            }
-            _ => unreachable!("{class:?} is not answered by the proxy"),
-        }
-    }
-
-    /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`
-    fn hello(&mut self, cmd: &CommandView<'_>, server: &ServerInfo) -> Result<Bytes, ProxyError> {
-        let mut args = cmd.args().skip(1);
-        let mut resp3 = self.resp3;
-        let mut name = None;
-        if let Some(version) = args.next() {
-            resp3 = match parse_int(version).ok_or(ProxyError::BadProtoVersion)? {
-                2 => false,
-                3 => true,
-                _ => return Err(ProxyError::NoProto),
-            };
-        }
-        while let Some(option) = args.next() {
-            let syntax = || ProxyError::HelloSyntax(String::from_utf8_lossy(option).into_owned());
-            if option.eq_ignore_ascii_case(b"AUTH") {
-                let user = args.next().ok_or_else(syntax)?;
-                args.next().ok_or_else(syntax)?;
-                check_default_user(Some(user))?;
-            } else if option.eq_ignore_ascii_case(b"SETNAME") {
-                name = Some(valid_name(args.next().ok_or_else(syntax)?)?);
-            } else {
-                return Err(syntax());
-            }
-        }
-        self.resp3 = resp3;
-        if let Some(name) = name {
-            self.name = name;
-        }
-        let mut w = ReplyWriter::new(resp3);
-        w.map(7);
-        w.bulk(b"server").bulk(b"redis");
-        w.bulk(b"version").bulk(server.version().as_bytes());
-        w.bulk(b"proto").int(if resp3 { 3 } else { 2 });
-        w.bulk(b"id").int(self.id as i64);
-        w.bulk(b"mode").bulk(b"standalone");
-        w.bulk(b"role").bulk(b"master");
-        w.bulk(b"modules").array(0);
-        Ok(w.finish())
-    }
-
-    fn client_info(&self) -> String {
-        let text = |v: &Option<Bytes>| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-        format!(
-            "id={} addr={} laddr={} fd=-1 name={} db={} multi={} resp={} lib-name={} lib-ver={}\n",
-            self.id,
-            self.peer,
-            self.local,
-            text(&self.name),
-            self.db,
-            if self.pin.in_multi { 0 } else { -1 },
-            if self.resp3 { 3 } else { 2 },
-            text(&self.lib_name),
-            text(&self.lib_ver),
-        )
-    }
 }
 
 /// Whether a rule's reads may be cached now.
@@ -458,23 +336,7 @@ fn may_cache(mode: CacheMode, tier: &Tier) -> bool {
     }
 }
 
-fn ok() -> Bytes {
-    Bytes::from_static(reply::OK)
-}
-
-/// Without proxy-side users, the default user has no password (as in a stock Redis): any
-/// password is accepted for it, and any other user name is refused.
-fn check_default_user(user: Option<&[u8]>) -> Result<(), ProxyError> {
-    if user == Some(b"default") { Ok(()) } else { Err(ProxyError::WrongPass) }
-}
-
-/// Client names and library fields: printable ASCII without spaces; empty clears.
-fn valid_name(name: &[u8]) -> Result<Option<Bytes>, ProxyError> {
-    if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
-        return Err(ProxyError::BadClientName);
-    }
-    Ok((!name.is_empty()).then(|| Bytes::copy_from_slice(name)))
-}
+mod local;
 
 #[cfg(test)]
 mod tests;
