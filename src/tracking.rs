@@ -21,14 +21,14 @@ use tracing::{info, warn};
 use crate::cache::Tier;
 use crate::framing::encode_command;
 use crate::reply::ReplyScanner;
-use crate::upstream::{PoolKey, Upstream};
+use crate::upstream::{Backoff, PoolKey, Upstream};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A connection that lived this long before failing starts the backoff over.
+const STABLE: Duration = Duration::from_secs(2);
 
 /// Runs the tracking connection for as long as the proxy runs, reconnecting with backoff.
 pub async fn run(upstream: Arc<Upstream>, tier: Arc<Tier>) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
         let err = track(&upstream, &tier).await;
@@ -36,11 +36,10 @@ pub async fn run(upstream: Arc<Upstream>, tier: Arc<Tier>) {
             warn!(upstream = %upstream.addr(), error = %err, "tracking connection lost: local tier cleared, tracked keys uncached until it is back");
         }
         tier.tracking_lost();
-        if started.elapsed() > BACKOFF_MAX {
-            backoff = BACKOFF_MIN;
+        if started.elapsed() > STABLE {
+            backoff.reset();
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

@@ -32,6 +32,35 @@ use crate::error::ProxyError;
 use crate::framing::encode_command;
 use crate::reply::ReplyScanner;
 
+/// Delays between reconnection attempts: 50 ms doubling up to 2 s.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+
+    /// The delay before the next attempt (each one twice the last, up to the maximum).
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+
+    /// After a success: start again from the shortest delay.
+    pub fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Self::MIN }
+    }
+}
+
 /// Which shared pool a client's commands go to.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PoolKey {

@@ -24,7 +24,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
-use super::{Batch, Hooks, PoolKey, ReplyChunk, ReplySink, Upstream};
+use super::{Backoff, Batch, Hooks, PoolKey, ReplyChunk, ReplySink, Upstream};
 use crate::command::{self, Effect};
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Limits, Parsed, RequestParser, parse_int};
@@ -34,8 +34,6 @@ use crate::writev;
 const READ_CHUNK: usize = 64 * 1024;
 /// Batches gathered into one write.
 const MAX_BATCHES_PER_WRITE: usize = 256;
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Requests sent on the connection and not fully answered, oldest first.
 struct Route {
@@ -119,13 +117,13 @@ impl Route {
 
 /// The connection task: runs until the pool is dropped and its channel drained.
 pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batches: UnboundedReceiver<Batch>) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     let mut failures = 0u32;
     loop {
         match up.connect(key).await {
             Ok(stream) => {
                 info!(upstream = %up.addr, db = key.db, resp3 = key.resp3, slot, "upstream connection up");
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 failures = 0;
                 match serve(&up, stream, &mut batches).await {
                     None => return,
@@ -139,10 +137,9 @@ pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batche
                 } else {
                     debug!(upstream = %up.addr, slot, error = %err, failures, "still cannot connect to upstream");
                 }
-                if !refuse_for(&mut batches, backoff, &err).await {
+                if !refuse_for(&mut batches, backoff.next_delay(), &err).await {
                     return;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
