@@ -22,7 +22,47 @@ pub struct Config {
     pub default: DefaultRule,
     /// `[[rule]]` entries, first match wins.
     pub rule: Vec<Rule>,
+    pub breaker: Breaker,
     pub runtime: Runtime,
+}
+
+/// The circuit breaker in front of the upstream (see `breaker.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Breaker {
+    /// Trip when at least this fraction of the last `window` calls failed.
+    pub failure_rate: f64,
+    /// A call slower than this is slow.
+    pub slow_call: Span,
+    /// Trip when at least this fraction of the last `window` calls were slow.
+    pub slow_call_rate: f64,
+    /// How many recent calls the rates are computed over.
+    pub window: usize,
+    /// No rate trips before this many calls are in the window.
+    pub minimum_calls: usize,
+    /// Trip at once after this many failed connection attempts in a row.
+    pub connect_failures: u32,
+    /// First open period; doubles on every trip in a row, up to `max_open_for`.
+    pub open_for: Span,
+    pub max_open_for: Span,
+    /// Calls let through while half-open; all must succeed to close.
+    pub half_open_probes: u32,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            failure_rate: 0.5,
+            slow_call: Span(Duration::from_secs(1)),
+            slow_call_rate: 0.5,
+            window: 100,
+            minimum_calls: 20,
+            connect_failures: 3,
+            open_for: Span(Duration::from_secs(1)),
+            max_open_for: Span(Duration::from_secs(30)),
+            half_open_probes: 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +243,22 @@ impl Config {
         check_range("listen.max_pending_replies", self.listen.max_pending_replies, 1, 1 << 20)?;
         check_range("upstream.connections", self.upstream.connections, 1, 256)?;
         check_range("runtime.threads", self.runtime.threads, 0, 1024)?;
+        let b = &self.breaker;
+        for (key, rate) in [("breaker.failure_rate", b.failure_rate), ("breaker.slow_call_rate", b.slow_call_rate)] {
+            if !(rate > 0.0 && rate <= 1.0) {
+                return Err((key, format!("{rate} must be in (0, 1]")));
+            }
+        }
+        check_range("breaker.window", b.window, 1, 100_000)?;
+        check_range("breaker.minimum_calls", b.minimum_calls, 1, b.window)?;
+        check_range("breaker.connect_failures", b.connect_failures as usize, 1, 1_000_000)?;
+        check_range("breaker.half_open_probes", b.half_open_probes as usize, 1, 10_000)?;
+        if b.open_for.0.is_zero() || b.max_open_for < b.open_for {
+            return Err(("breaker.open_for", "must be greater than 0s and at most breaker.max_open_for".into()));
+        }
+        if b.slow_call.0.is_zero() {
+            return Err(("breaker.slow_call", "must be greater than 0s".into()));
+        }
         let size = self.listen.max_request_size.0;
         if !(64..=4 << 30).contains(&size) {
             return Err(("listen.max_request_size", format!("{} is out of range (64B..=4GiB)", ByteSize(size))));

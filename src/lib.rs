@@ -17,6 +17,7 @@
 //! Errors the proxy reports are [`error::ProxyError`]; `ProxyError::to_reply` is the one place
 //! they become RESP. Configuration is [`config::Config`], read from `proxy.toml`.
 
+pub mod breaker;
 pub mod cache;
 pub mod command;
 pub mod config;
