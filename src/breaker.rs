@@ -73,7 +73,9 @@ impl State {
 pub enum Admission {
     Allowed,
     /// Refused; the breaker will let calls through again in about this long.
-    Refused { retry_in: Duration },
+    Refused {
+        retry_in: Duration,
+    },
 }
 
 pub struct Breaker {

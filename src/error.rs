@@ -49,6 +49,9 @@ pub enum ProxyError {
     /// The request was (or may have been) sent and the connection broke before its reply.
     #[error("upstream {addr} connection lost ({reason}); the command may or may not have been executed")]
     UpstreamLost { addr: String, reason: String },
+    /// The circuit breaker is open: nothing is sent until it probes the upstream again.
+    #[error("upstream {addr} unavailable: circuit breaker open, retrying in {}ms", .retry_in.as_millis())]
+    BreakerOpen { addr: String, retry_in: Duration },
     /// The request was sent and no reply came in time.
     #[error("upstream {addr} did not reply within {}ms; the command may or may not have been executed", .after.as_millis())]
     UpstreamTimeout { addr: String, after: Duration },

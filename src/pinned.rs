@@ -36,7 +36,7 @@ pub struct PinnedConn {
 
 impl PinnedConn {
     pub async fn open(upstream: &Upstream, key: PoolKey) -> Result<PinnedConn, ProxyError> {
-        let (rd, wr) = upstream.connect(key).await?.into_split();
+        let (rd, wr) = upstream.connect_pinned(key).await?.into_split();
         debug!(db = key.db, resp3 = key.resp3, "pinned upstream connection opened");
         Ok(PinnedConn {
             key,

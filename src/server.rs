@@ -37,7 +37,7 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// connected clients receive the replies to what they already sent (up to
 /// `listen.drain_timeout`), and closes the rest.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
-    let upstream = Upstream::new(&config.upstream);
+    let upstream = Upstream::new(&config.upstream, &config.breaker);
     // Dial the default pool now, so an unreachable upstream is reported at start.
     upstream.pool(PoolKey::default());
     let cache = &config.cache;

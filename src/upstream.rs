@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+use crate::breaker::{Admission, Breaker, Outcome};
 use crate::cache::{FillTicket, SplitGet, Tier};
 use crate::config;
 use crate::error::ProxyError;
@@ -171,6 +172,7 @@ impl ServerInfo {
 
 pub struct Upstream {
     addr: String,
+    breaker: Arc<Breaker>,
     connections: usize,
     connect_timeout: Duration,
     command_timeout: Duration,
@@ -181,12 +183,17 @@ pub struct Upstream {
 /// A shared pool: the senders of its connection tasks.
 pub struct Pool {
     addr: String,
+    breaker: Arc<Breaker>,
     conns: Box<[mpsc::UnboundedSender<Batch>]>,
 }
 
 impl Pool {
-    /// Sends a batch on connection `slot` (modulo the pool size).
+    /// Sends a batch on connection `slot` (modulo the pool size), unless the circuit breaker
+    /// refuses it: then it is answered at once.
     pub fn send(&self, slot: usize, batch: Batch) {
+        if let Admission::Refused { retry_in } = self.breaker.admit() {
+            return batch.fail(&ProxyError::BreakerOpen { addr: self.addr.clone(), retry_in });
+        }
         if let Err(mpsc::error::SendError(batch)) = self.conns[slot % self.conns.len()].send(batch) {
             batch.fail(&ProxyError::UpstreamUnavailable {
                 addr: self.addr.clone(),
@@ -197,9 +204,10 @@ impl Pool {
 }
 
 impl Upstream {
-    pub fn new(config: &config::Upstream) -> Arc<Upstream> {
+    pub fn new(config: &config::Upstream, breaker: &config::Breaker) -> Arc<Upstream> {
         Arc::new(Upstream {
             addr: config.address.clone(),
+            breaker: Arc::new(Breaker::new(breaker, &config.address)),
             connections: config.connections,
             connect_timeout: config.connect_timeout.0,
             command_timeout: config.command_timeout.0,
@@ -216,6 +224,25 @@ impl Upstream {
         &self.info
     }
 
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// A connection of a session's own (pinned), unless the breaker is refusing calls.
+    pub async fn connect_pinned(&self, key: PoolKey) -> Result<TcpStream, ProxyError> {
+        if let Admission::Refused { retry_in } = self.breaker_status() {
+            return Err(ProxyError::BreakerOpen { addr: self.addr.clone(), retry_in });
+        }
+        let connected = self.connect(key).await;
+        self.breaker.record(if connected.is_ok() { Outcome::Connected } else { Outcome::ConnectFailed });
+        connected
+    }
+
+    /// Whether calls are refused now, without taking a half-open probe.
+    fn breaker_status(&self) -> Admission {
+        if self.breaker.is_refusing() { Admission::Refused { retry_in: Duration::ZERO } } else { Admission::Allowed }
+    }
+
     /// The shared pool for `key`, started on first use.
     pub fn pool(self: &Arc<Self>, key: PoolKey) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
@@ -227,7 +254,7 @@ impl Upstream {
                     tx
                 })
                 .collect();
-            Arc::new(Pool { addr: self.addr.clone(), conns })
+            Arc::new(Pool { addr: self.addr.clone(), breaker: Arc::clone(&self.breaker), conns })
         });
         Arc::clone(pool)
     }

@@ -25,6 +25,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
 use super::{Backoff, Batch, Hooks, PoolKey, ReplyChunk, ReplySink, Upstream};
+use crate::breaker::{self, Outcome};
 use crate::command::{self, Effect};
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Limits, Parsed, RequestParser, parse_int};
@@ -43,6 +44,8 @@ struct Route {
     /// Replies already delivered.
     done: u32,
     sent_at: Instant,
+    /// A reply said the server cannot be used (LOADING, MASTERDOWN): a failed call.
+    unusable: bool,
     hooks: Option<Box<Hooks>>,
     /// With `hooks.writes`: the requests, and where the next reply's request starts.
     request: Bytes,
@@ -58,6 +61,7 @@ impl Route {
             count: batch.count,
             done: 0,
             sent_at,
+            unusable: false,
             hooks: batch.hooks,
             request,
             request_pos: 0,
@@ -122,6 +126,7 @@ pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batche
     loop {
         match up.connect(key).await {
             Ok(stream) => {
+                up.breaker.record(Outcome::Connected);
                 info!(upstream = %up.addr, db = key.db, resp3 = key.resp3, slot, "upstream connection up");
                 backoff.reset();
                 failures = 0;
@@ -131,13 +136,14 @@ pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batche
                 }
             }
             Err(err) => {
+                up.breaker.record(Outcome::ConnectFailed);
                 failures += 1;
                 if failures == 1 {
                     warn!(upstream = %up.addr, slot, error = %err, "cannot connect to upstream; retrying with backoff");
                 } else {
                     debug!(upstream = %up.addr, slot, error = %err, failures, "still cannot connect to upstream");
                 }
-                if !refuse_for(&mut batches, backoff.next_delay(), &err).await {
+                if !refuse_for(&up, &mut batches, backoff.next_delay(), &err).await {
                     return;
                 }
             }
@@ -146,14 +152,18 @@ pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batche
 }
 
 /// Answers every batch that arrives during `wait` with `err`. False once the pool is gone.
-async fn refuse_for(batches: &mut UnboundedReceiver<Batch>, wait: Duration, err: &ProxyError) -> bool {
+async fn refuse_for(up: &Upstream, batches: &mut UnboundedReceiver<Batch>, wait: Duration, err: &ProxyError) -> bool {
     let until = sleep(wait);
     tokio::pin!(until);
     loop {
         tokio::select! {
             _ = &mut until => return true,
             batch = batches.recv() => match batch {
-                Some(batch) => batch.fail(err),
+                Some(batch) => {
+                    // A failed call: a half-open probe must not wait for an answer that never comes.
+                    up.breaker.record(Outcome::Failed);
+                    batch.fail(err);
+                }
                 None => return false,
             },
         }
@@ -171,10 +181,8 @@ async fn serve(up: &Upstream, stream: TcpStream, batches: &mut UnboundedReceiver
         lost = read_loop(up, rd, &mut routes, &mut current) => Err(lost),
     };
     let err = outcome.err()?;
-    if let Some(route) = current.take() {
-        route.fail(&err);
-    }
-    while let Ok(route) = routes.try_recv() {
+    for route in current.take().into_iter().chain(std::iter::from_fn(|| routes.try_recv().ok())) {
+        up.breaker.record(Outcome::Failed);
         route.fail(&err);
     }
     Some(err)
@@ -291,15 +299,18 @@ fn deliver(
             buf.advance(len);
             route.done += 1;
             if route.done == route.count {
+                finished(up, route);
                 *current = None;
             }
             continue;
         }
+        route.unusable |= breaker::is_unusable(&buf[scanned..scanned + len]);
         if let Some(reply) = route.on_reply(&buf[scanned..scanned + len], pttls) {
             // Delivered in place of the raw reply (a batch with a split is that one request).
             buf.advance(len);
             route.deliver(reply, 1);
             if route.done == route.count {
+                finished(up, route);
                 *current = None;
             }
             continue;
@@ -307,6 +318,7 @@ fn deliver(
         scanned += len;
         frames += 1;
         if route.done + frames == route.count {
+            finished(up, route);
             flush(buf, scanned, frames, current);
             *current = None;
             (scanned, frames) = (0, 0);
@@ -314,6 +326,12 @@ fn deliver(
     }
     flush(buf, scanned, frames, current);
     Ok(())
+}
+
+/// Every reply of the route arrived: one call for the breaker.
+fn finished(up: &Upstream, route: &Route) {
+    let outcome = if route.unusable { Outcome::Failed } else { Outcome::Answered(route.sent_at.elapsed()) };
+    up.breaker.record(outcome);
 }
 
 fn flush(buf: &mut BytesMut, len: usize, frames: u32, current: &mut Option<Route>) {
