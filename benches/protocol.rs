@@ -52,23 +52,38 @@ fn routing(c: &mut Criterion) {
     let get = encode_command(&["GET", "user:1234"]);
     c.bench_function("route GET (tier off)", |b| {
         b.iter(|| {
-            let env = Env { server: &info, policy: &policy, tier: None, now: Instant::now(), seq: 0, sink: &sink };
+            let env = Env {
+                server: &info,
+                policy: &policy,
+                tier: None,
+                now: Instant::now(),
+                upstream_down: false,
+                seq: 0,
+                sink: &sink,
+            };
             session.route(&CommandView::new(black_box(&get), 2), &env)
         })
     });
 
     // The hit path: frame a GET, route it through the policy and the tier, get the reply bytes.
-    let tier = Tier::new(64 << 20, 1 << 20, true);
+    let tier = Tier::new(64 << 20, 1 << 20, true, std::time::Duration::ZERO);
     let now = Instant::now();
-    let env = Env { server: &info, policy: &policy, tier: Some(&tier), now, seq: 0, sink: &sink };
+    let env = Env { server: &info, policy: &policy, tier: Some(&tier), now, upstream_down: false, seq: 0, sink: &sink };
     let Route::Fill(_, ticket) = session.route(&CommandView::new(&get, 2), &env) else { panic!("expected a miss") };
     tier.fill(ticket, Bytes::from_static(b"$5\r\nalice\r\n"), Some(-1));
     c.bench_function("hit path: frame + route + tier lookup", |b| {
         b.iter(|| {
             let mut parser = RequestParser::new(LIMITS);
             let Ok(Some(Parsed::Command { len, argc })) = parser.parse(black_box(&get)) else { panic!() };
-            let env =
-                Env { server: &info, policy: &policy, tier: Some(&tier), now: Instant::now(), seq: 0, sink: &sink };
+            let env = Env {
+                server: &info,
+                policy: &policy,
+                tier: Some(&tier),
+                now: Instant::now(),
+                upstream_down: false,
+                seq: 0,
+                sink: &sink,
+            };
             match session.route(&CommandView::new(&get[..len], argc), &env) {
                 Route::Reply(reply) => reply,
                 other => panic!("not a hit: {other:?}"),

@@ -51,8 +51,11 @@ pub struct Tier {
     /// Fills hold it shared while they check and insert, [`Tier::clear`] exclusively, so a
     /// fill cannot slip an entry in between a clear's count and its removal.
     clearing: RwLock<()>,
-    /// Time base for [`KeyEntry::touched`].
+    /// Time base for [`KeyEntry::touched`] and `demoted_at`.
     born: Instant,
+    serve_stale: Duration,
+    /// Entries filled before this (ms since `born`, 0 = never) are stale answers only.
+    demoted_at: AtomicU64,
     /// Keys with reads in flight: their epoch and flights. Removed when no read is in flight.
     in_flight: DashMap<Bytes, KeyState>,
     /// Bumped by every [`Tier::clear`].
@@ -79,7 +82,29 @@ struct KeyEntry {
 struct Variant {
     id: Bytes,
     reply: Bytes,
+    filled_at: Instant,
     expires_at: Instant,
+}
+
+impl Variant {
+    /// How long moka must keep it: its lifetime, or longer to answer stale while the upstream
+    /// is down.
+    fn keep_until(&self, serve_stale: Duration) -> Instant {
+        self.expires_at.max(self.filled_at + serve_stale)
+    }
+}
+
+/// When a lookup happens, and whether a stale answer is acceptable (the breaker is open).
+#[derive(Debug, Clone, Copy)]
+pub struct LookupAt {
+    pub now: Instant,
+    pub stale_ok: bool,
+}
+
+impl LookupAt {
+    pub fn now() -> LookupAt {
+        LookupAt { now: Instant::now(), stale_ok: false }
+    }
 }
 
 #[derive(Default)]
@@ -127,11 +152,13 @@ pub enum Lookup {
     Miss(FillTicket),
 }
 
-struct Lifetime;
+struct Lifetime {
+    serve_stale: Duration,
+}
 
 impl moka::Expiry<Bytes, Arc<KeyEntry>> for Lifetime {
     fn expire_after_create(&self, _: &Bytes, entry: &Arc<KeyEntry>, now: Instant) -> Option<Duration> {
-        entry.variants.iter().map(|v| v.expires_at.saturating_duration_since(now)).max()
+        entry.variants.iter().map(|v| v.keep_until(self.serve_stale).saturating_duration_since(now)).max()
     }
 
     fn expire_after_update(
@@ -146,7 +173,8 @@ impl moka::Expiry<Bytes, Arc<KeyEntry>> for Lifetime {
 }
 
 impl Tier {
-    pub fn new(max_memory: u64, max_entry_size: usize, tracking_up: bool) -> Tier {
+    /// `serve_stale`: how old a cached reply may be served while the upstream is down.
+    pub fn new(max_memory: u64, max_entry_size: usize, tracking_up: bool, serve_stale: Duration) -> Tier {
         let entries: Arc<DashMap<Bytes, Arc<KeyEntry>>> = Arc::default();
         let evicted = Arc::clone(&entries);
         let lru = Cache::builder()
@@ -156,7 +184,7 @@ impl Tier {
                 let variants: usize = entry.variants.iter().map(|v| v.id.len() + v.reply.len() + OVERHEAD).sum();
                 u32::try_from(key.len() + variants + OVERHEAD).unwrap_or(u32::MAX)
             })
-            .expire_after(Lifetime)
+            .expire_after(Lifetime { serve_stale })
             .eviction_listener(move |key: Arc<Bytes>, entry: Arc<KeyEntry>, cause| {
                 // Only what moka itself dropped; never a newer entry for the same key.
                 if cause.was_evicted() {
@@ -169,6 +197,8 @@ impl Tier {
             lru,
             clearing: RwLock::new(()),
             born: Instant::now(),
+            serve_stale,
+            demoted_at: AtomicU64::new(0),
             in_flight: DashMap::new(),
             clears: AtomicU64::new(0),
             tracking_up: AtomicBool::new(tracking_up),
@@ -186,9 +216,23 @@ impl Tier {
     }
 
     /// Tracking lost: invalidations may have been missed, so nothing cached can be trusted.
+    /// Without `serve_stale` everything is dropped; with it, entries are demoted: never a
+    /// normal hit again, only a stale answer while the upstream is down.
     pub fn tracking_lost(&self) {
         self.tracking_up.store(false, Ordering::Release);
-        self.clear();
+        if self.serve_stale.is_zero() {
+            return self.clear();
+        }
+        let _exclusive = self.clearing.write().unwrap_or_else(|e| e.into_inner());
+        self.clears.fetch_add(1, Ordering::AcqRel);
+        // +1: an entry filled in this very millisecond is demoted too.
+        let ms = Instant::now().duration_since(self.born).as_millis() as u64 + 1;
+        self.demoted_at.store(ms, Ordering::Release);
+    }
+
+    fn demoted(&self, filled_at: Instant) -> bool {
+        let filled = filled_at.saturating_duration_since(self.born).as_millis() as u64;
+        filled < self.demoted_at.load(Ordering::Acquire)
     }
 
     /// Looks up variant `id` of `key`; on a miss, joins an identical read in flight or
@@ -199,10 +243,10 @@ impl Tier {
         key: &[u8],
         id: &[u8],
         ttl: Duration,
-        now: Instant,
+        at: LookupAt,
         waiter: impl FnOnce() -> Waiter,
     ) -> Lookup {
-        self.lookup_with(key, id, ttl, now, || Some(waiter()))
+        self.lookup_with(key, id, ttl, at, || Some(waiter()))
     }
 
     /// `waiter` gives the waiter to add to a read in flight, or `None` to only report it.
@@ -211,10 +255,10 @@ impl Tier {
         key: &[u8],
         id: &[u8],
         local_ttl: Duration,
-        now: Instant,
+        at: LookupAt,
         waiter: impl FnOnce() -> Option<Waiter>,
     ) -> Lookup {
-        if let Some(reply) = self.hit(key, id, now) {
+        if let Some(reply) = self.hit(key, id, at) {
             return Lookup::Hit(reply);
         }
         let clears = self.clears.load(Ordering::Acquire);
@@ -229,10 +273,14 @@ impl Tier {
         Lookup::Miss(FillTicket { key: state.key().clone(), id, epoch, clears, local_ttl })
     }
 
-    fn hit(&self, key: &[u8], id: &[u8], now: Instant) -> Option<Bytes> {
+    fn hit(&self, key: &[u8], id: &[u8], at: LookupAt) -> Option<Bytes> {
+        let now = at.now;
         let entry = self.entries.get(key)?;
         let variant = entry.variants.iter().find(|v| v.id == id)?;
-        if variant.expires_at <= now {
+        let fresh = variant.expires_at > now && !self.demoted(variant.filled_at);
+        // While the upstream is down: a reply at most `serve_stale` old, expired or demoted.
+        let stale_answer = at.stale_ok && now.saturating_duration_since(variant.filled_at) <= self.serve_stale;
+        if !fresh && !stale_answer {
             return None;
         }
         let reply = variant.reply.clone();
@@ -252,9 +300,9 @@ impl Tier {
         key: &[u8],
         id: &[u8],
         ttl: Duration,
-        now: Instant,
+        at: LookupAt,
     ) -> Result<Bytes, Option<FillTicket>> {
-        match self.lookup_with(key, id, ttl, now, || None) {
+        match self.lookup_with(key, id, ttl, at, || None) {
             Lookup::Hit(reply) => Ok(reply),
             Lookup::Miss(ticket) => Err(Some(ticket)),
             Lookup::Joined => Err(None),
@@ -297,10 +345,13 @@ impl Tier {
     fn insert(&self, ticket: &FillTicket, reply: Bytes, lifetime: Duration) {
         let now = Instant::now();
         let mut variants: Vec<Variant> = match self.entries.get(&ticket.key) {
-            Some(entry) => entry.variants.iter().filter(|v| v.id != ticket.id && v.expires_at > now).cloned().collect(),
+            Some(entry) => {
+                let keep = |v: &&Variant| v.id != ticket.id && v.keep_until(self.serve_stale) > now;
+                entry.variants.iter().filter(keep).cloned().collect()
+            }
             None => Vec::with_capacity(1),
         };
-        variants.push(Variant { id: ticket.id.clone(), reply, expires_at: now + lifetime });
+        variants.push(Variant { id: ticket.id.clone(), reply, filled_at: now, expires_at: now + lifetime });
         let touched = AtomicU64::new(now.duration_since(self.born).as_millis() as u64);
         let entry = Arc::new(KeyEntry { variants, touched });
         self.entries.insert(ticket.key.clone(), Arc::clone(&entry));

@@ -74,6 +74,8 @@ pub struct Cache {
     /// Larger replies are not cached.
     pub max_entry_size: ByteSize,
     pub tracking: Tracking,
+    /// How old a cached reply may be served while the circuit breaker is open (0s: never).
+    pub serve_stale: Span,
 }
 
 /// How the tier learns about writes that do not pass through this proxy.
@@ -122,6 +124,7 @@ impl Default for Cache {
             max_memory: ByteSize(256 << 20),
             max_entry_size: ByteSize(1 << 20),
             tracking: Tracking::Bcast,
+            serve_stale: Span(Duration::ZERO),
         }
     }
 }

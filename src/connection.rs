@@ -216,6 +216,7 @@ impl Client {
     /// Frames and routes every complete request in the read buffer, as far as allowed.
     async fn process(&mut self) {
         let now = Instant::now();
+        let upstream_down = self.ctx.upstream.breaker().is_refusing();
         while !self.closing && self.held.is_none() && self.outstanding() < self.ctx.max_pending {
             let offset = self.run.as_ref().map_or(0, |run| run.len);
             let env = Env {
@@ -223,6 +224,7 @@ impl Client {
                 policy: &self.ctx.policy,
                 tier: self.ctx.tier.as_deref(),
                 now,
+                upstream_down,
                 seq: self.next_seq,
                 sink: &self.sink,
             };

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::cache::{FillTicket, Lookup, SplitGet, Tier, Waiter};
+use crate::cache::{FillTicket, Lookup, LookupAt, SplitGet, Tier, Waiter};
 use crate::command::{Class, Effect, classify, effect, written_keys};
 use crate::config::CacheMode;
 use crate::framing::{CommandView, encode_command, parse_int};
@@ -74,9 +74,17 @@ pub struct Env<'a> {
     pub tier: Option<&'a Tier>,
     /// The time for expiry checks, read once per batch of requests.
     pub now: Instant,
+    /// The circuit breaker refuses calls: PING is answered here, stale replies may be served.
+    pub upstream_down: bool,
     /// The request's sequence number, and where its reply goes if it joins a read in flight.
     pub seq: u64,
     pub sink: &'a ReplySink,
+}
+
+impl Env<'_> {
+    fn lookup_at(&self) -> LookupAt {
+        LookupAt { now: self.now, stale_ok: self.upstream_down }
+    }
 }
 
 /// One client's session.
@@ -170,6 +178,7 @@ impl Session {
             }
         }
         match class {
+            Class::Ordinary if env.upstream_down && is_ping(cmd) => Route::Reply(self.ping(cmd)),
             Class::Ordinary => self.route_ordinary(cmd, env),
             Class::Exec | Class::Discard | Class::Unwatch => Route::Shared(self.pool_key()),
             Class::Multi | Class::Watch | Class::Blocking | Class::Stream | Class::Sticky => {
@@ -204,7 +213,7 @@ impl Session {
                 }
                 self.variant_id(cmd.args());
                 let waiter = || Waiter { sink: env.sink.clone(), seq: env.seq };
-                match tier.lookup(key, &self.variant, rule.local_ttl, env.now, waiter) {
+                match tier.lookup(key, &self.variant, rule.local_ttl, env.lookup_at(), waiter) {
                     Lookup::Hit(reply) => Route::Reply(reply),
                     Lookup::Joined => Route::Joined,
                     Lookup::Miss(ticket) => Route::Fill(pool, ticket),
@@ -225,7 +234,7 @@ impl Session {
             let rule = env.policy.for_key(key);
             let ticket = if may_cache(rule.mode, tier) {
                 self.variant_id([&b"GET"[..], key].into_iter());
-                match tier.lookup_or_register(key, &self.variant, rule.local_ttl, env.now) {
+                match tier.lookup_or_register(key, &self.variant, rule.local_ttl, env.lookup_at()) {
                     Ok(element) => {
                         parts.push(Some(element));
                         continue;
@@ -325,6 +334,10 @@ impl Session {
         }
         Route::Pinned { stream: self.pin.stream }
     }
+}
+
+fn is_ping(cmd: &CommandView<'_>) -> bool {
+    cmd.arg(0).is_some_and(|name| name.eq_ignore_ascii_case(b"PING"))
 }
 
 /// Whether a rule's reads may be cached now.

@@ -41,7 +41,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     // Dial the default pool now, so an unreachable upstream is reported at start.
     upstream.pool(PoolKey::default());
     let cache = &config.cache;
-    let tier = cache.enabled.then(|| Arc::new(Tier::new(cache.max_memory.0, cache.max_entry_size.0 as usize, false)));
+    let tier = cache
+        .enabled
+        .then(|| Arc::new(Tier::new(cache.max_memory.0, cache.max_entry_size.0 as usize, false, cache.serve_stale.0)));
     let tracking = match (&tier, cache.tracking) {
         (Some(tier), Tracking::Bcast) => Some(tokio::spawn(tracking::run(Arc::clone(&upstream), Arc::clone(tier)))),
         _ => None,

@@ -105,10 +105,10 @@ fn apply(frame: &[u8], tier: &Tier) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::Lookup;
+    use crate::cache::{Lookup, LookupAt};
 
     fn cached(tier: &Tier, key: &[u8]) -> bool {
-        match tier.lookup(key, key, Duration::from_secs(60), Instant::now(), || unreachable!()) {
+        match tier.lookup(key, key, Duration::from_secs(60), LookupAt::now(), || unreachable!()) {
             Lookup::Miss(ticket) => {
                 tier.fill(ticket, bytes::Bytes::from_static(b"+v\r\n"), None);
                 false
@@ -120,7 +120,7 @@ mod tests {
 
     #[test]
     fn invalidate_pushes_drop_keys_and_a_null_clears() {
-        let tier = Tier::new(1 << 20, 1 << 10, true);
+        let tier = Tier::new(1 << 20, 1 << 10, true, std::time::Duration::ZERO);
         for key in [&b"a"[..], b"b", b"c"] {
             assert!(!cached(&tier, key));
             assert!(cached(&tier, key));

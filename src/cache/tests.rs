@@ -4,7 +4,7 @@ use tokio::sync::mpsc;
 const TTL: Duration = Duration::from_secs(60);
 
 fn tier() -> Tier {
-    Tier::new(1 << 20, 64 << 10, true)
+    Tier::new(1 << 20, 64 << 10, true, std::time::Duration::ZERO)
 }
 
 fn nobody() -> Waiter {
@@ -12,14 +12,14 @@ fn nobody() -> Waiter {
 }
 
 fn miss(tier: &Tier, key: &str, id: &str) -> FillTicket {
-    match tier.lookup(key.as_bytes(), id.as_bytes(), TTL, Instant::now(), nobody) {
+    match tier.lookup(key.as_bytes(), id.as_bytes(), TTL, LookupAt::now(), nobody) {
         Lookup::Miss(ticket) => ticket,
         other => panic!("expected a miss, got {other:?}"),
     }
 }
 
 fn hit(tier: &Tier, key: &str, id: &str) -> Option<Bytes> {
-    match tier.lookup(key.as_bytes(), id.as_bytes(), TTL, Instant::now(), nobody) {
+    match tier.lookup(key.as_bytes(), id.as_bytes(), TTL, LookupAt::now(), nobody) {
         Lookup::Hit(reply) => Some(reply),
         Lookup::Miss(ticket) => {
             tier.abort(ticket, Bytes::new());
@@ -72,11 +72,11 @@ fn concurrent_misses_share_one_read() {
     let ticket = miss(&tier, "k", "GET k");
     let (sink, mut replies) = mpsc::unbounded_channel();
     for seq in [7, 8] {
-        let joined = tier.lookup(b"k", b"GET k", TTL, Instant::now(), || Waiter { sink: sink.clone(), seq });
+        let joined = tier.lookup(b"k", b"GET k", TTL, LookupAt::now(), || Waiter { sink: sink.clone(), seq });
         assert!(matches!(joined, Lookup::Joined));
     }
     // A different variant of the same key is its own read.
-    assert!(matches!(tier.lookup(b"k", b"HGET k f", TTL, Instant::now(), nobody), Lookup::Miss(_)));
+    assert!(matches!(tier.lookup(b"k", b"HGET k f", TTL, LookupAt::now(), nobody), Lookup::Miss(_)));
     tier.fill(ticket, Bytes::from_static(b"$1\r\nv\r\n"), Some(-1));
     for seq in [7, 8] {
         let chunk = replies.try_recv().unwrap();
@@ -89,11 +89,11 @@ fn a_failed_read_answers_its_waiters_with_the_error() {
     let tier = tier();
     let ticket = miss(&tier, "k", "GET k");
     let (sink, mut replies) = mpsc::unbounded_channel();
-    assert!(matches!(tier.lookup(b"k", b"GET k", TTL, Instant::now(), || Waiter { sink, seq: 1 }), Lookup::Joined));
+    assert!(matches!(tier.lookup(b"k", b"GET k", TTL, LookupAt::now(), || Waiter { sink, seq: 1 }), Lookup::Joined));
     tier.abort(ticket, Bytes::from_static(b"-ERR gone\r\n"));
     assert_eq!(&replies.try_recv().unwrap().bytes[..], b"-ERR gone\r\n");
     // Nothing is left in flight: the next miss leads a new read.
-    assert!(matches!(tier.lookup(b"k", b"GET k", TTL, Instant::now(), nobody), Lookup::Miss(_)));
+    assert!(matches!(tier.lookup(b"k", b"GET k", TTL, LookupAt::now(), nobody), Lookup::Miss(_)));
 }
 
 #[test]
@@ -101,7 +101,7 @@ fn a_waiter_never_joins_a_read_sent_before_an_invalidation() {
     let tier = tier();
     let _old = miss(&tier, "k", "GET k");
     tier.invalidate(b"k");
-    assert!(matches!(tier.lookup(b"k", b"GET k", TTL, Instant::now(), nobody), Lookup::Miss(_)));
+    assert!(matches!(tier.lookup(b"k", b"GET k", TTL, LookupAt::now(), nobody), Lookup::Miss(_)));
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn errors_and_oversized_replies_are_not_cached() {
 
 #[test]
 fn the_tier_stays_within_max_memory() {
-    let tier = Tier::new(1 << 20, 64 << 10, true);
+    let tier = Tier::new(1 << 20, 64 << 10, true, std::time::Duration::ZERO);
     let value = Bytes::from(vec![b'v'; 10_000]);
     for i in 0..1000 {
         let key = format!("key:{i}");
@@ -178,7 +178,7 @@ fn a_split_mget_with_an_unexpected_reply_is_left_alone() {
     let split = SplitGet::new(vec![None], vec![Some(miss(&tier, "a", "GET a"))]);
     assert_eq!(split.complete(&tier, b"-ERR nope\r\n", &mut Default::default()), None);
     // Its flight is over: the next miss leads a new read.
-    assert!(matches!(tier.lookup(b"a", b"GET a", TTL, Instant::now(), nobody), Lookup::Miss(_)));
+    assert!(matches!(tier.lookup(b"a", b"GET a", TTL, LookupAt::now(), nobody), Lookup::Miss(_)));
 }
 
 #[test]
@@ -191,4 +191,39 @@ fn a_null_mget_element_is_cached_only_for_a_missing_key() {
     split.complete(&tier, b"*2\r\n$-1\r\n$-1\r\n", &mut pttls).unwrap();
     assert_eq!(hit(&tier, "hash", "GET hash"), None);
     assert_eq!(hit(&tier, "none", "GET none").as_deref(), Some(&b"$-1\r\n"[..]));
+}
+
+fn stale_ok() -> LookupAt {
+    LookupAt { now: Instant::now(), stale_ok: true }
+}
+
+#[test]
+fn past_its_lifetime_a_reply_is_served_only_as_a_stale_answer_within_serve_stale() {
+    let tier = Tier::new(1 << 20, 1 << 10, true, Duration::from_millis(200));
+    let ticket = miss(&tier, "k", "GET k");
+    tier.fill(ticket, Bytes::from_static(b"+v\r\n"), Some(20));
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(hit(&tier, "k", "GET k"), None, "expired for normal reads");
+    assert!(matches!(tier.lookup(b"k", b"GET k", TTL, stale_ok(), nobody), Lookup::Hit(_)));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!matches!(tier.lookup(b"k", b"GET k", TTL, stale_ok(), nobody), Lookup::Hit(_)), "older than serve_stale");
+}
+
+#[test]
+fn with_serve_stale_losing_tracking_demotes_instead_of_dropping() {
+    let tier = Tier::new(1 << 20, 1 << 10, true, Duration::from_secs(60));
+    let ticket = miss(&tier, "k", "GET k");
+    tier.fill(ticket, Bytes::from_static(b"+v\r\n"), Some(-1));
+    let in_flight = miss(&tier, "j", "GET j");
+    tier.tracking_lost();
+    tier.fill(in_flight, Bytes::from_static(b"+j\r\n"), Some(-1));
+    assert_eq!(hit(&tier, "j", "GET j"), None, "a read in flight across the loss is not cached");
+    assert_eq!(hit(&tier, "k", "GET k"), None, "never a normal hit again");
+    assert!(matches!(tier.lookup(b"k", b"GET k", TTL, stale_ok(), nobody), Lookup::Hit(_)));
+    // New fills are normal hits again once tracking is back.
+    tier.tracking_started();
+    std::thread::sleep(Duration::from_millis(2));
+    let ticket = miss(&tier, "k", "GET k");
+    tier.fill(ticket, Bytes::from_static(b"+w\r\n"), Some(-1));
+    assert_eq!(hit(&tier, "k", "GET k").as_deref(), Some(&b"+w\r\n"[..]));
 }

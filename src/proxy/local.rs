@@ -81,6 +81,20 @@ impl Session {
         }
     }
 
+    /// `PING [message]`, answered by the proxy while the breaker is open (DESIGN: clients'
+    /// pools keep their connections; everything else still fails fast).
+    pub(super) fn ping(&self, cmd: &CommandView<'_>) -> Bytes {
+        match (cmd.argc(), cmd.arg(1)) {
+            (1, _) => Bytes::from_static(b"+PONG\r\n"),
+            (2, Some(message)) => {
+                let mut w = ReplyWriter::new(self.resp3);
+                w.bulk(message);
+                w.finish()
+            }
+            _ => ProxyError::WrongArity("ping").to_reply(),
+        }
+    }
+
     /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`
     fn hello(&mut self, cmd: &CommandView<'_>, server: &ServerInfo) -> Result<Bytes, ProxyError> {
         let mut args = cmd.args().skip(1);

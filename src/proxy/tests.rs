@@ -15,7 +15,8 @@ fn route_with(session: &mut Session, args: &[&str], tier: Option<&Tier>, policy:
     let bytes = encode_command(args);
     let (sink, _) = tokio::sync::mpsc::unbounded_channel();
     let now = std::time::Instant::now();
-    let env = Env { server: &ServerInfo::new("7.0.0", 16), policy, tier, now, seq: 0, sink: &sink };
+    let env =
+        Env { server: &ServerInfo::new("7.0.0", 16), policy, tier, now, upstream_down: false, seq: 0, sink: &sink };
     session.route(&CommandView::new(&bytes, args.len()), &env)
 }
 
@@ -137,7 +138,7 @@ fn streams_and_sticky_flags_pin_for_good() {
 fn cacheable_reads_go_through_the_tier_by_rule() {
     let text = "[[rule]]\npattern = \"lock:*\"\ncache = \"none\"\n";
     let policy = Policy::new(&Config::parse(text, std::path::Path::new("t.toml")).unwrap());
-    let tier = Tier::new(1 << 20, 1 << 10, true);
+    let tier = Tier::new(1 << 20, 1 << 10, true, std::time::Duration::ZERO);
     let mut s = session();
     let Route::Fill(pool, ticket) = route_with(&mut s, &["GET", "user:1"], Some(&tier), &policy) else { panic!() };
     assert_eq!(pool, PoolKey::default());
@@ -162,6 +163,6 @@ fn cacheable_reads_go_through_the_tier_by_rule() {
     assert_eq!(route_with(&mut s, &["GET", "lock:1"], Some(&tier), &policy), SHARED_DB0);
     assert_eq!(route_with(&mut s, &["TTL", "user:1"], Some(&tier), &policy), SHARED_DB0);
     // Without tracking, tracked rules do not cache.
-    let untracked = Tier::new(1 << 20, 1 << 10, false);
+    let untracked = Tier::new(1 << 20, 1 << 10, false, std::time::Duration::ZERO);
     assert_eq!(route_with(&mut s, &["GET", "user:2"], Some(&untracked), &policy), SHARED_DB0);
 }
