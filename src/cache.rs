@@ -293,6 +293,12 @@ impl Tier {
         Some(reply)
     }
 
+    /// A stale answer while the upstream is down (no fill is registered: the tier may not be
+    /// trusted, e.g. with tracking down).
+    pub fn stale_answer(&self, key: &[u8], id: &[u8], now: Instant) -> Option<Bytes> {
+        self.hit(key, id, LookupAt { now, stale_ok: true })
+    }
+
     /// Like [`Tier::lookup`] without joining: `Ok` on a hit; otherwise a ticket to fill, or
     /// `None` when an identical read is already in flight (this one then goes uncached).
     pub fn lookup_or_register(

@@ -209,6 +209,12 @@ impl Session {
                 let key = cmd.arg(1).unwrap_or_default();
                 let rule = env.policy.for_key(key);
                 if !may_cache(rule.mode, tier) {
+                    if env.upstream_down && rule.mode != CacheMode::None {
+                        self.variant_id(cmd.args());
+                        if let Some(reply) = tier.stale_answer(key, &self.variant, env.now) {
+                            return Route::Reply(reply);
+                        }
+                    }
                     return Route::Shared(pool);
                 }
                 self.variant_id(cmd.args());

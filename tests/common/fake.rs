@@ -17,6 +17,8 @@ struct State {
     /// GETs of these keys wait for [`FakeRedis::release`] before answering.
     held: HashSet<Vec<u8>>,
     gets: usize,
+    /// Every GET answers after this long.
+    delay: std::time::Duration,
     /// Where to write pushes for the connection that turned tracking on.
     tracking: Option<mpsc::UnboundedSender<Bytes>>,
 }
@@ -55,6 +57,10 @@ impl FakeRedis {
     pub fn release(&self) {
         self.state.lock().unwrap().held.clear();
         self.release.notify_waiters();
+    }
+
+    pub fn delay_gets(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
     }
 
     pub fn gets(&self) -> usize {
@@ -130,14 +136,15 @@ async fn answer(args: &[Vec<u8>], state: &Mutex<State>, out: &mpsc::UnboundedSen
         "GET" => {
             // Created before the GET is counted, so a release after the count always wakes it.
             let released = release.notified();
-            let (value, held) = {
+            let (value, held, delay) = {
                 let mut state = state.lock().unwrap();
                 state.gets += 1;
-                (state.values.get(&arg(1)).cloned(), state.held.contains(&arg(1)))
+                (state.values.get(&arg(1)).cloned(), state.held.contains(&arg(1)), state.delay)
             };
             if held {
                 released.await;
             }
+            tokio::time::sleep(delay).await;
             bulk(value)
         }
         _ => Bytes::from_static(b"-ERR unknown command\r\n"),

@@ -36,10 +36,15 @@ impl Redis {
 
     /// Starts redis-server on `port` and waits until it answers PING.
     pub fn start_on(port: u16) -> Redis {
+        Redis::start_with(port, &["--dir", std::env::temp_dir().to_str().unwrap()])
+    }
+
+    /// Like [`Redis::start_on`], with more redis-server options (later ones win).
+    pub fn start_with(port: u16, options: &[&str]) -> Redis {
         for _ in 0..5 {
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--dir", std::env::temp_dir().to_str().unwrap()])
+                .args(options)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
