@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use nearcache::breaker::Breaker;
 use nearcache::cache::Tier;
 use nearcache::config::Config;
 use nearcache::framing::{CommandView, Limits, Parsed, RequestParser, encode_command};
@@ -48,11 +49,13 @@ fn routing(c: &mut Criterion) {
     let mut session = Session::new(1, addr, addr);
     let info = ServerInfo::new("7.0.0", 16);
     let policy = Policy::new(&Config::default());
+    let breaker = Breaker::new(&Config::default().breaker, "127.0.0.1:6379");
     let (sink, _replies) = tokio::sync::mpsc::unbounded_channel();
     let get = encode_command(&["GET", "user:1234"]);
     c.bench_function("route GET (tier off)", |b| {
         b.iter(|| {
             let env = Env {
+                breaker: &breaker,
                 server: &info,
                 policy: &policy,
                 tier: None,
@@ -68,7 +71,16 @@ fn routing(c: &mut Criterion) {
     // The hit path: frame a GET, route it through the policy and the tier, get the reply bytes.
     let tier = Tier::new(64 << 20, 1 << 20, true, std::time::Duration::ZERO);
     let now = Instant::now();
-    let env = Env { server: &info, policy: &policy, tier: Some(&tier), now, upstream_down: false, seq: 0, sink: &sink };
+    let env = Env {
+        server: &info,
+        breaker: &breaker,
+        policy: &policy,
+        tier: Some(&tier),
+        now,
+        upstream_down: false,
+        seq: 0,
+        sink: &sink,
+    };
     let Route::Fill(_, ticket) = session.route(&CommandView::new(&get, 2), &env) else { panic!("expected a miss") };
     tier.fill(ticket, Bytes::from_static(b"$5\r\nalice\r\n"), Some(-1));
     c.bench_function("hit path: frame + route + tier lookup", |b| {
@@ -76,6 +88,7 @@ fn routing(c: &mut Criterion) {
             let mut parser = RequestParser::new(LIMITS);
             let Ok(Some(Parsed::Command { len, argc })) = parser.parse(black_box(&get)) else { panic!() };
             let env = Env {
+                breaker: &breaker,
                 server: &info,
                 policy: &policy,
                 tier: Some(&tier),

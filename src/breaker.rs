@@ -154,6 +154,27 @@ impl Breaker {
         }
     }
 
+    /// `PROXY BREAKER STATUS`: the state and its counters, in Redis INFO style.
+    pub fn status(&self) -> String {
+        let inner = self.lock();
+        let now = Instant::now();
+        let retry_in =
+            if inner.state == State::Open { inner.open_until.saturating_duration_since(now) } else { Duration::ZERO };
+        format!(
+            "state:{}\r\nupstream:{}\r\nwindow_calls:{}\r\nwindow_failures:{}\r\nwindow_slow:{}\r\n\
+             connect_failures_in_a_row:{}\r\ntrips_in_a_row:{}\r\nretry_in_ms:{}\r\nhalf_open_probes_sent:{}\r\n",
+            inner.state.name(),
+            self.upstream,
+            inner.window.len(),
+            inner.failures,
+            inner.slow,
+            inner.connect_failures,
+            inner.trips,
+            retry_in.as_millis(),
+            if inner.state == State::HalfOpen { inner.probes_admitted } else { 0 },
+        )
+    }
+
     /// True while calls are refused (open, or half-open with every probe out).
     pub fn is_refusing(&self) -> bool {
         let inner = self.lock();

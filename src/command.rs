@@ -18,6 +18,8 @@ pub enum Class {
     ClientId,
     ClientInfo,
     ClientSetInfo,
+    /// The proxy's own admin family (`PROXY BREAKER STATUS`, ...).
+    Proxy,
     // Transactions: pinned from MULTI/WATCH until EXEC/DISCARD/UNWATCH end the state.
     Multi,
     Exec,
@@ -59,6 +61,7 @@ pub fn classify(cmd: &CommandView<'_>) -> Class {
         b"QUIT" => Class::Quit,
         b"RESET" => Class::Reset,
         b"CLIENT" => classify_client(args.next(), args.next()),
+        b"PROXY" => Class::Proxy,
         b"MULTI" => Class::Multi,
         b"EXEC" => Class::Exec,
         b"DISCARD" => Class::Discard,

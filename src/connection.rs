@@ -221,6 +221,7 @@ impl Client {
             let offset = self.run.as_ref().map_or(0, |run| run.len);
             let env = Env {
                 server: self.ctx.upstream.info(),
+                breaker: self.ctx.upstream.breaker(),
                 policy: &self.ctx.policy,
                 tier: self.ctx.tier.as_deref(),
                 now,

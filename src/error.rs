@@ -33,6 +33,8 @@ pub enum ProxyError {
     HelloSyntax(String),
     #[error("Unrecognized option '{0}'")]
     UnknownOption(String),
+    #[error("unknown PROXY subcommand '{0}' (this version has: PROXY BREAKER STATUS)")]
+    UnknownProxyCommand(String),
     #[error("Client names cannot contain spaces, newlines or special characters.")]
     BadClientName,
     #[error("invalid username-password pair or user is disabled.")]

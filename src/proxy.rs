@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::breaker::Breaker;
 use crate::cache::{FillTicket, Lookup, LookupAt, SplitGet, Tier, Waiter};
 use crate::command::{Class, Effect, classify, effect, written_keys};
 use crate::config::CacheMode;
@@ -69,6 +70,7 @@ struct Pin {
 /// What a routing decision may consult besides the session.
 pub struct Env<'a> {
     pub server: &'a ServerInfo,
+    pub breaker: &'a Breaker,
     pub policy: &'a Policy,
     /// `None` when `cache.enabled` is false.
     pub tier: Option<&'a Tier>,
@@ -187,7 +189,7 @@ impl Session {
                 self.route_pinned(class, cmd)
             }
             Class::Quit => Route::Close(Bytes::from_static(reply::OK)),
-            local => Route::Reply(self.answer(local, cmd, env.server).unwrap_or_else(|e| e.to_reply())),
+            local => Route::Reply(self.answer(local, cmd, env).unwrap_or_else(|e| e.to_reply())),
         }
     }
 

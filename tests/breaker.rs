@@ -73,6 +73,11 @@ async fn a_stopped_upstream_fails_fast_serves_cached_keys_and_recovers_by_itself
     let per_call = started.elapsed() / 50;
     eprintln!("while open: {per_call:?} per refused call");
     assert!(per_call < Duration::from_millis(50), "{per_call:?} per call: clients waited");
+    let status = call(&mut raw, &["PROXY", "BREAKER", "STATUS"]).await;
+    assert!(
+        status.contains("state:open\r\n") && status.contains(&format!("upstream:127.0.0.1:{port}\r\n")),
+        "{status}"
+    );
     // The cached key is served (a stale answer), and PING is answered by the proxy.
     assert_eq!(call(&mut raw, &["GET", "k"]).await, "$1\r\nv\r\n");
     assert_eq!(call(&mut raw, &["PING"]).await, "+PONG\r\n");
@@ -81,6 +86,7 @@ async fn a_stopped_upstream_fails_fast_serves_cached_keys_and_recovers_by_itself
     // Back: the proxy recovers by itself, without a restart.
     let _redis = Redis::start_on(port);
     until_reply(&mut raw, &["SET", "x", "1"], "recovered", |r| r == "+OK\r\n").await;
+    until_reply(&mut raw, &["PROXY", "BREAKER", "STATUS"], "closed", |r| r.contains("state:closed\r\n")).await;
     // The restarted Redis lost k (no persistence): the stale entry is not a normal hit.
     assert_eq!(call(&mut raw, &["GET", "k"]).await, "$-1\r\n");
     proxy.stop().await;
@@ -186,4 +192,36 @@ async fn every_acknowledged_write_survives_an_upstream_restart() {
     proxy.stop().await;
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_session_whose_connection_dies_gets_an_error_and_goes_on() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut raw = proxy.raw().await;
+    raw.cmd(&[b"BLPOP", b"queue", b"0"]).await;
+    // Its own upstream connection, blocked in BLPOP: kill it in Redis.
+    let mut direct = Raw::connect(redis.addr()).await;
+    let deadline = Instant::now() + PATIENCE;
+    let id = loop {
+        let clients = call(&mut direct, &["CLIENT", "LIST"]).await;
+        if let Some(id) = clients
+            .lines()
+            .find(|l| l.contains("cmd=blpop"))
+            .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "the BLPOP never reached Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(call(&mut direct, &["CLIENT", "KILL", "ID", &id]).await, ":1\r\n");
+    let reply = String::from_utf8_lossy(&raw.reply().await).into_owned();
+    assert!(reply.starts_with(&format!("-ERR upstream {} connection lost", redis.addr())), "{reply}");
+    // The session goes on, shared and pinned.
+    assert_eq!(call(&mut raw, &["SET", "a", "1"]).await, "+OK\r\n");
+    assert_eq!(call(&mut raw, &["MULTI"]).await, "+OK\r\n");
+    assert_eq!(call(&mut raw, &["INCR", "a"]).await, "+QUEUED\r\n");
+    assert_eq!(call(&mut raw, &["EXEC"]).await, "*1\r\n:2\r\n");
+    proxy.stop().await;
 }

@@ -133,6 +133,19 @@ async fn a_slow_probe_is_a_failed_probe() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn status_names_the_state() {
+    let b = breaker();
+    assert!(b.status().starts_with("state:closed\r\nupstream:127.0.0.1:6379\r\n"), "{}", b.status());
+    for _ in 0..3 {
+        b.record(Outcome::ConnectFailed);
+    }
+    assert!(b.status().contains("state:open\r\n") && b.status().contains("retry_in_ms:1000\r\n"), "{}", b.status());
+    advance(Duration::from_secs(1)).await;
+    b.admit();
+    assert!(b.status().contains("state:half-open\r\n") && b.status().contains("half_open_probes_sent:1\r\n"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn jitter_adds_at_most_a_tenth() {
     let b = Breaker::new(&settings(), "x");
     for _ in 0..3 {

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::Session;
+use super::{Env, Session};
 use crate::command::Class;
 use crate::error::ProxyError;
 use crate::framing::{CommandView, parse_int};
@@ -12,16 +12,12 @@ use crate::upstream::ServerInfo;
 
 impl Session {
     /// Commands the proxy answers for the session.
-    pub(super) fn answer(
-        &mut self,
-        class: Class,
-        cmd: &CommandView<'_>,
-        server: &ServerInfo,
-    ) -> Result<Bytes, ProxyError> {
+    pub(super) fn answer(&mut self, class: Class, cmd: &CommandView<'_>, env: &Env<'_>) -> Result<Bytes, ProxyError> {
         let argc = cmd.argc();
         let arity = |ok: bool, name: &'static str| if ok { Ok(()) } else { Err(ProxyError::WrongArity(name)) };
         match class {
-            Class::Hello => self.hello(cmd, server),
+            Class::Hello => self.hello(cmd, env.server),
+            Class::Proxy => self.admin(cmd, env),
             Class::Auth => match argc {
                 2 => Err(ProxyError::AuthNotConfigured),
                 3 => check_default_user(cmd.arg(1)).map(|_| ok()),
@@ -31,7 +27,7 @@ impl Session {
                 arity(argc == 2, "select")?;
                 let db = cmd.arg(1).and_then(parse_int).ok_or(ProxyError::NotInteger)?;
                 self.db =
-                    u32::try_from(db).ok().filter(|&db| db < server.databases()).ok_or(ProxyError::DbOutOfRange)?;
+                    u32::try_from(db).ok().filter(|&db| db < env.server.databases()).ok_or(ProxyError::DbOutOfRange)?;
                 Ok(ok())
             }
             Class::Reset => {
@@ -78,6 +74,20 @@ impl Session {
                 Ok(ok())
             }
             _ => unreachable!("{class:?} is not answered by the proxy"),
+        }
+    }
+
+    /// The `PROXY` admin family (issue 6 adds the rest: INFO, CACHE, CONFIG, AUTH).
+    fn admin(&self, cmd: &CommandView<'_>, env: &Env<'_>) -> Result<Bytes, ProxyError> {
+        let words: Vec<String> = cmd.args().skip(1).map(|a| String::from_utf8_lossy(a).to_uppercase()).collect();
+        match words.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            ["BREAKER", "STATUS"] => {
+                let mut w = ReplyWriter::new(self.resp3);
+                w.verbatim(env.breaker.status().as_bytes());
+                Ok(w.finish())
+            }
+            [] => Err(ProxyError::WrongArity("proxy")),
+            _ => Err(ProxyError::UnknownProxyCommand(words.join(" "))),
         }
     }
 

@@ -15,8 +15,9 @@ fn route_with(session: &mut Session, args: &[&str], tier: Option<&Tier>, policy:
     let bytes = encode_command(args);
     let (sink, _) = tokio::sync::mpsc::unbounded_channel();
     let now = std::time::Instant::now();
-    let env =
-        Env { server: &ServerInfo::new("7.0.0", 16), policy, tier, now, upstream_down: false, seq: 0, sink: &sink };
+    let breaker = crate::breaker::Breaker::new(&Config::default().breaker, "127.0.0.1:6379");
+    let server = &ServerInfo::new("7.0.0", 16);
+    let env = Env { server, breaker: &breaker, policy, tier, now, upstream_down: false, seq: 0, sink: &sink };
     session.route(&CommandView::new(&bytes, args.len()), &env)
 }
 
@@ -66,6 +67,14 @@ fn hello_switches_protocol_and_answers_in_it() {
     assert_eq!(reply(&mut s, &["HELLO", "3", "FOO"]), "-ERR Syntax error in HELLO option 'FOO'\r\n");
     // A failed HELLO changes nothing.
     assert!(!s.pool_key().resp3);
+}
+
+#[test]
+fn proxy_breaker_status_is_answered_by_the_proxy() {
+    let mut s = session();
+    let status = reply(&mut s, &["proxy", "breaker", "status"]);
+    assert!(status.starts_with("$") && status.contains("state:closed\r\nupstream:127.0.0.1:6379"), "{status}");
+    assert!(reply(&mut s, &["PROXY", "CACHE", "CLEAR"]).starts_with("-ERR unknown PROXY subcommand 'CACHE CLEAR'"));
 }
 
 #[test]
