@@ -370,12 +370,14 @@ impl Client {
 
     async fn send_pinned(&mut self, bytes: Bytes, seq: u64, count: u32, stream: bool) {
         let key = self.session.pin_key();
-        // A connection kept from an earlier pin is reused only if it is in the right db/protocol.
-        if self.pinned.as_ref().is_some_and(|conn| conn.is_idle() && conn.key() != key) {
+        let identity = self.session.identity();
+        // A connection kept from an earlier pin is reused only if it is in the session's
+        // db/protocol and has its name.
+        if self.pinned.as_ref().is_some_and(|conn| !conn.fits(key, &identity)) {
             self.pinned = None;
         }
         if self.pinned.is_none() {
-            match PinnedConn::open(&self.ctx.upstream, key).await {
+            match PinnedConn::open(&self.ctx.upstream, key, identity).await {
                 Ok(conn) => self.pinned = Some(conn),
                 Err(err) => {
                     if stream {
@@ -389,6 +391,7 @@ impl Client {
             }
         }
         let conn = self.pinned.as_mut().expect("opened above");
+        conn.begin_pin();
         if let Err(e) = conn.send(&bytes, seq, count, stream).await {
             self.pinned_failed(self.lost(e));
         }
@@ -413,8 +416,8 @@ impl Client {
         let idle = conn.is_idle();
         self.session.revalidate(self.ctx.tier.as_deref(), idle);
         if idle && self.session.is_pinned() && self.session.try_unpin() {
-            // The connection stays open for the next pin, in the db/protocol it is now in.
-            conn.set_key(self.session.pool_key());
+            // The connection stays open for the next pin, in the state it is now in.
+            conn.end_pin(self.session.pool_key(), self.session.identity());
         }
     }
 

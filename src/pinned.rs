@@ -26,6 +26,11 @@ const READ_CHUNK: usize = 16 * 1024;
 pub struct PinnedConn {
     /// Protocol and db the connection is in (kept in step by the session).
     key: PoolKey,
+    /// The client name and library info Redis has for it.
+    identity: Vec<Bytes>,
+    /// A pin is using it (from open or reuse until the pin ends); only then may its state
+    /// differ from what `key`/`identity` say.
+    in_pin: bool,
     rd: OwnedReadHalf,
     wr: OwnedWriteHalf,
     buf: BytesMut,
@@ -35,11 +40,14 @@ pub struct PinnedConn {
 }
 
 impl PinnedConn {
-    pub async fn open(upstream: &Upstream, key: PoolKey) -> Result<PinnedConn, ProxyError> {
-        let (rd, wr) = upstream.connect_pinned(key).await?.into_split();
+    /// `identity`: the session's CLIENT SETNAME/SETINFO, so that Redis agrees with the proxy.
+    pub async fn open(upstream: &Upstream, key: PoolKey, identity: Vec<Bytes>) -> Result<PinnedConn, ProxyError> {
+        let (rd, wr) = upstream.connect_pinned(key, &identity).await?.into_split();
         debug!(db = key.db, resp3 = key.resp3, "pinned upstream connection opened");
         Ok(PinnedConn {
             key,
+            identity,
+            in_pin: true,
             rd,
             wr,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -52,8 +60,19 @@ impl PinnedConn {
         self.key
     }
 
-    pub fn set_key(&mut self, key: PoolKey) {
-        self.key = key;
+    /// Whether a pin may start on it: kept from an earlier pin, in `key` with `identity`. A
+    /// connection a pin is using always fits that pin.
+    pub fn fits(&self, key: PoolKey, identity: &[Bytes]) -> bool {
+        self.in_pin || (self.key == key && self.identity == identity)
+    }
+
+    pub fn begin_pin(&mut self) {
+        self.in_pin = true;
+    }
+
+    /// The pin ended; the connection is in the session's state (`key`, `identity`).
+    pub fn end_pin(&mut self, key: PoolKey, identity: Vec<Bytes>) {
+        (self.key, self.identity, self.in_pin) = (key, identity, false);
     }
 
     /// No counted reply is outstanding.

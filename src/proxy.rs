@@ -65,6 +65,8 @@ struct Pin {
     in_multi: bool,
     watching: bool,
     sticky: bool,
+    /// Redis, not the proxy, knows the session's name, db and protocol (see `route_pinned`).
+    delegated: bool,
 }
 
 /// What a routing decision may consult besides the session.
@@ -146,6 +148,20 @@ impl Session {
         self.pin.key
     }
 
+    /// The session's name and library info as commands, for a connection of its own.
+    pub fn identity(&self) -> Vec<Bytes> {
+        let mut commands = Vec::new();
+        if let Some(name) = &self.name {
+            commands.push(encode_command(&[&b"CLIENT"[..], b"SETNAME", name]));
+        }
+        for (attr, value) in [(&b"LIB-NAME"[..], &self.lib_name), (b"LIB-VER", &self.lib_ver)] {
+            if let Some(value) = value {
+                commands.push(encode_command(&[&b"CLIENT"[..], b"SETINFO", attr, value]));
+            }
+        }
+        commands
+    }
+
     /// True when the pinned state has ended; the caller calls this once every reply from the
     /// pinned connection has arrived, and then sends later commands to the shared pool.
     pub fn try_unpin(&mut self) -> bool {
@@ -174,9 +190,17 @@ impl Session {
                     | Class::ClientInfo
                     | Class::ClientSetInfo
             );
-            if !(session_only && !self.pin.in_multi && !self.pin.stream) {
+            if !(session_only && !self.pin.in_multi && !self.pin.stream && !self.pin.delegated) {
                 self.invalidate_pinned_write(cmd, env.tier);
                 return self.route_pinned(class, cmd);
+            }
+            // Setting the name while pinned: here, and on the pinned connection too, so that
+            // Redis agrees should a transaction later leave the name to it.
+            if matches!(class, Class::ClientSetName | Class::ClientSetInfo) {
+                return match self.answer(class, cmd, env) {
+                    Ok(_) => Route::Pinned { stream: false },
+                    Err(err) => Route::Reply(err.to_reply()),
+                };
             }
         }
         match class {
@@ -321,6 +345,12 @@ impl Session {
             Class::Unwatch if !pin.in_multi => pin.watching = false,
             Class::Stream if !pin.in_multi => pin.stream = true,
             Class::Sticky => pin.sticky = true,
+            // Queued in a transaction, they apply only if EXEC runs it: only the pinned
+            // connection knows the session's db, protocol and name afterwards, so the session
+            // stays on it and leaves its session commands to Redis (until RESET).
+            Class::Select | Class::Hello | Class::ClientSetName | Class::ClientSetInfo if pin.in_multi => {
+                (pin.sticky, pin.delegated) = (true, true);
+            }
             Class::Reset => {
                 // Redis resets the pinned connection itself; the pin ends but a stream
                 // connection stays pinned (its replies are not counted any more).

@@ -228,14 +228,27 @@ impl Upstream {
         &self.breaker
     }
 
-    /// A connection of a session's own (pinned), unless the breaker is refusing calls.
-    pub async fn connect_pinned(&self, key: PoolKey) -> Result<TcpStream, ProxyError> {
+    /// A connection of a session's own (pinned), unless the breaker is refusing calls, with
+    /// `setup` (the session's CLIENT SETNAME/SETINFO) applied; their error replies are ignored.
+    pub async fn connect_pinned(&self, key: PoolKey, setup: &[Bytes]) -> Result<TcpStream, ProxyError> {
         if let Admission::Refused { retry_in } = self.breaker_status() {
             return Err(ProxyError::BreakerOpen { addr: self.addr.clone(), retry_in });
         }
         let connected = self.connect(key).await;
         self.breaker.record(if connected.is_ok() { Outcome::Connected } else { Outcome::ConnectFailed });
-        connected
+        let mut stream = connected?;
+        if !setup.is_empty() {
+            let limit = self.connect_timeout;
+            let apply = async {
+                stream.write_all(&setup.concat()).await.map_err(|e| e.to_string())?;
+                read_replies(&mut stream, setup.len()).await
+            };
+            timeout(limit, apply)
+                .await
+                .map_err(|_| self.unavailable(format!("setup timed out after {}ms", limit.as_millis())))?
+                .map_err(|reason| self.unavailable(reason))?;
+        }
+        Ok(stream)
     }
 
     /// Whether calls are refused now, without taking a half-open probe.

@@ -100,20 +100,27 @@ fn transactions_pin_until_exec() {
     let mut s = session();
     assert_eq!(route(&mut s, &["WATCH", "k"]), Route::Pinned { stream: false });
     assert_eq!(route(&mut s, &["MULTI"]), Route::Pinned { stream: false });
-    // Inside MULTI, even proxy-answered commands go to Redis (which queues them).
-    assert_eq!(route(&mut s, &["SELECT", "1"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["SET", "k", "v"]), Route::Pinned { stream: false });
     assert!(!s.try_unpin());
     assert_eq!(route(&mut s, &["EXEC"]), Route::Pinned { stream: false });
     assert!(s.try_unpin());
-    assert_eq!(s.pool_key().db, 0);
     assert_eq!(route(&mut s, &["GET", "k"]), SHARED_DB0);
+    // SELECT or HELLO queued in MULTI: their effect depends on EXEC, so the session stays on
+    // its pinned connection, which knows the outcome.
+    assert_eq!(route(&mut s, &["MULTI"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["SELECT", "1"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["EXEC"]), Route::Pinned { stream: false });
+    assert!(!s.try_unpin());
+    assert_eq!(route(&mut s, &["GET", "k"]), Route::Pinned { stream: false });
 }
 
 #[test]
 fn the_client_name_is_the_sessions_while_pinned_outside_multi() {
     let mut s = session();
     assert_eq!(route(&mut s, &["WATCH", "k"]), Route::Pinned { stream: false });
-    assert_eq!(reply(&mut s, &["CLIENT", "SETNAME", "w"]), "+OK\r\n");
+    // Applied here and forwarded, so that the pinned connection agrees.
+    assert_eq!(route(&mut s, &["CLIENT", "SETNAME", "w"]), Route::Pinned { stream: false });
+    assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), "$1\r\nw\r\n");
     assert_eq!(route(&mut s, &["MULTI"]), Route::Pinned { stream: false });
     // Inside MULTI, Redis queues it.
     assert_eq!(route(&mut s, &["CLIENT", "GETNAME"]), Route::Pinned { stream: false });
