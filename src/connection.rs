@@ -370,7 +370,7 @@ impl Client {
 
     async fn send_pinned(&mut self, bytes: Bytes, seq: u64, count: u32, stream: bool) {
         let key = self.session.pin_key();
-        let identity = self.session.identity();
+        let identity = self.session.pin_identity().to_vec();
         // A connection kept from an earlier pin is reused only if it is in the session's
         // db/protocol and has its name.
         if self.pinned.as_ref().is_some_and(|conn| !conn.fits(key, &identity)) {

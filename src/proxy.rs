@@ -105,6 +105,8 @@ pub struct Session {
     pin: Pin,
     /// Keys written on the pinned connection, invalidated again as its replies arrive.
     dirty: Vec<Bytes>,
+    /// [`Session::identity`] when the pin began: a pinned connection opens with it.
+    pin_identity: Vec<Bytes>,
     /// Scratch space for a variant id (no allocation on a cache hit).
     variant: Vec<u8>,
 }
@@ -122,6 +124,7 @@ impl Session {
             lib_ver: None,
             pin: Pin::default(),
             dirty: Vec::new(),
+            pin_identity: Vec::new(),
             variant: Vec::new(),
         }
     }
@@ -146,6 +149,12 @@ impl Session {
 
     pub fn pin_key(&self) -> PoolKey {
         self.pin.key
+    }
+
+    /// The session's name and library info when the pin began (later changes in the same
+    /// pipeline are applied on the pinned connection itself).
+    pub fn pin_identity(&self) -> &[Bytes] {
+        &self.pin_identity
     }
 
     /// The session's name and library info as commands, for a connection of its own.
@@ -209,6 +218,7 @@ impl Session {
             Class::Exec | Class::Discard | Class::Unwatch => Route::Shared(self.pool_key()),
             Class::Multi | Class::Watch | Class::Blocking | Class::Stream | Class::Sticky => {
                 self.pin = Pin { active: true, key: self.pool_key(), ..Pin::default() };
+                self.pin_identity = self.identity();
                 self.invalidate_pinned_write(cmd, env.tier);
                 self.route_pinned(class, cmd)
             }
@@ -340,7 +350,8 @@ impl Session {
         match class {
             Class::Quit => return Route::Close(Bytes::from_static(reply::OK)),
             Class::Multi => pin.in_multi = true,
-            Class::Exec | Class::Discard => (pin.in_multi, pin.watching) = (false, false),
+            // Without MULTI they are errors, and the WATCHed keys stay watched.
+            Class::Exec | Class::Discard if pin.in_multi => (pin.in_multi, pin.watching) = (false, false),
             Class::Watch if !pin.in_multi => pin.watching = true,
             Class::Unwatch if !pin.in_multi => pin.watching = false,
             Class::Stream if !pin.in_multi => pin.stream = true,

@@ -130,6 +130,17 @@ fn the_client_name_is_the_sessions_while_pinned_outside_multi() {
 }
 
 #[test]
+fn exec_or_discard_without_multi_keeps_the_watch() {
+    let mut s = session();
+    assert_eq!(route(&mut s, &["WATCH", "k"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["DISCARD"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["EXEC"]), Route::Pinned { stream: false });
+    assert!(!s.try_unpin(), "still watching: Redis answered both with an error");
+    assert_eq!(route(&mut s, &["UNWATCH"]), Route::Pinned { stream: false });
+    assert!(s.try_unpin());
+}
+
+#[test]
 fn blocking_commands_pin_until_answered() {
     let mut s = session();
     assert_eq!(route(&mut s, &["BLPOP", "q", "0"]), Route::Pinned { stream: false });
