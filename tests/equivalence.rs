@@ -69,6 +69,27 @@ fn command() -> impl Strategy<Value = Vec<String>> {
         Just(s(&["PING"])),
         value().prop_map(move |v| s(&["ECHO", &v])),
         Just(s(&["RESET"])),
+        Just(s(&["SWAPDB", "0", "1"])),
+        key().prop_map(move |k| s(&["MOVE", &k, "1"])),
+        (key(), key()).prop_map(move |(k, j)| s(&["COPY", &k, &j, "REPLACE"])),
+        (key(), value()).prop_map(move |(k, v)| s(&[
+            "EVAL",
+            "return redis.call('SET', KEYS[1], ARGV[1])",
+            "1",
+            &k,
+            &v
+        ])),
+        key().prop_map(move |k| s(&["GETDEL", &k])),
+        key().prop_map(move |k| s(&["GETEX", &k, "EX", "100"])),
+        key().prop_map(move |k| s(&["EXPIRE", &k, "100"])),
+        key().prop_map(move |k| s(&["PERSIST", &k])),
+        key().prop_map(move |k| s(&["HDEL", &format!("h{k}"), "f"])),
+        key().prop_map(move |k| s(&["HMGET", &format!("h{k}"), "f", "g"])),
+        key().prop_map(move |k| s(&["LINDEX", &format!("l{k}"), "0"])),
+        key().prop_map(move |k| s(&["LLEN", &format!("l{k}")])),
+        (key(), value()).prop_map(move |(k, v)| s(&["ZREM", &format!("z{k}"), &v])),
+        key().prop_map(move |k| s(&["ZCARD", &format!("z{k}")])),
+        Just(s(&["DBSIZE"])),
     ]
 }
 
