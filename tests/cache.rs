@@ -5,34 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, Proxy, Raw, Redis, call, config_for};
+use common::{PATIENCE, Proxy, Raw, Redis, call, calls, config_for, wait_for_caching};
 use nearcache::config::{CacheMode, Config, Rule, Span, Tracking};
-
-/// How many times Redis executed `command` (from INFO commandstats).
-async fn calls(direct: &mut Raw, command: &str) -> u64 {
-    let info = call(direct, &["INFO", "commandstats"]).await;
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
-/// Waits until reads through the proxy are cached (the tracking connection is up).
-async fn wait_for_caching(proxy: &mut Raw, direct: &mut Raw) {
-    let deadline = Instant::now() + PATIENCE;
-    call(direct, &["SET", "probe", "1"]).await;
-    loop {
-        call(proxy, &["GET", "probe"]).await;
-        let before = calls(direct, "get").await;
-        call(proxy, &["GET", "probe"]).await;
-        if calls(direct, "get").await == before {
-            return;
-        }
-        assert!(Instant::now() < deadline, "reads were never cached");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn setup(config: Config) -> (Proxy, Raw, Raw) {
     let proxy = Proxy::start(config).await;
