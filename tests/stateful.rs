@@ -232,3 +232,20 @@ async fn monitor_streams_commands() {
     }
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_doing_their_own_caching_get_their_invalidations() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut tracker = proxy.raw().await;
+    assert!(call(&mut tracker, &["HELLO", "3"]).await.starts_with("%7"));
+    assert_eq!(call(&mut tracker, &["CLIENT", "TRACKING", "ON"]).await, "+OK\r\n");
+    let mut writer = proxy.raw().await;
+    assert_eq!(call(&mut writer, &["SET", "tracked", "1"]).await, "+OK\r\n");
+    // Its reads go to Redis on its own connection (not the tier), so Redis tracks them.
+    assert_eq!(call(&mut tracker, &["GET", "tracked"]).await, "$1\r\n1\r\n");
+    assert_eq!(call(&mut writer, &["SET", "tracked", "2"]).await, "+OK\r\n");
+    assert_eq!(tracker.reply().await, ">2\r\n$10\r\ninvalidate\r\n*1\r\n$7\r\ntracked\r\n");
+    assert_eq!(call(&mut tracker, &["GET", "tracked"]).await, "$1\r\n2\r\n");
+    proxy.stop().await;
+}
