@@ -441,6 +441,23 @@ impl Client {
     }
 }
 
+impl Drop for Client {
+    /// A request held for a barrier never went upstream. If it registered a read in the tier,
+    /// release it, or identical reads would wait for it forever. (A held client does not read
+    /// its socket, so this happens only when the task is cancelled, as at the drain timeout.)
+    fn drop(&mut self) {
+        if let (Some(held), Some(tier)) = (self.held.take(), &self.ctx.tier) {
+            let error = ProxyError::ReadAbandoned.to_reply();
+            if let Some(ticket) = held.work.fill {
+                tier.abort(ticket, error.clone());
+            }
+            if let Some(split) = held.work.split {
+                split.abort(tier, error);
+            }
+        }
+    }
+}
+
 async fn read_pinned(pinned: &mut Option<PinnedConn>) -> io::Result<usize> {
     match pinned {
         Some(conn) => conn.read().await,

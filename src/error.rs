@@ -44,6 +44,9 @@ pub enum ProxyError {
     )]
     AuthNotConfigured,
 
+    #[error("the read this one waited for was abandoned (its client disconnected); retry")]
+    ReadAbandoned,
+
     // --- caused by the upstream ---
     /// Nothing was sent: the upstream cannot be reached right now.
     #[error("upstream {addr} unavailable: {reason}")]
