@@ -11,7 +11,8 @@
 #   benches/compare.sh                      # defaults below
 #   REPS=5 N1=200000 benches/compare.sh     # override any of them
 #
-# Starts its own redis-server and two release proxies on free loopback ports and stops them.
+# Starts its own redis-server, and for each row only the release proxy it needs (tier off or on),
+# on free loopback ports; stops them at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,49 +68,51 @@ start_proxy() { # config file -> sets PROXY_PORT and PROXY_PID
 }
 sed -e '/^\[cache\]/,/^\[/ s/^enabled = .*/enabled = false/' "$CONFIG" > "$work/plain.toml"
 grep -q '^enabled = false' "$work/plain.toml" || { echo "could not turn the tier off in $CONFIG" >&2; exit 1; }
-start_proxy "$work/plain.toml"
-PLAIN_PORT=$PROXY_PORT PLAIN_PID=$PROXY_PID
-start_proxy "$CONFIG"
-CACHED_PORT=$PROXY_PORT CACHED_PID=$PROXY_PID
-# Warm the tier (and wait for its tracking connection) before measuring hits.
-sleep 1
-redis-benchmark -p "$CACHED_PORT" -t get -r 1000 -n 100000 -c "$CLIENTS" -q >/dev/null
+stop_proxy() { kill "$PROXY_PID" 2>/dev/null || true; wait "$PROXY_PID" 2>/dev/null || true; }
 
 hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-scenario() { # name -> "tests proxy_port proxy_pid extra_args"
+# Only the proxy a row needs runs during it (a second proxy's tracking connection would make
+# Redis send it a push per write, and both would compete for the same cores).
+scenario_setup() { # name -> starts the proxy, sets TESTS_OF and EXTRA
   case "$1" in
-    pass) echo "set,get $PLAIN_PORT $PLAIN_PID" ;;
-    hit) echo "get $CACHED_PORT $CACHED_PID -r 1000" ;;
-    write) echo "set $CACHED_PORT $CACHED_PID -r 1000" ;;
+    pass) start_proxy "$work/plain.toml"; TESTS_OF=set,get; EXTRA="" ;;
+    hit | write)
+      start_proxy "$CONFIG"
+      # Warm the tier (and wait for its tracking connection) before measuring.
+      sleep 1
+      redis-benchmark -p "$PROXY_PORT" -t get -r 1000 -n 100000 -c "$CLIENTS" -q >/dev/null
+      TESTS_OF=get; [ "$1" = write ] && TESTS_OF=set
+      EXTRA="-r 1000" ;;
     *) echo "unknown scenario $1" >&2; exit 1 ;;
   esac
 }
 
 # results: scenario pipeline test target rps p50 cpu_us_per_request
 results="$work/results"
-for rep in $(seq "$REPS"); do
-  for p in $PIPELINES; do
-    n=$N1; [ "$p" -gt 1 ] && n=$N16
-    for s in $SCENARIOS; do
-      read -r tests pport ppid extra < <(scenario "$s")
-      ntests=$(echo "$tests" | tr ',' '\n' | wc -l)
+for s in $SCENARIOS; do
+  scenario_setup "$s"
+  ntests=$(echo "$TESTS_OF" | tr ',' '\n' | wc -l)
+  for rep in $(seq "$REPS"); do
+    for p in $PIPELINES; do
+      n=$N1; [ "$p" -gt 1 ] && n=$N16
       for target in direct proxy; do
         # CPU per request of the server answering: redis-server directly, the proxy otherwise.
         port=$RPORT pid=$REDIS_PID
-        [ "$target" = proxy ] && port=$pport pid=$ppid
+        [ "$target" = proxy ] && port=$PROXY_PORT pid=$PROXY_PID
         before=$(ticks "$pid")
         # shellcheck disable=SC2086
-        out=$(redis-benchmark -p "$port" -t "$tests" -c "$CLIENTS" -P "$p" -n "$n" $extra --csv)
+        out=$(redis-benchmark -p "$port" -t "$TESTS_OF" -c "$CLIENTS" -P "$p" -n "$n" $EXTRA --csv)
         after=$(ticks "$pid")
         cpu=$(awk -v d=$((after - before)) -v hz="$hz" -v req=$((n * ntests)) 'BEGIN { printf "%.2f", d / hz * 1e6 / req }')
         echo "$out" | tr -d '"' | awk -F, -v s="$s" -v t="$target" -v p="$p" -v cpu="$cpu" \
           'NR > 1 { print s, p, $1, t, $2, $5, cpu }' >> "$results"
       done
     done
-    echo "rep $rep/$REPS, -P $p done" >&2
+    echo "$s: rep $rep/$REPS done" >&2
   done
+  stop_proxy
 done
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
