@@ -38,6 +38,10 @@ use crate::server::Context;
 use crate::upstream::{Batch, Hooks, Pool, PoolKey, ReplyChunk, ReplySink};
 use crate::writev;
 
+mod pinning;
+
+use pinning::read_pinned;
+
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Replies waiting to be written, in request order.
@@ -367,78 +371,6 @@ impl Client {
         }
         &self.pool.as_ref().expect("set above").1
     }
-
-    async fn send_pinned(&mut self, bytes: Bytes, seq: u64, count: u32, stream: bool) {
-        let key = self.session.pin_key();
-        let identity = self.session.pin_identity().to_vec();
-        // A connection kept from an earlier pin is reused only if it is in the session's
-        // db/protocol and has its name.
-        if self.pinned.as_ref().is_some_and(|conn| !conn.fits(key, &identity)) {
-            self.pinned = None;
-        }
-        if self.pinned.is_none() {
-            match PinnedConn::open(&self.ctx.upstream, key, identity).await {
-                Ok(conn) => self.pinned = Some(conn),
-                Err(err) => {
-                    if stream {
-                        self.replies.ready.push_back(err.to_reply());
-                    } else {
-                        self.replies.accept(ReplyChunk { seq, count, bytes: err.to_replies(count as usize) });
-                    }
-                    self.session.pinned_lost();
-                    return;
-                }
-            }
-        }
-        let conn = self.pinned.as_mut().expect("opened above");
-        conn.begin_pin();
-        if let Err(e) = conn.send(&bytes, seq, count, stream).await {
-            self.pinned_failed(self.lost(e));
-        }
-    }
-
-    fn on_pinned(&mut self, read: io::Result<usize>) {
-        match read {
-            Ok(0) => return self.pinned_failed(self.lost("closed by upstream")),
-            Err(e) => return self.pinned_failed(self.lost(e)),
-            Ok(_) => {}
-        }
-        let stream = self.session.is_streaming();
-        let Some(conn) = self.pinned.as_mut() else { return };
-        let replies = &mut self.replies;
-        let taken = conn.take_replies(stream, |seq, bytes| match seq {
-            Some(seq) => replies.accept(ReplyChunk { seq, count: 1, bytes }),
-            None => replies.ready.push_back(bytes),
-        });
-        if let Err(e) = taken {
-            return self.pinned_failed(self.lost(e));
-        }
-        let idle = conn.is_idle();
-        self.session.revalidate(self.ctx.tier.as_deref(), idle);
-        if idle && self.session.is_pinned() && self.session.try_unpin() {
-            // The connection stays open for the next pin, in the state it is now in.
-            conn.end_pin(self.session.pool_key(), self.session.identity());
-        }
-    }
-
-    /// The pinned connection broke: its waiting requests get errors; the session goes on unpinned.
-    fn pinned_failed(&mut self, err: ProxyError) {
-        let Some(conn) = self.pinned.take() else { return };
-        for chunk in conn.fail(&err) {
-            self.replies.accept(chunk);
-        }
-        if self.session.is_streaming() {
-            self.replies.ready.push_back(err.to_reply());
-        }
-        if self.session.is_pinned() {
-            debug!(client = self.session.id(), error = %err, "pinned upstream connection lost");
-            self.session.pinned_lost();
-        }
-    }
-
-    fn lost(&self, reason: impl ToString) -> ProxyError {
-        ProxyError::UpstreamLost { addr: self.ctx.upstream.addr().to_owned(), reason: reason.to_string() }
-    }
 }
 
 impl Drop for Client {
@@ -455,12 +387,5 @@ impl Drop for Client {
                 split.abort(tier, error);
             }
         }
-    }
-}
-
-async fn read_pinned(pinned: &mut Option<PinnedConn>) -> io::Result<usize> {
-    match pinned {
-        Some(conn) => conn.read().await,
-        None => std::future::pending().await,
     }
 }
