@@ -111,9 +111,18 @@ fn normalize(mut reply: String) -> String {
     reply
 }
 
+/// A command as an inline line (what telnet and redis-benchmark's PING_INLINE send), every
+/// argument double-quoted so that empty ones survive.
+fn encode_inline(args: &[String]) -> Vec<u8> {
+    let quoted: Vec<String> =
+        args.iter().map(|a| format!("\"{}\"", a.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+    format!("{}\r\n", quoted.join(" ")).into_bytes()
+}
+
 /// Sends the whole pipeline in one write and reads one reply per command.
-async fn run(raw: &mut Raw, commands: &[Vec<String>]) -> Vec<String> {
-    let bytes: Vec<u8> = commands.iter().flat_map(|c| encode_command(c).to_vec()).collect();
+async fn run(raw: &mut Raw, commands: &[Vec<String>], inline: bool) -> Vec<String> {
+    let encode = |c: &Vec<String>| if inline { encode_inline(c) } else { encode_command(c).to_vec() };
+    let bytes: Vec<u8> = commands.iter().flat_map(encode).collect();
     raw.send(&bytes).await;
     let mut replies = Vec::with_capacity(commands.len());
     for _ in commands {
@@ -134,7 +143,7 @@ fn pipelines_answer_the_same_through_the_proxy_as_directly() {
     let mut config = ProptestConfig::with_cases(number("PROPTEST_CASES").unwrap_or(64) as u32);
     config.rng_seed = RngSeed::Fixed(number("PROPTEST_SEED").unwrap_or(20261121));
     config.failure_persistence = None;
-    proptest!(config, |(warmup in pipeline(), commands in pipeline())| {
+    proptest!(config, |(warmup in pipeline(), commands in pipeline(), inline in any::<bool>())| {
         runtime.block_on(async {
             // Both start empty and in RESP2 / db 0, on fresh connections; the warm-up fills the
             // tier the same way the commands then read or change it.
@@ -143,10 +152,10 @@ fn pipelines_answer_the_same_through_the_proxy_as_directly() {
             for raw in [&mut through, &mut straight] {
                 call(raw, &["FLUSHALL"]).await;
             }
-            let warm = (run(&mut through, &warmup).await, run(&mut straight, &warmup).await);
+            let warm = (run(&mut through, &warmup, false).await, run(&mut straight, &warmup, false).await);
             prop_assert_eq!(&warm.0, &warm.1, "warm-up {:?}", warmup);
-            let got = run(&mut through, &commands).await;
-            let want = run(&mut straight, &commands).await;
+            let got = run(&mut through, &commands, inline).await;
+            let want = run(&mut straight, &commands, inline).await;
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 prop_assert_eq!(g, w, "command {} {:?} of {:?} (after warm-up {:?})", i, commands[i], commands, warmup);
             }
