@@ -177,11 +177,18 @@ impl Breaker {
 
     /// True while calls are refused (open, or half-open with every probe out).
     pub fn is_refusing(&self) -> bool {
+        self.refusal().is_some()
+    }
+
+    /// While calls are refused, about how long until they are let through again (without
+    /// taking a half-open probe, unlike [`Breaker::admit`]).
+    pub fn refusal(&self) -> Option<Duration> {
         let inner = self.lock();
+        let now = Instant::now();
         match inner.state {
-            State::Closed => false,
-            State::Open => Instant::now() < inner.open_until,
-            State::HalfOpen => inner.probes_admitted >= self.settings.half_open_probes,
+            State::Closed => None,
+            State::Open => (now < inner.open_until).then(|| inner.open_until - now),
+            State::HalfOpen => (inner.probes_admitted >= self.settings.half_open_probes).then_some(Duration::ZERO),
         }
     }
 

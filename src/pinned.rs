@@ -56,10 +56,6 @@ impl PinnedConn {
         })
     }
 
-    pub fn key(&self) -> PoolKey {
-        self.key
-    }
-
     /// Whether a pin may start on it: kept from an earlier pin, in `key` with `identity`. A
     /// connection a pin is using always fits that pin.
     pub fn fits(&self, key: PoolKey, identity: &[Bytes]) -> bool {

@@ -231,29 +231,30 @@ impl Upstream {
     /// A connection of a session's own (pinned), unless the breaker is refusing calls, with
     /// `setup` (the session's CLIENT SETNAME/SETINFO) applied; their error replies are ignored.
     pub async fn connect_pinned(&self, key: PoolKey, setup: &[Bytes]) -> Result<TcpStream, ProxyError> {
-        if let Admission::Refused { retry_in } = self.breaker_status() {
+        if let Some(retry_in) = self.breaker.refusal() {
             return Err(ProxyError::BreakerOpen { addr: self.addr.clone(), retry_in });
         }
         let connected = self.connect(key).await;
         self.breaker.record(if connected.is_ok() { Outcome::Connected } else { Outcome::ConnectFailed });
         let mut stream = connected?;
         if !setup.is_empty() {
-            let limit = self.connect_timeout;
-            let apply = async {
+            self.within("setup", async {
                 stream.write_all(&setup.concat()).await.map_err(|e| e.to_string())?;
                 read_replies(&mut stream, setup.len()).await
-            };
-            timeout(limit, apply)
-                .await
-                .map_err(|_| self.unavailable(format!("setup timed out after {}ms", limit.as_millis())))?
-                .map_err(|reason| self.unavailable(reason))?;
+            })
+            .await?;
         }
         Ok(stream)
     }
 
-    /// Whether calls are refused now, without taking a half-open probe.
-    fn breaker_status(&self) -> Admission {
-        if self.breaker.is_refusing() { Admission::Refused { retry_in: Duration::ZERO } } else { Admission::Allowed }
+    /// Runs a step of connecting within `upstream.connect_timeout`; its error, or the timeout,
+    /// becomes "upstream <addr> unavailable: ...".
+    async fn within<T>(&self, step: &str, work: impl Future<Output = Result<T, String>>) -> Result<T, ProxyError> {
+        let limit = self.connect_timeout;
+        timeout(limit, work)
+            .await
+            .map_err(|_| self.unavailable(format!("{step} timed out after {}ms", limit.as_millis())))?
+            .map_err(|reason| self.unavailable(reason))
     }
 
     /// The shared pool for `key`, started on first use.
@@ -283,16 +284,10 @@ impl Upstream {
 
     /// A new connection to the upstream, handshake done, in the protocol and db of `key`.
     pub async fn connect(&self, key: PoolKey) -> Result<TcpStream, ProxyError> {
-        let limit = self.connect_timeout;
-        let mut stream = timeout(limit, TcpStream::connect(&self.addr))
-            .await
-            .map_err(|_| self.unavailable(format!("connect timed out after {}ms", limit.as_millis())))?
-            .map_err(|e| self.unavailable(e.to_string()))?;
+        let mut stream =
+            self.within("connect", async { TcpStream::connect(&self.addr).await.map_err(|e| e.to_string()) }).await?;
         let _ = stream.set_nodelay(true);
-        timeout(limit, self.handshake(&mut stream, key))
-            .await
-            .map_err(|_| self.unavailable(format!("handshake timed out after {}ms", limit.as_millis())))?
-            .map_err(|reason| self.unavailable(reason))?;
+        self.within("handshake", self.handshake(&mut stream, key)).await?;
         Ok(stream)
     }
 
