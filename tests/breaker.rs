@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, Proxy, Raw, Redis, call, calls, config_for, free_port, wait_for_caching};
+use common::{PATIENCE, Proxy, Raw, Redis, call, calls, config_for, free_port, until_reply, wait_for_caching};
 use nearcache::config::{Config, Span};
 
 /// A breaker that reacts within a test's patience.
@@ -23,18 +23,6 @@ fn quick_breaker(mut config: Config) -> Config {
 
 fn is_breaker_error(reply: &str) -> bool {
     reply.contains("circuit breaker open")
-}
-
-async fn until_reply(raw: &mut Raw, args: &[&str], what: &str, accept: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let reply = call(raw, args).await;
-        if accept(&reply) {
-            return reply;
-        }
-        assert!(Instant::now() < deadline, "never {what}; last reply {reply:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

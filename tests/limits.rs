@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, Proxy, Raw, Redis, call, config_for, free_port};
+use common::{PATIENCE, Proxy, Raw, Redis, call, config_for, free_port, until_reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -110,11 +110,7 @@ async fn an_upstream_down_at_start_is_named_until_it_comes_up() {
     }
     assert!(started.elapsed() < Duration::from_secs(1), "refusals took {:?}", started.elapsed());
     let _redis = Redis::start_on(port);
-    let deadline = Instant::now() + PATIENCE;
-    while call(&mut raw, &["ECHO", "up"]).await != "$2\r\nup\r\n" {
-        assert!(Instant::now() < deadline, "the proxy never reconnected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_reply(&mut raw, &["ECHO", "up"], "reconnected", |r| r == "$2\r\nup\r\n").await;
     assert_eq!(call(&mut raw, &["SET", "k", "v"]).await, "+OK\r\n");
     proxy.stop().await;
 }

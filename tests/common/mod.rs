@@ -245,3 +245,16 @@ pub async fn wait_for_caching(proxy: &mut Raw, direct: &mut Raw) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Sends `args` until `accept` takes the reply (failing after `PATIENCE`); returns that reply.
+pub async fn until_reply(raw: &mut Raw, args: &[&str], what: &str, accept: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let reply = call(raw, args).await;
+        if accept(&reply) {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "never {what}; last reply {reply:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
