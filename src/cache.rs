@@ -370,8 +370,12 @@ impl Tier {
         if let Some(mut state) = self.in_flight.get_mut(key) {
             state.epoch += 1;
         }
-        self.entries.remove(key);
-        self.lru.invalidate(key);
+        // moka holds a key only if the map does: fills insert into both under the key's
+        // in-flight lock (which this invalidation waits for), and evictions remove from moka
+        // first. So an uncached key, the common case for a write, costs no moka call.
+        if self.entries.remove(key).is_some() {
+            self.lru.invalidate(key);
+        }
     }
 
     /// Drops everything and refuses fills of every read in flight.
