@@ -100,21 +100,40 @@ pub enum CacheMode {
     Ttl,
 }
 
+/// What PERSIST, GETEX PERSIST and SET KEEPTTL do to a key under a `max_ttl`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Persist {
+    /// The key keeps a finite TTL: `max_ttl`.
+    #[default]
+    Clamp,
+    /// The command is refused with an error naming the rule.
+    Refuse,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DefaultRule {
     pub cache: CacheMode,
     pub local_ttl: Span,
+    /// The TTL a write gives a key that would otherwise have none ("0s": none).
+    pub default_ttl: Span,
+    /// The longest TTL a write may give a key ("0s": no maximum).
+    pub max_ttl: Span,
+    pub persist: Persist,
 }
 
+/// A `[[rule]]`: every key but `pattern` defaults to the `[default]` one.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Redis glob pattern (`*`, `?`, `[...]`) matched against the key.
     pub pattern: String,
-    pub cache: CacheMode,
-    /// Defaults to `[default] local_ttl`.
+    pub cache: Option<CacheMode>,
     pub local_ttl: Option<Span>,
+    pub default_ttl: Option<Span>,
+    pub max_ttl: Option<Span>,
+    pub persist: Option<Persist>,
 }
 
 impl Default for Cache {
@@ -131,7 +150,13 @@ impl Default for Cache {
 
 impl Default for DefaultRule {
     fn default() -> Self {
-        DefaultRule { cache: CacheMode::Tracked, local_ttl: Span(Duration::from_secs(300)) }
+        DefaultRule {
+            cache: CacheMode::Tracked,
+            local_ttl: Span(Duration::from_secs(300)),
+            default_ttl: Span(Duration::ZERO),
+            max_ttl: Span(Duration::ZERO),
+            persist: Persist::Clamp,
+        }
     }
 }
 
@@ -290,10 +315,35 @@ impl Config {
                 return Err(("rule.local_ttl", format!("must be greater than 0s (pattern {:?})", rule.pattern)));
             }
         }
-        // moka panics on lifetimes over 1000 years: keep far below.
-        let longest = self.rule.iter().filter_map(|r| r.local_ttl).chain([self.default.local_ttl]).max();
+        // moka panics on lifetimes over 1000 years: keep far below (and TTLs in i64 ms).
+        let longest = self
+            .rule
+            .iter()
+            .flat_map(|r| [r.local_ttl, r.default_ttl, r.max_ttl])
+            .flatten()
+            .chain([self.default.local_ttl, self.default.default_ttl, self.default.max_ttl])
+            .max();
         if longest.is_some_and(|ttl| ttl.0 > Duration::from_secs(100 * 365 * 86_400)) {
-            return Err(("local_ttl", "must be at most 100 years".into()));
+            return Err(("local_ttl", "local_ttl, default_ttl and max_ttl must be at most 100 years".into()));
+        }
+        self.check_ttl_bounds()
+    }
+
+    /// A rule's `default_ttl` may not exceed its `max_ttl` (after inheriting from `[default]`).
+    fn check_ttl_bounds(&self) -> Result<(), (&'static str, String)> {
+        let d = &self.default;
+        let too_long = |default: Span, max: Span| !max.0.is_zero() && default > max;
+        if too_long(d.default_ttl, d.max_ttl) {
+            return Err(("default.default_ttl", format!("{} exceeds default.max_ttl {}", d.default_ttl, d.max_ttl)));
+        }
+        for rule in &self.rule {
+            let (default, max) = (rule.default_ttl.unwrap_or(d.default_ttl), rule.max_ttl.unwrap_or(d.max_ttl));
+            if too_long(default, max) {
+                return Err((
+                    "rule.default_ttl",
+                    format!("{default} exceeds max_ttl {max} (pattern {:?}; both may come from [default])", rule.pattern),
+                ));
+            }
         }
         Ok(())
     }
@@ -361,5 +411,20 @@ mod tests {
         assert_eq!(err, "test.toml: upstream.address: \"localhost\" is not host:port");
         let err = parse("[upstream]\ncommand_timeout = \"0s\"\n").unwrap_err();
         assert_eq!(err, "test.toml: upstream.command_timeout: must be greater than 0s");
+    }
+
+    #[test]
+    fn default_ttl_may_not_exceed_max_ttl() {
+        let err = parse("[default]\nmax_ttl = \"1h\"\n[[rule]]\npattern = \"s:*\"\ndefault_ttl = \"2h\"\n").unwrap_err();
+        assert_eq!(
+            err,
+            "test.toml: rule.default_ttl: 2h exceeds max_ttl 1h (pattern \"s:*\"; both may come from [default])"
+        );
+        let err = parse("[default]\ndefault_ttl = \"2d\"\nmax_ttl = \"1d\"\n").unwrap_err();
+        assert_eq!(err, "test.toml: default.default_ttl: 2d exceeds default.max_ttl 1d");
+        // "0s" is no maximum; a rule may lift the inherited one.
+        parse("[default]\nmax_ttl = \"1h\"\n[[rule]]\npattern = \"s:*\"\ndefault_ttl = \"2h\"\nmax_ttl = \"0s\"\n").unwrap();
+        let err = parse("[[rule]]\npattern = \"s:*\"\npersist = \"keep\"\n").unwrap_err();
+        assert!(err.contains("keep") && err.contains("line 3"), "{err}");
     }
 }

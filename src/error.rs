@@ -11,7 +11,7 @@ use crate::reply;
 
 /// Which side caused an error decides what happens next (only upstream-caused errors will
 /// feed the circuit breaker).
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
     // --- caused by the client (downstream) ---
     /// The byte stream cannot be framed: reply, then close the connection.
@@ -43,6 +43,10 @@ pub enum ProxyError {
         "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"
     )]
     AuthNotConfigured,
+
+    /// `persist = "refuse"`: the command would leave a key under a `max_ttl` without expiry.
+    #[error("{command} refused: key '{key}' must keep a TTL of at most {max_ttl} (its rule has max_ttl, persist = \"refuse\")")]
+    TtlRefused { command: &'static str, key: String, max_ttl: String },
 
     #[error("the read this one waited for was abandoned (its client disconnected); retry")]
     ReadAbandoned,

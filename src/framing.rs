@@ -327,6 +327,11 @@ impl<'a> CommandView<'a> {
         self.argc
     }
 
+    /// The whole frame.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     pub fn args(&self) -> Args<'a> {
         let header = self.bytes.iter().position(|&b| b == b'\n').map_or(self.bytes.len(), |p| p + 1);
         Args { bytes: self.bytes, pos: header, left: self.argc }

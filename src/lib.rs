@@ -9,6 +9,7 @@
 //!        framing   find complete commands; size/argument limits; inline       (framing.rs)
 //!   -> command     what a command is: ordinary, local, or stateful            (command.rs)
 //!   -> proxy       the session and the decision for each command              (proxy.rs)
+//!        ttl       default_ttl / max_ttl enforced on writes                   (ttl.rs, ttl/shape.rs)
 //!   -> upstream    shared pipelined pools per (db, protocol)                  (upstream.rs, upstream/shared.rs)
 //!      pinned      a session's own connection for MULTI, blocking, pub/sub    (pinned.rs)
 //!   <- reply       reply boundaries, replies the proxy builds                 (reply.rs)
@@ -30,5 +31,6 @@ pub mod proxy;
 pub mod reply;
 pub mod server;
 pub mod tracking;
+pub mod ttl;
 pub mod upstream;
 pub mod writev;

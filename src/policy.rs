@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::config::{CacheMode, Config};
+use crate::config::{CacheMode, Config, Persist, Span};
 
 /// What a rule says about a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,31 +11,77 @@ pub struct Settings {
     pub mode: CacheMode,
     /// How long a reply may be served from the tier (further bounded by the key's PTTL).
     pub local_ttl: Duration,
+    pub ttl: TtlRule,
+}
+
+/// The TTLs writes must respect (see `ttl.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TtlRule {
+    /// Given to a key a write would leave without an expiry.
+    pub default: Option<Duration>,
+    /// The longest TTL a write may set.
+    pub max: Option<Duration>,
+    pub persist: Persist,
+}
+
+impl TtlRule {
+    /// The TTL a key left without one gets: `default`, else `max` (under a maximum no key lives
+    /// forever). `None`: the rule enforces nothing on such writes.
+    pub fn floor(&self) -> Option<Duration> {
+        self.default.or(self.max)
+    }
+
+    pub fn enforces(&self) -> bool {
+        self.floor().is_some()
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Policy {
     rules: Vec<(Vec<u8>, Settings)>,
     default: Settings,
+    /// Some rule (or the default) has a default_ttl or max_ttl: writes must be checked.
+    enforces_ttl: bool,
+}
+
+/// "0s" means none.
+fn some(span: Span) -> Option<Duration> {
+    (!span.0.is_zero()).then_some(span.0)
 }
 
 impl Policy {
     pub fn new(config: &Config) -> Policy {
-        let default = Settings { mode: config.default.cache, local_ttl: config.default.local_ttl.0 };
-        let rules = config
+        let d = &config.default;
+        let ttl = TtlRule { default: some(d.default_ttl), max: some(d.max_ttl), persist: d.persist };
+        let default = Settings { mode: d.cache, local_ttl: d.local_ttl.0, ttl };
+        let rules: Vec<_> = config
             .rule
             .iter()
             .map(|rule| {
-                let settings =
-                    Settings { mode: rule.cache, local_ttl: rule.local_ttl.map_or(default.local_ttl, |span| span.0) };
+                let ttl = TtlRule {
+                    default: rule.default_ttl.map_or(ttl.default, some),
+                    max: rule.max_ttl.map_or(ttl.max, some),
+                    persist: rule.persist.unwrap_or(ttl.persist),
+                };
+                let settings = Settings {
+                    mode: rule.cache.unwrap_or(default.mode),
+                    local_ttl: rule.local_ttl.map_or(default.local_ttl, |span| span.0),
+                    ttl,
+                };
                 (rule.pattern.as_bytes().to_vec(), settings)
             })
             .collect();
-        Policy { rules, default }
+        let enforces_ttl = default.ttl.enforces() || rules.iter().any(|(_, s)| s.ttl.enforces());
+        Policy { rules, default, enforces_ttl }
     }
 
     pub fn for_key(&self, key: &[u8]) -> Settings {
         self.rules.iter().find(|(pattern, _)| glob_match(pattern, key)).map_or(self.default, |(_, settings)| *settings)
+    }
+
+    /// False when no rule has a TTL: writes then pass without being looked at.
+    pub fn enforces_ttl(&self) -> bool {
+        self.enforces_ttl
     }
 }
 
@@ -158,7 +204,33 @@ mod tests {
         let default = Policy::new(&Config::default());
         assert_eq!(
             default.for_key(b"user:1"),
-            Settings { mode: CacheMode::Tracked, local_ttl: Duration::from_secs(300) }
+            Settings { mode: CacheMode::Tracked, local_ttl: Duration::from_secs(300), ttl: TtlRule::default() }
         );
+        assert!(!default.enforces_ttl());
+    }
+
+    #[test]
+    fn rules_inherit_ttls_from_the_default_and_0s_means_none() {
+        let text = r#"
+            [default]
+            max_ttl = "7d"
+            persist = "refuse"
+            [[rule]]
+            pattern = "session:*"
+            default_ttl = "24h"
+            [[rule]]
+            pattern = "forever:*"
+            max_ttl = "0s"
+        "#;
+        let policy = Policy::new(&Config::parse(text, Path::new("t.toml")).unwrap());
+        assert!(policy.enforces_ttl());
+        let (hour, day) = (Duration::from_secs(3600), Duration::from_secs(86_400));
+        let session = policy.for_key(b"session:1");
+        assert_eq!(session.mode, CacheMode::Tracked, "cache is inherited too");
+        assert_eq!(session.ttl, TtlRule { default: Some(24 * hour), max: Some(7 * day), persist: Persist::Refuse });
+        assert_eq!(session.ttl.floor(), Some(day));
+        let other = policy.for_key(b"user:1").ttl;
+        assert_eq!((other.default, other.floor()), (None, Some(7 * day)), "under a maximum, no key lives forever");
+        assert!(!policy.for_key(b"forever:1").ttl.enforces());
     }
 }
