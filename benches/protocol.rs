@@ -19,6 +19,7 @@ use nearcache::framing::{CommandView, Limits, Parsed, RequestParser, encode_comm
 use nearcache::policy::Policy;
 use nearcache::proxy::{Env, Route, Session};
 use nearcache::reply::ReplyScanner;
+use nearcache::ttl;
 use nearcache::upstream::ServerInfo;
 
 const LIMITS: Limits = Limits { max_request_size: 512 << 20, max_args: 1 << 20 };
@@ -51,6 +52,7 @@ fn routing(c: &mut Criterion) {
     let policy = Policy::new(&Config::default());
     let breaker = Breaker::new(&Config::default().breaker, "127.0.0.1:6379");
     let (sink, _replies) = tokio::sync::mpsc::unbounded_channel();
+    let counters = ttl::Counters::default();
     let get = encode_command(&["GET", "user:1234"]);
     c.bench_function("route GET (tier off)", |b| {
         b.iter(|| {
@@ -59,6 +61,7 @@ fn routing(c: &mut Criterion) {
                 server: &info,
                 policy: &policy,
                 tier: None,
+                ttl: &counters,
                 now: Instant::now(),
                 upstream_down: false,
                 seq: 0,
@@ -76,6 +79,7 @@ fn routing(c: &mut Criterion) {
         breaker: &breaker,
         policy: &policy,
         tier: Some(&tier),
+        ttl: &counters,
         now,
         upstream_down: false,
         seq: 0,
@@ -92,6 +96,7 @@ fn routing(c: &mut Criterion) {
                 server: &info,
                 policy: &policy,
                 tier: Some(&tier),
+                ttl: &counters,
                 now: Instant::now(),
                 upstream_down: false,
                 seq: 0,
@@ -122,5 +127,22 @@ fn scanning(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, framing, routing, scanning);
+/// TTL enforcement's planning of writes: a key under a rule, and one under none.
+fn ttl_planning(c: &mut Criterion) {
+    let text = "[[rule]]\npattern = \"session:*\"\ndefault_ttl = \"24h\"\nmax_ttl = \"7d\"\n";
+    let policy = Policy::new(&Config::parse(text, std::path::Path::new("bench.toml")).unwrap());
+    let counters = ttl::Counters::default();
+    for (name, args) in [
+        ("ttl: SET under a rule (gains PX)", &["SET", "session:1", "v"][..]),
+        ("ttl: HSET under a rule (gains PEXPIRE NX)", &["HSET", "session:1", "f", "v"]),
+        ("ttl: HSET under no rule", &["HSET", "user:1", "f", "v"]),
+    ] {
+        let bytes = encode_command(args);
+        c.bench_function(name, |b| {
+            b.iter(|| ttl::plan(&CommandView::new(black_box(&bytes), args.len()), &policy, &counters, 1))
+        });
+    }
+}
+
+criterion_group!(benches, framing, routing, scanning, ttl_planning);
 criterion_main!(benches);

@@ -124,7 +124,7 @@ pub struct DefaultRule {
 }
 
 /// A `[[rule]]`: every key but `pattern` defaults to the `[default]` one.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Redis glob pattern (`*`, `?`, `[...]`) matched against the key.

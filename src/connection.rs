@@ -35,6 +35,7 @@ use crate::framing::{CommandView, Parsed, RequestParser};
 use crate::pinned::PinnedConn;
 use crate::proxy::{Env, Route, Session};
 use crate::server::Context;
+use crate::ttl::{Rewrite, Shape, Shaper};
 use crate::upstream::{Batch, Hooks, Pool, PoolKey, ReplyChunk, ReplySink};
 use crate::writev;
 
@@ -103,12 +104,21 @@ struct Held {
     work: TierWork,
 }
 
-/// What the local tier does when a batch's replies arrive.
+/// What happens when a batch's replies arrive: the local tier's work, and TTL enforcement's
+/// reply shape.
 #[derive(Default)]
 struct TierWork {
     fill: Option<FillTicket>,
     split: Option<SplitGet>,
     writes: bool,
+    shape: Option<Shape>,
+}
+
+impl TierWork {
+    /// Nothing beyond forwarding: the request may join a run of others.
+    fn is_plain(&self) -> bool {
+        self.fill.is_none() && self.split.is_none() && self.shape.is_none()
+    }
 }
 
 pub struct Client {
@@ -228,6 +238,7 @@ impl Client {
                 breaker: self.ctx.upstream.breaker(),
                 policy: &self.ctx.policy,
                 tier: self.ctx.tier.as_deref(),
+                ttl: &self.ctx.ttl,
                 now,
                 upstream_down,
                 seq: self.next_seq,
@@ -272,17 +283,30 @@ impl Client {
                 return;
             }
             Route::Shared(key) => (Dest::Shared(key), TierWork::default()),
-            Route::Write(key) => (Dest::Shared(key), TierWork { writes: true, ..TierWork::default() }),
+            Route::Write(key, rewrite) => {
+                let shape = rewrite.map(|Rewrite { bytes, shape }| {
+                    inline = bytes.or(inline.take());
+                    shape
+                });
+                (Dest::Shared(key), TierWork { writes: true, shape: shape.flatten(), ..TierWork::default() })
+            }
             Route::Fill(key, ticket) => (Dest::Shared(key), TierWork { fill: Some(ticket), ..TierWork::default() }),
             Route::Split(key, split, bytes) => {
                 // The client's MGET is replaced by one for the keys the tier did not have.
                 inline = Some(bytes);
                 (Dest::Shared(key), TierWork { split: Some(split), ..TierWork::default() })
             }
-            Route::Pinned { stream } => (Dest::Pinned { stream }, TierWork::default()),
+            Route::Pinned { stream, rewrite } => {
+                let shape = rewrite.map(|Rewrite { bytes, shape }| {
+                    inline = bytes.or(inline.take());
+                    shape
+                });
+                (Dest::Pinned { stream }, TierWork { shape: shape.flatten(), ..TierWork::default() })
+            }
         };
         let counted = u32::from(dest.counted());
-        if let (None, None, Some(run)) = (&inline, &work.fill, self.run.as_mut())
+        let plain = inline.is_none() && work.is_plain();
+        if let (true, Some(run)) = (plain, self.run.as_mut())
             && run.dest == dest
         {
             run.len += len;
@@ -299,7 +323,7 @@ impl Client {
                 self.rbuf.advance(len);
                 encoded
             }
-            None if work.fill.is_none() && (self.last_dest == Some(dest) || self.replies.next == seq) => {
+            None if plain && (self.last_dest == Some(dest) || self.replies.next == seq) => {
                 self.last_dest = Some(dest);
                 self.run = Some(Run { dest, seq, count: counted, len, writes: work.writes });
                 return;
@@ -333,16 +357,20 @@ impl Client {
         }
     }
 
-    async fn send(&mut self, dest: Dest, bytes: Bytes, seq: u64, count: u32, work: TierWork) {
+    async fn send(&mut self, dest: Dest, bytes: Bytes, seq: u64, count: u32, mut work: TierWork) {
         self.last_dest = Some(dest);
         match dest {
             Dest::Shared(key) => {
                 let slot = self.session.id() as usize;
+                let shaper = work.shape.take().map(|shape| Box::new(Shaper::new(shape)));
                 let hooks = self.tier_hooks(key, slot, work);
-                let batch = Batch { bytes, seq, count, sink: self.sink.clone(), hooks };
+                let batch = Batch { bytes, seq, count, sink: self.sink.clone(), hooks, shaper };
                 self.pool(key).send(slot, batch);
             }
-            Dest::Pinned { stream } => self.send_pinned(bytes, seq, count, stream).await,
+            Dest::Pinned { stream } => {
+                let shaper = work.shape.map(Shaper::new);
+                self.send_pinned(bytes, seq, count, stream, shaper).await
+            }
         }
     }
 

@@ -19,6 +19,7 @@ use tracing::debug;
 
 use crate::error::ProxyError;
 use crate::reply::{self, ReplyScanner, ScanError};
+use crate::ttl::Shaper;
 use crate::upstream::{PoolKey, ReplyChunk, Upstream};
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -35,8 +36,18 @@ pub struct PinnedConn {
     wr: OwnedWriteHalf,
     buf: BytesMut,
     scanner: ReplyScanner,
-    /// Counted requests still waiting for replies: (next seq, replies left).
-    fifo: VecDeque<(u64, u32)>,
+    /// Counted requests still waiting for replies.
+    fifo: VecDeque<Expected>,
+}
+
+/// Requests sent together, waiting for replies.
+struct Expected {
+    /// The next reply's sequence number.
+    seq: u64,
+    /// Replies left.
+    left: u32,
+    /// One request whose upstream replies make one reply of the client's (TTL enforcement).
+    shaper: Option<Shaper>,
 }
 
 impl PinnedConn {
@@ -77,9 +88,17 @@ impl PinnedConn {
     }
 
     /// Sends requests; `count` replies are expected for them unless the connection streams.
-    pub async fn send(&mut self, bytes: &[u8], seq: u64, count: u32, stream: bool) -> io::Result<()> {
+    /// With a `shaper`, the upstream's replies pass through it (and `count` is 1).
+    pub async fn send(
+        &mut self,
+        bytes: &[u8],
+        seq: u64,
+        count: u32,
+        stream: bool,
+        shaper: Option<Shaper>,
+    ) -> io::Result<()> {
         if !stream {
-            self.fifo.push_back((seq, count));
+            self.fifo.push_back(Expected { seq, left: count, shaper });
         }
         self.wr.write_all(bytes).await
     }
@@ -106,13 +125,20 @@ impl PinnedConn {
                 debug!("dropping a push on a pinned connection in counted mode");
                 continue;
             }
-            let Some((seq, left)) = self.fifo.front_mut() else {
+            let Some(expected) = self.fifo.front_mut() else {
                 return Err(ScanError::unexpected());
             };
-            out(Some(*seq), bytes);
-            *seq += 1;
-            *left -= 1;
-            if *left == 0 {
+            let bytes = match expected.shaper.as_mut() {
+                Some(shaper) => match shaper.feed(&bytes) {
+                    Some(reply) => reply,
+                    None => continue,
+                },
+                None => bytes,
+            };
+            out(Some(expected.seq), bytes);
+            expected.seq += 1;
+            expected.left -= 1;
+            if expected.left == 0 {
                 self.fifo.pop_front();
             }
         }
@@ -126,7 +152,7 @@ impl PinnedConn {
     pub fn fail(self, err: &ProxyError) -> Vec<ReplyChunk> {
         self.fifo
             .into_iter()
-            .map(|(seq, count)| ReplyChunk { seq, count, bytes: err.to_replies(count as usize) })
+            .map(|e| ReplyChunk { seq: e.seq, count: e.left, bytes: err.to_replies(e.left as usize) })
             .collect()
     }
 }

@@ -30,6 +30,7 @@ use crate::config::CacheMode;
 use crate::framing::{CommandView, encode_command, parse_int};
 use crate::policy::Policy;
 use crate::reply;
+use crate::ttl::{self, Plan, Rewrite, Shape};
 use crate::upstream::{PoolKey, ReplySink, ServerInfo};
 
 /// What to do with one command.
@@ -40,8 +41,9 @@ pub enum Route {
     /// Forwarded on the shared pool for this key.
     Shared(PoolKey),
     /// A write forwarded on the shared pool: its keys were invalidated, and are invalidated
-    /// again when its reply arrives, before the client gets it (read-your-writes).
-    Write(PoolKey),
+    /// again when its reply arrives, before the client gets it (read-your-writes). With a
+    /// rewrite, TTL enforcement changed what is sent.
+    Write(PoolKey, Option<Rewrite>),
     /// A cacheable read that missed: forwarded, and its reply fills the tier.
     Fill(PoolKey, FillTicket),
     /// An identical read is in flight: its reply will be delivered for this request too.
@@ -50,8 +52,9 @@ pub enum Route {
     /// sent instead, and the client's reply is assembled when they are answered.
     Split(PoolKey, SplitGet, Bytes),
     /// Forwarded on the session's pinned connection; `stream` once replies are no longer one
-    /// per request.
-    Pinned { stream: bool },
+    /// per request. With a rewrite, TTL enforcement changed what is sent or how EXEC's reply
+    /// reaches the client.
+    Pinned { stream: bool, rewrite: Option<Rewrite> },
     /// Answer, then close the connection (QUIT).
     Close(Bytes),
 }
@@ -76,6 +79,7 @@ pub struct Env<'a> {
     pub policy: &'a Policy,
     /// `None` when `cache.enabled` is false.
     pub tier: Option<&'a Tier>,
+    pub ttl: &'a ttl::Counters,
     /// The time for expiry checks, read once per batch of requests.
     pub now: Instant,
     /// The circuit breaker refuses calls: PING is answered here, stale replies may be served.
@@ -109,6 +113,11 @@ pub struct Session {
     pin_identity: Vec<Bytes>,
     /// Scratch space for a variant id (no allocation on a cache hit).
     variant: Vec<u8>,
+    /// The open transaction's queued commands: whether each is the client's (or a PEXPIRE
+    /// of TTL enforcement, whose element EXEC's reply must lose).
+    queued: Vec<bool>,
+    /// TTL enforcement refused a command of the open transaction: EXEC must abort it.
+    refused_in_multi: bool,
 }
 
 impl Session {
@@ -126,6 +135,8 @@ impl Session {
             dirty: Vec::new(),
             pin_identity: Vec::new(),
             variant: Vec::new(),
+            queued: Vec::new(),
+            refused_in_multi: false,
         }
     }
 
@@ -184,6 +195,7 @@ impl Session {
     /// The pinned connection was lost, and with it whatever state it held in Redis.
     pub fn pinned_lost(&mut self) {
         self.pin = Pin::default();
+        (self.queued.clear(), self.refused_in_multi = false);
     }
 
     pub fn route(&mut self, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
@@ -201,13 +213,13 @@ impl Session {
             );
             if !(session_only && !self.pin.in_multi && !self.pin.stream && !self.pin.delegated) {
                 self.invalidate_pinned_write(cmd, env.tier);
-                return self.route_pinned(class, cmd);
+                return self.route_pinned(class, cmd, env);
             }
             // Setting the name while pinned: here, and on the pinned connection too, so that
             // Redis agrees should a transaction later leave the name to it.
             if matches!(class, Class::ClientSetName | Class::ClientSetInfo) {
                 return match self.answer(class, cmd, env) {
-                    Ok(_) => Route::Pinned { stream: false },
+                    Ok(_) => Route::Pinned { stream: false, rewrite: None },
                     Err(err) => Route::Reply(err.to_reply()),
                 };
             }
@@ -220,7 +232,7 @@ impl Session {
                 self.pin = Pin { active: true, key: self.pool_key(), ..Pin::default() };
                 self.pin_identity = self.identity();
                 self.invalidate_pinned_write(cmd, env.tier);
-                self.route_pinned(class, cmd)
+                self.route_pinned(class, cmd, env)
             }
             Class::Quit => Route::Close(Bytes::from_static(reply::OK)),
             local => Route::Reply(self.answer(local, cmd, env).unwrap_or_else(|e| e.to_reply())),
@@ -230,16 +242,26 @@ impl Session {
     /// An ordinary command on the shared pool, through the local tier.
     fn route_ordinary(&mut self, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
         let pool = self.pool_key();
-        let Some(tier) = env.tier else { return Route::Shared(pool) };
-        match effect(cmd) {
+        if env.tier.is_none() && !env.policy.enforces_ttl() {
+            return Route::Shared(pool);
+        }
+        let effect = effect(cmd);
+        let rewrite = match enforce_ttl(cmd, effect, env) {
+            Ok(plan) => plan.map(Plan::in_transaction),
+            Err(refused) => return Route::Reply(refused),
+        };
+        let Some(tier) = env.tier else {
+            return if rewrite.is_some() { Route::Write(pool, rewrite) } else { Route::Shared(pool) };
+        };
+        match effect {
             Effect::Nothing => Route::Shared(pool),
             Effect::Flush => {
                 tier.clear();
-                Route::Write(pool)
+                Route::Write(pool, None)
             }
             Effect::Writes(spec) => {
                 written_keys(cmd, spec).for_each(|key| tier.invalidate(key));
-                Route::Write(pool)
+                Route::Write(pool, rewrite)
             }
             Effect::CacheableRead => {
                 let key = cmd.arg(1).unwrap_or_default();
@@ -345,7 +367,11 @@ impl Session {
         }
     }
 
-    fn route_pinned(&mut self, class: Class, cmd: &CommandView<'_>) -> Route {
+    fn route_pinned(&mut self, class: Class, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
+        let rewrite = match self.enforce_ttl_pinned(class, cmd, env) {
+            Ok(rewrite) => rewrite,
+            Err(refused) => return Route::Reply(refused),
+        };
         let pin = &mut self.pin;
         match class {
             Class::Quit => return Route::Close(Bytes::from_static(reply::OK)),
@@ -381,7 +407,57 @@ impl Session {
             },
             _ => {}
         }
-        Route::Pinned { stream: self.pin.stream }
+        Route::Pinned { stream: self.pin.stream, rewrite }
+    }
+
+    /// TTL enforcement on the pinned connection (before the pin state follows `class`). The
+    /// proxy's commands go right after the client's; in a transaction they are queued with it
+    /// and EXEC's reply loses their elements. A stream connection is not enforced (its replies
+    /// go to the client as they come).
+    fn enforce_ttl_pinned(&mut self, class: Class, cmd: &CommandView<'_>, env: &Env<'_>) -> Result<Option<Rewrite>, Bytes> {
+        if self.pin.stream || !env.policy.enforces_ttl() {
+            return Ok(None);
+        }
+        if !self.pin.in_multi {
+            if class == Class::Multi {
+                (self.queued.clear(), self.refused_in_multi = false);
+            }
+            return Ok(enforce_ttl(cmd, effect(cmd), env)?.map(Plan::trailing));
+        }
+        Ok(match class {
+            // Not queued: run at once (MULTI, WATCH: errors) or ending the transaction.
+            Class::Multi | Class::Watch | Class::Quit => None,
+            Class::Discard | Class::Reset => {
+                (self.queued.clear(), self.refused_in_multi = false);
+                None
+            }
+            Class::Exec => {
+                let visible = std::mem::take(&mut self.queued);
+                if std::mem::take(&mut self.refused_in_multi) {
+                    let discard = Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n");
+                    Some(Rewrite { bytes: Some(discard), shape: Some(Shape::Discarded) })
+                } else {
+                    visible.contains(&false).then_some(Rewrite { bytes: None, shape: Some(Shape::Exec(visible)) })
+                }
+            }
+            _ => {
+                let plan = enforce_ttl(cmd, effect(cmd), env).inspect_err(|_| self.refused_in_multi = true)?;
+                self.queued.push(true);
+                self.queued.extend(std::iter::repeat_n(false, plan.as_ref().map_or(0, Plan::hidden)));
+                plan.map(Plan::trailing)
+            }
+        })
+    }
+}
+
+/// TTL enforcement for a command: what to send instead, or the refusal to answer.
+fn enforce_ttl(cmd: &CommandView<'_>, effect: Effect, env: &Env<'_>) -> Result<Option<Plan>, Bytes> {
+    if !env.policy.enforces_ttl() || !matches!(effect, Effect::Writes(_)) {
+        return Ok(None);
+    }
+    match ttl::plan(cmd, env.policy, env.ttl, ttl::wall_clock_ms()) {
+        Some(Plan::Refused(err)) => Err(err.to_reply()),
+        plan => Ok(plan),
     }
 }
 

@@ -18,6 +18,7 @@ use crate::error::ProxyError;
 use crate::framing::Limits;
 use crate::policy::Policy;
 use crate::tracking;
+use crate::ttl;
 use crate::upstream::{PoolKey, Upstream};
 
 /// What every client task shares.
@@ -28,6 +29,8 @@ pub struct Context {
     pub policy: Policy,
     /// The local tier; `None` when `cache.enabled` is false.
     pub tier: Option<Arc<Tier>>,
+    /// TTL enforcement's counts.
+    pub ttl: ttl::Counters,
 }
 
 /// How long a refused client gets to receive its error.
@@ -57,6 +60,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         max_pending: config.listen.max_pending_replies,
         policy: Policy::new(&config),
         tier,
+        ttl: ttl::Counters::default(),
     });
     let permits = Arc::new(Semaphore::new(config.listen.max_clients));
     let (stop, stopped) = watch::channel(false);

@@ -32,6 +32,7 @@ use crate::config;
 use crate::error::ProxyError;
 use crate::framing::encode_command;
 use crate::reply::ReplyScanner;
+use crate::ttl::Shaper;
 
 /// Delays between reconnection attempts: 50 ms doubling up to 2 s.
 #[derive(Debug)]
@@ -90,6 +91,9 @@ pub struct Batch {
     pub sink: ReplySink,
     /// What the local tier does with the replies; `None` for plain pass-through.
     pub hooks: Option<Box<Hooks>>,
+    /// TTL enforcement sent more than the client's one request: its replies make the
+    /// client's through this.
+    pub shaper: Option<Box<Shaper>>,
 }
 
 /// Work on the local tier when replies arrive, before the client gets them.
@@ -116,7 +120,7 @@ impl Batch {
         }
         let hooks = Hooks { tier: Arc::clone(tier), fill: None, split: None, writes: false, probe: true };
         let count = keys.len() as u32;
-        Batch { bytes: bytes.freeze(), seq: 0, count, sink: sink.clone(), hooks: Some(Box::new(hooks)) }
+        Batch { bytes: bytes.freeze(), seq: 0, count, sink: sink.clone(), hooks: Some(Box::new(hooks)), shaper: None }
     }
 
     fn is_probe(&self) -> bool {

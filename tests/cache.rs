@@ -25,7 +25,7 @@ fn proxy_upstream(proxy: &Proxy) -> String {
 async fn hits_never_reach_redis_and_none_rules_are_never_cached() {
     let redis = Redis::start();
     let mut config = config_for(&redis.addr());
-    config.rule.push(Rule { pattern: "lock:*".into(), cache: CacheMode::None, local_ttl: None });
+    config.rule.push(Rule { pattern: "lock:*".into(), cache: Some(CacheMode::None), ..Rule::default() });
     let (proxy, mut raw, mut direct) = setup(config).await;
     call(&mut raw, &["SET", "user:1", "alice"]).await;
     call(&mut raw, &["HSET", "h", "f", "v"]).await;
@@ -258,7 +258,7 @@ async fn protocols_and_dbs_never_share_entries() {
 async fn mget_is_answered_per_key_from_the_tier() {
     let redis = Redis::start();
     let mut config = config_for(&redis.addr());
-    config.rule.push(Rule { pattern: "lock:*".into(), cache: CacheMode::None, local_ttl: None });
+    config.rule.push(Rule { pattern: "lock:*".into(), cache: Some(CacheMode::None), ..Rule::default() });
     let (proxy, mut raw, mut direct) = setup(config).await;
     call(&mut direct, &["MSET", "a", "1", "b", "2", "lock:1", "L"]).await;
     call(&mut direct, &["HSET", "h", "f", "v"]).await;

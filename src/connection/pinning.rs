@@ -9,10 +9,12 @@ use tracing::debug;
 use super::Client;
 use crate::error::ProxyError;
 use crate::pinned::PinnedConn;
+use crate::ttl::Shaper;
 use crate::upstream::ReplyChunk;
 
 impl Client {
-    pub(super) async fn send_pinned(&mut self, bytes: Bytes, seq: u64, count: u32, stream: bool) {
+    /// `shaper`: TTL enforcement sent more than the client's one request (`count` is then 1).
+    pub(super) async fn send_pinned(&mut self, bytes: Bytes, seq: u64, count: u32, stream: bool, shaper: Option<Shaper>) {
         let key = self.session.pin_key();
         let identity = self.session.pin_identity().to_vec();
         // A connection kept from an earlier pin is reused only if it is in the session's
@@ -36,7 +38,7 @@ impl Client {
         }
         let conn = self.pinned.as_mut().expect("opened above");
         conn.begin_pin();
-        if let Err(e) = conn.send(&bytes, seq, count, stream).await {
+        if let Err(e) = conn.send(&bytes, seq, count, stream, shaper).await {
             self.pinned_failed(self.lost(e));
         }
     }

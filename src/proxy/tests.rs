@@ -17,7 +17,8 @@ fn route_with(session: &mut Session, args: &[&str], tier: Option<&Tier>, policy:
     let now = std::time::Instant::now();
     let breaker = crate::breaker::Breaker::new(&Config::default().breaker, "127.0.0.1:6379");
     let server = &ServerInfo::new("7.0.0", 16);
-    let env = Env { server, breaker: &breaker, policy, tier, now, upstream_down: false, seq: 0, sink: &sink };
+    let ttl = &ttl::Counters::default();
+    let env = Env { server, breaker: &breaker, policy, tier, ttl, now, upstream_down: false, seq: 0, sink: &sink };
     session.route(&CommandView::new(&bytes, args.len()), &env)
 }
 
@@ -29,6 +30,8 @@ fn reply(session: &mut Session, args: &[&str]) -> String {
 }
 
 const SHARED_DB0: Route = Route::Shared(PoolKey { db: 0, resp3: false });
+const PINNED: Route = Route::Pinned { stream: false, rewrite: None };
+const STREAM: Route = Route::Pinned { stream: true, rewrite: None };
 
 #[test]
 fn ordinary_commands_use_the_shared_pool_of_the_session() {
@@ -98,33 +101,33 @@ fn client_session_commands() {
 #[test]
 fn transactions_pin_until_exec() {
     let mut s = session();
-    assert_eq!(route(&mut s, &["WATCH", "k"]), Route::Pinned { stream: false });
-    assert_eq!(route(&mut s, &["MULTI"]), Route::Pinned { stream: false });
-    assert_eq!(route(&mut s, &["SET", "k", "v"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["WATCH", "k"]), PINNED);
+    assert_eq!(route(&mut s, &["MULTI"]), PINNED);
+    assert_eq!(route(&mut s, &["SET", "k", "v"]), PINNED);
     assert!(!s.try_unpin());
-    assert_eq!(route(&mut s, &["EXEC"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["EXEC"]), PINNED);
     assert!(s.try_unpin());
     assert_eq!(route(&mut s, &["GET", "k"]), SHARED_DB0);
     // SELECT or HELLO queued in MULTI: their effect depends on EXEC, so the session stays on
     // its pinned connection, which knows the outcome.
-    assert_eq!(route(&mut s, &["MULTI"]), Route::Pinned { stream: false });
-    assert_eq!(route(&mut s, &["SELECT", "1"]), Route::Pinned { stream: false });
-    assert_eq!(route(&mut s, &["EXEC"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["MULTI"]), PINNED);
+    assert_eq!(route(&mut s, &["SELECT", "1"]), PINNED);
+    assert_eq!(route(&mut s, &["EXEC"]), PINNED);
     assert!(!s.try_unpin());
-    assert_eq!(route(&mut s, &["GET", "k"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["GET", "k"]), PINNED);
 }
 
 #[test]
 fn the_client_name_is_the_sessions_while_pinned_outside_multi() {
     let mut s = session();
-    assert_eq!(route(&mut s, &["WATCH", "k"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["WATCH", "k"]), PINNED);
     // Applied here and forwarded, so that the pinned connection agrees.
-    assert_eq!(route(&mut s, &["CLIENT", "SETNAME", "w"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["CLIENT", "SETNAME", "w"]), PINNED);
     assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), "$1\r\nw\r\n");
-    assert_eq!(route(&mut s, &["MULTI"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["MULTI"]), PINNED);
     // Inside MULTI, Redis queues it.
-    assert_eq!(route(&mut s, &["CLIENT", "GETNAME"]), Route::Pinned { stream: false });
-    assert_eq!(route(&mut s, &["EXEC"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["CLIENT", "GETNAME"]), PINNED);
+    assert_eq!(route(&mut s, &["EXEC"]), PINNED);
     assert!(s.try_unpin());
     assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), "$1\r\nw\r\n");
 }
@@ -132,30 +135,30 @@ fn the_client_name_is_the_sessions_while_pinned_outside_multi() {
 #[test]
 fn exec_or_discard_without_multi_keeps_the_watch() {
     let mut s = session();
-    assert_eq!(route(&mut s, &["WATCH", "k"]), Route::Pinned { stream: false });
-    assert_eq!(route(&mut s, &["DISCARD"]), Route::Pinned { stream: false });
-    assert_eq!(route(&mut s, &["EXEC"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["WATCH", "k"]), PINNED);
+    assert_eq!(route(&mut s, &["DISCARD"]), PINNED);
+    assert_eq!(route(&mut s, &["EXEC"]), PINNED);
     assert!(!s.try_unpin(), "still watching: Redis answered both with an error");
-    assert_eq!(route(&mut s, &["UNWATCH"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["UNWATCH"]), PINNED);
     assert!(s.try_unpin());
 }
 
 #[test]
 fn blocking_commands_pin_until_answered() {
     let mut s = session();
-    assert_eq!(route(&mut s, &["BLPOP", "q", "0"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["BLPOP", "q", "0"]), PINNED);
     assert!(s.try_unpin());
 }
 
 #[test]
 fn streams_and_sticky_flags_pin_for_good() {
     let mut s = session();
-    assert_eq!(route(&mut s, &["SUBSCRIBE", "c"]), Route::Pinned { stream: true });
-    assert_eq!(route(&mut s, &["RESET"]), Route::Pinned { stream: true });
+    assert_eq!(route(&mut s, &["SUBSCRIBE", "c"]), STREAM);
+    assert_eq!(route(&mut s, &["RESET"]), STREAM);
     assert!(!s.try_unpin());
     assert!(matches!(route(&mut s, &["QUIT"]), Route::Close(_)));
     let mut s = session();
-    assert_eq!(route(&mut s, &["CLIENT", "NO-EVICT", "on"]), Route::Pinned { stream: false });
+    assert_eq!(route(&mut s, &["CLIENT", "NO-EVICT", "on"]), PINNED);
     assert!(!s.try_unpin());
     s.pinned_lost();
     assert_eq!(route(&mut s, &["GET", "k"]), SHARED_DB0);
@@ -182,7 +185,7 @@ fn cacheable_reads_go_through_the_tier_by_rule() {
     // A write invalidates before it is forwarded.
     assert_eq!(
         route_with(&mut s, &["SET", "user:1", "w"], Some(&tier), &policy),
-        Route::Write(PoolKey { db: 0, resp3: true })
+        Route::Write(PoolKey { db: 0, resp3: true }, None)
     );
     assert!(matches!(route_with(&mut s, &["HELLO", "2"], Some(&tier), &policy), Route::Reply(_)));
     assert!(matches!(route_with(&mut s, &["GET", "user:1"], Some(&tier), &policy), Route::Fill(..)));
@@ -192,4 +195,60 @@ fn cacheable_reads_go_through_the_tier_by_rule() {
     // Without tracking, tracked rules do not cache.
     let untracked = Tier::new(1 << 20, 1 << 10, false, std::time::Duration::ZERO);
     assert_eq!(route_with(&mut s, &["GET", "user:2"], Some(&untracked), &policy), SHARED_DB0);
+}
+
+fn ttl_policy() -> Policy {
+    let text = "[[rule]]\npattern = \"s:*\"\ndefault_ttl = \"1h\"\nmax_ttl = \"1d\"\npersist = \"refuse\"\n";
+    Policy::new(&Config::parse(text, std::path::Path::new("t.toml")).unwrap())
+}
+
+fn rewrite_of(route: Route) -> Option<Rewrite> {
+    match route {
+        Route::Write(_, rewrite) | Route::Pinned { rewrite, .. } => rewrite,
+        other => panic!("not a write: {other:?}"),
+    }
+}
+
+#[test]
+fn ttl_enforcement_on_the_shared_pool_is_a_transaction_of_its_own() {
+    let (mut s, policy) = (session(), ttl_policy());
+    let rewrite = rewrite_of(route_with(&mut s, &["HSET", "s:1", "f", "v"], None, &policy)).unwrap();
+    assert_eq!(rewrite.shape, Some(Shape::Transaction { extra: 1 }));
+    assert!(rewrite.bytes.unwrap().starts_with(b"*1\r\n$5\r\nMULTI\r\n"));
+    // Keys under no rule pass untouched, with or without a tier.
+    assert_eq!(route_with(&mut s, &["HSET", "x", "f", "v"], None, &policy), SHARED_DB0);
+    let tier = Tier::new(1 << 20, 1 << 10, true, std::time::Duration::ZERO);
+    assert_eq!(route_with(&mut s, &["HSET", "x", "f", "v"], Some(&tier), &policy), Route::Write(PoolKey::default(), None));
+    let refused = route_with(&mut s, &["PERSIST", "s:1"], None, &policy);
+    assert!(matches!(refused, Route::Reply(ref r) if r.starts_with(b"-ERR PERSIST refused")), "{refused:?}");
+}
+
+#[test]
+fn in_a_transaction_the_proxys_commands_are_queued_and_dropped_from_exec() {
+    let (mut s, policy) = (session(), ttl_policy());
+    assert_eq!(route_with(&mut s, &["MULTI"], None, &policy), PINNED);
+    let hset = rewrite_of(route_with(&mut s, &["HSET", "s:1", "f", "v"], None, &policy)).unwrap();
+    assert_eq!(hset.shape, Some(Shape::Trailing { hidden: 1 }));
+    assert_eq!(route_with(&mut s, &["GET", "s:1"], None, &policy), PINNED);
+    let set = rewrite_of(route_with(&mut s, &["SET", "s:2", "v"], None, &policy)).unwrap();
+    assert_eq!((set.shape, set.bytes), (None, Some(encode_command(&["SET", "s:2", "v", "PX", "3600000"]))));
+    let exec = rewrite_of(route_with(&mut s, &["EXEC"], None, &policy)).unwrap();
+    assert_eq!(exec, Rewrite { bytes: None, shape: Some(Shape::Exec(vec![true, false, true, true])) });
+    // A transaction without enforced writes keeps EXEC as it is.
+    assert_eq!(route_with(&mut s, &["MULTI"], None, &policy), PINNED);
+    assert_eq!(route_with(&mut s, &["SET", "x", "v"], None, &policy), PINNED);
+    assert_eq!(route_with(&mut s, &["EXEC"], None, &policy), PINNED);
+}
+
+#[test]
+fn a_refused_command_in_a_transaction_aborts_it() {
+    let (mut s, policy) = (session(), ttl_policy());
+    assert_eq!(route_with(&mut s, &["MULTI"], None, &policy), PINNED);
+    assert!(matches!(route_with(&mut s, &["PERSIST", "s:1"], None, &policy), Route::Reply(_)));
+    let exec = rewrite_of(route_with(&mut s, &["EXEC"], None, &policy)).unwrap();
+    assert_eq!(exec.shape, Some(Shape::Discarded));
+    assert_eq!(exec.bytes.as_deref(), Some(&b"*1\r\n$7\r\nDISCARD\r\n"[..]));
+    // The next transaction starts clean.
+    assert_eq!(route_with(&mut s, &["MULTI"], None, &policy), PINNED);
+    assert_eq!(route_with(&mut s, &["EXEC"], None, &policy), PINNED);
 }

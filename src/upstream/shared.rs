@@ -25,6 +25,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
 use super::{Backoff, Batch, Hooks, PoolKey, ReplyChunk, ReplySink, Upstream};
+use crate::ttl::Shaper;
 use crate::breaker::{self, Outcome};
 use crate::command::{self, Effect};
 use crate::error::ProxyError;
@@ -47,9 +48,20 @@ struct Route {
     /// A reply said the server cannot be used (LOADING, MASTERDOWN): a failed call.
     unusable: bool,
     hooks: Option<Box<Hooks>>,
+    shaper: Option<Box<Shaper>>,
     /// With `hooks.writes`: the requests, and where the next reply's request starts.
     request: Bytes,
     request_pos: usize,
+}
+
+/// What becomes of one upstream reply.
+enum Delivery {
+    /// Delivered as it is.
+    Forward,
+    /// This is delivered in its place.
+    Instead(Bytes),
+    /// Not delivered: one of the proxy's own replies, or part of a shaped reply.
+    Absorbed,
 }
 
 impl Route {
@@ -63,6 +75,7 @@ impl Route {
             sent_at,
             unusable: false,
             hooks: batch.hooks,
+            shaper: batch.shaper,
             request,
             request_pos: 0,
         };
@@ -90,32 +103,41 @@ impl Route {
         self.deliver(bytes, left);
     }
 
-    /// Tier work for one reply (`frame`), before it is delivered. Returns the reply to
-    /// deliver instead of `frame`, if any (an MGET assembled with the tier's elements).
-    fn on_reply(&mut self, frame: &[u8], pttls: &mut VecDeque<i64>) -> Option<Bytes> {
-        let hooks = self.hooks.as_mut()?;
+    /// Tier work and reply shaping for one reply (`frame`), before it is delivered.
+    fn on_reply(&mut self, frame: &[u8], pttls: &mut VecDeque<i64>) -> Delivery {
+        if let Some(shaper) = self.shaper.as_mut() {
+            let Some(reply) = shaper.feed(frame) else { return Delivery::Absorbed };
+            // Every command sent for the request has run.
+            self.invalidate_writes(usize::MAX);
+            return Delivery::Instead(reply);
+        }
+        let Some(hooks) = self.hooks.as_mut() else { return Delivery::Forward };
         if let Some(ticket) = hooks.fill.take() {
             // A copy: a slice would pin the whole read buffer for as long as it is cached.
             hooks.tier.fill(ticket, Bytes::copy_from_slice(frame), pttls.pop_front());
         }
         if let Some(split) = hooks.split.take() {
-            return split.complete(&hooks.tier, frame, pttls);
+            return split.complete(&hooks.tier, frame, pttls).map_or(Delivery::Forward, Delivery::Instead);
         }
-        if hooks.writes {
-            let mut parser = RequestParser::new(Limits { max_request_size: usize::MAX, max_args: usize::MAX });
-            if let Ok(Some(Parsed::Command { len, argc })) = parser.parse(&self.request[self.request_pos..]) {
-                let cmd = CommandView::new(&self.request[self.request_pos..self.request_pos + len], argc);
-                match command::effect(&cmd) {
-                    Effect::Writes(spec) => {
-                        command::written_keys(&cmd, spec).for_each(|key| hooks.tier.invalidate(key))
-                    }
-                    Effect::Flush => hooks.tier.clear(),
-                    Effect::CacheableRead | Effect::MultiGet | Effect::Nothing => {}
-                }
-                self.request_pos += len;
+        self.invalidate_writes(1);
+        Delivery::Forward
+    }
+
+    /// With `hooks.writes`: invalidates the keys the next `commands` requests wrote.
+    fn invalidate_writes(&mut self, commands: usize) {
+        let Some(hooks) = self.hooks.as_ref().filter(|h| h.writes) else { return };
+        let mut parser = RequestParser::new(Limits { max_request_size: usize::MAX, max_args: usize::MAX });
+        for _ in 0..commands {
+            let rest = &self.request[self.request_pos..];
+            let Ok(Some(Parsed::Command { len, argc })) = parser.parse(rest) else { return };
+            let cmd = CommandView::new(&rest[..len], argc);
+            match command::effect(&cmd) {
+                Effect::Writes(spec) => command::written_keys(&cmd, spec).for_each(|key| hooks.tier.invalidate(key)),
+                Effect::Flush => hooks.tier.clear(),
+                Effect::CacheableRead | Effect::MultiGet | Effect::Nothing => {}
             }
+            self.request_pos += len;
         }
-        None
     }
 }
 
@@ -305,15 +327,22 @@ fn deliver(
             continue;
         }
         route.unusable |= breaker::is_unusable(&buf[scanned..scanned + len]);
-        if let Some(reply) = route.on_reply(&buf[scanned..scanned + len], pttls) {
-            // Delivered in place of the raw reply (a batch with a split is that one request).
-            buf.advance(len);
-            route.deliver(reply, 1);
-            if route.done == route.count {
-                finished(up, route);
-                *current = None;
+        match route.on_reply(&buf[scanned..scanned + len], pttls) {
+            Delivery::Forward => {}
+            // A split or shaped batch is that one request: no reply of its is pending before.
+            Delivery::Absorbed => {
+                buf.advance(len);
+                continue;
             }
-            continue;
+            Delivery::Instead(reply) => {
+                buf.advance(len);
+                route.deliver(reply, 1);
+                if route.done == route.count {
+                    finished(up, route);
+                    *current = None;
+                }
+                continue;
+            }
         }
         scanned += len;
         frames += 1;
