@@ -341,7 +341,10 @@ impl Config {
             if too_long(default, max) {
                 return Err((
                     "rule.default_ttl",
-                    format!("{default} exceeds max_ttl {max} (pattern {:?}; both may come from [default])", rule.pattern),
+                    format!(
+                        "{default} exceeds max_ttl {max} (pattern {:?}; both may come from [default])",
+                        rule.pattern
+                    ),
                 ));
             }
         }
@@ -415,7 +418,8 @@ mod tests {
 
     #[test]
     fn default_ttl_may_not_exceed_max_ttl() {
-        let err = parse("[default]\nmax_ttl = \"1h\"\n[[rule]]\npattern = \"s:*\"\ndefault_ttl = \"2h\"\n").unwrap_err();
+        let err =
+            parse("[default]\nmax_ttl = \"1h\"\n[[rule]]\npattern = \"s:*\"\ndefault_ttl = \"2h\"\n").unwrap_err();
         assert_eq!(
             err,
             "test.toml: rule.default_ttl: 2h exceeds max_ttl 1h (pattern \"s:*\"; both may come from [default])"
@@ -423,7 +427,8 @@ mod tests {
         let err = parse("[default]\ndefault_ttl = \"2d\"\nmax_ttl = \"1d\"\n").unwrap_err();
         assert_eq!(err, "test.toml: default.default_ttl: 2d exceeds default.max_ttl 1d");
         // "0s" is no maximum; a rule may lift the inherited one.
-        parse("[default]\nmax_ttl = \"1h\"\n[[rule]]\npattern = \"s:*\"\ndefault_ttl = \"2h\"\nmax_ttl = \"0s\"\n").unwrap();
+        parse("[default]\nmax_ttl = \"1h\"\n[[rule]]\npattern = \"s:*\"\ndefault_ttl = \"2h\"\nmax_ttl = \"0s\"\n")
+            .unwrap();
         let err = parse("[[rule]]\npattern = \"s:*\"\npersist = \"keep\"\n").unwrap_err();
         assert!(err.contains("keep") && err.contains("line 3"), "{err}");
     }

@@ -45,7 +45,9 @@ pub enum ProxyError {
     AuthNotConfigured,
 
     /// `persist = "refuse"`: the command would leave a key under a `max_ttl` without expiry.
-    #[error("{command} refused: key '{key}' must keep a TTL of at most {max_ttl} (its rule has max_ttl, persist = \"refuse\")")]
+    #[error(
+        "{command} refused: key '{key}' must keep a TTL of at most {max_ttl} (its rule has max_ttl, persist = \"refuse\")"
+    )]
     TtlRefused { command: &'static str, key: String, max_ttl: String },
 
     #[error("the read this one waited for was abandoned (its client disconnected); retry")]

@@ -30,7 +30,7 @@ use crate::config::CacheMode;
 use crate::framing::{CommandView, encode_command, parse_int};
 use crate::policy::Policy;
 use crate::reply;
-use crate::ttl::{self, Plan, Rewrite, Shape};
+use crate::ttl::{self, Plan, Rewrite};
 use crate::upstream::{PoolKey, ReplySink, ServerInfo};
 
 /// What to do with one command.
@@ -195,7 +195,7 @@ impl Session {
     /// The pinned connection was lost, and with it whatever state it held in Redis.
     pub fn pinned_lost(&mut self) {
         self.pin = Pin::default();
-        (self.queued.clear(), self.refused_in_multi = false);
+        self.forget_transaction();
     }
 
     pub fn route(&mut self, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
@@ -409,56 +409,6 @@ impl Session {
         }
         Route::Pinned { stream: self.pin.stream, rewrite }
     }
-
-    /// TTL enforcement on the pinned connection (before the pin state follows `class`). The
-    /// proxy's commands go right after the client's; in a transaction they are queued with it
-    /// and EXEC's reply loses their elements. A stream connection is not enforced (its replies
-    /// go to the client as they come).
-    fn enforce_ttl_pinned(&mut self, class: Class, cmd: &CommandView<'_>, env: &Env<'_>) -> Result<Option<Rewrite>, Bytes> {
-        if self.pin.stream || !env.policy.enforces_ttl() {
-            return Ok(None);
-        }
-        if !self.pin.in_multi {
-            if class == Class::Multi {
-                (self.queued.clear(), self.refused_in_multi = false);
-            }
-            return Ok(enforce_ttl(cmd, effect(cmd), env)?.map(Plan::trailing));
-        }
-        Ok(match class {
-            // Not queued: run at once (MULTI, WATCH: errors) or ending the transaction.
-            Class::Multi | Class::Watch | Class::Quit => None,
-            Class::Discard | Class::Reset => {
-                (self.queued.clear(), self.refused_in_multi = false);
-                None
-            }
-            Class::Exec => {
-                let visible = std::mem::take(&mut self.queued);
-                if std::mem::take(&mut self.refused_in_multi) {
-                    let discard = Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n");
-                    Some(Rewrite { bytes: Some(discard), shape: Some(Shape::Discarded) })
-                } else {
-                    visible.contains(&false).then_some(Rewrite { bytes: None, shape: Some(Shape::Exec(visible)) })
-                }
-            }
-            _ => {
-                let plan = enforce_ttl(cmd, effect(cmd), env).inspect_err(|_| self.refused_in_multi = true)?;
-                self.queued.push(true);
-                self.queued.extend(std::iter::repeat_n(false, plan.as_ref().map_or(0, Plan::hidden)));
-                plan.map(Plan::trailing)
-            }
-        })
-    }
-}
-
-/// TTL enforcement for a command: what to send instead, or the refusal to answer.
-fn enforce_ttl(cmd: &CommandView<'_>, effect: Effect, env: &Env<'_>) -> Result<Option<Plan>, Bytes> {
-    if !env.policy.enforces_ttl() || !matches!(effect, Effect::Writes(_)) {
-        return Ok(None);
-    }
-    match ttl::plan(cmd, env.policy, env.ttl, ttl::wall_clock_ms()) {
-        Some(Plan::Refused(err)) => Err(err.to_reply()),
-        plan => Ok(plan),
-    }
 }
 
 fn is_ping(cmd: &CommandView<'_>) -> bool {
@@ -474,7 +424,10 @@ fn may_cache(mode: CacheMode, tier: &Tier) -> bool {
     }
 }
 
+mod enforce;
 mod local;
+
+use enforce::enforce_ttl;
 
 #[cfg(test)]
 mod tests;

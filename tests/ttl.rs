@@ -106,7 +106,10 @@ fn cases() -> Vec<Case> {
         Case { key: "s:2", ..d(&[&["SADD", "src", "a"]], &["SUNIONSTORE", "s:2", "src"]) },
         Case { key: "s:2", ..d(&[&["RPUSH", "src", "3", "1"]], &["SORT", "src", "STORE", "s:2"]) },
         // A key that has a TTL keeps it (RENAME carries the source's).
-        Case { key: "s:2", ..case(&[&["SET", "src", "v", "EX", "100"]], &["RENAME", "src", "s:2"], 90 * SEC, 100 * SEC) },
+        Case {
+            key: "s:2",
+            ..case(&[&["SET", "src", "v", "EX", "100"]], &["RENAME", "src", "s:2"], 90 * SEC, 100 * SEC)
+        },
         case(&[&["SET", "s:1", "v", "EX", "100"]], &["APPEND", "s:1", "x"], 90 * SEC, 100 * SEC),
         case(&[&["HSET", "s:1", "f", "v"], &["EXPIRE", "s:1", "100"]], &["HSET", "s:1", "g", "w"], 90 * SEC, 100 * SEC),
         // Expiries beyond max_ttl are clamped, others kept.
@@ -299,10 +302,7 @@ async fn persist_under_a_refusing_rule_is_refused_with_a_clear_error() {
     assert_eq!(call(&mut through, &["MULTI"]).await, "+OK\r\n");
     assert_eq!(call(&mut through, &["SET", "x", "1"]).await, "+QUEUED\r\n");
     assert!(call(&mut through, &["PERSIST", "r:1"]).await.starts_with("-ERR PERSIST refused"));
-    assert_eq!(
-        call(&mut through, &["EXEC"]).await,
-        "-EXECABORT Transaction discarded because of previous errors.\r\n"
-    );
+    assert_eq!(call(&mut through, &["EXEC"]).await, "-EXECABORT Transaction discarded because of previous errors.\r\n");
     assert_eq!(call(&mut behind_raw, &["EXISTS", "x"]).await, ":0\r\n");
     // The session goes on.
     assert_eq!(call(&mut through, &["SET", "x", "1"]).await, "+OK\r\n");

@@ -14,7 +14,14 @@ use crate::upstream::ReplyChunk;
 
 impl Client {
     /// `shaper`: TTL enforcement sent more than the client's one request (`count` is then 1).
-    pub(super) async fn send_pinned(&mut self, bytes: Bytes, seq: u64, count: u32, stream: bool, shaper: Option<Shaper>) {
+    pub(super) async fn send_pinned(
+        &mut self,
+        bytes: Bytes,
+        seq: u64,
+        count: u32,
+        stream: bool,
+        shaper: Option<Shaper>,
+    ) {
         let key = self.session.pin_key();
         let identity = self.session.pin_identity().to_vec();
         // A connection kept from an earlier pin is reused only if it is in the session's

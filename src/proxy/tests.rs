@@ -1,6 +1,7 @@
 use super::*;
 use crate::config::Config;
 use crate::framing::encode_command;
+use crate::ttl::Shape;
 
 fn session() -> Session {
     let addr = "127.0.0.1:1".parse().unwrap();
@@ -218,7 +219,10 @@ fn ttl_enforcement_on_the_shared_pool_is_a_transaction_of_its_own() {
     // Keys under no rule pass untouched, with or without a tier.
     assert_eq!(route_with(&mut s, &["HSET", "x", "f", "v"], None, &policy), SHARED_DB0);
     let tier = Tier::new(1 << 20, 1 << 10, true, std::time::Duration::ZERO);
-    assert_eq!(route_with(&mut s, &["HSET", "x", "f", "v"], Some(&tier), &policy), Route::Write(PoolKey::default(), None));
+    assert_eq!(
+        route_with(&mut s, &["HSET", "x", "f", "v"], Some(&tier), &policy),
+        Route::Write(PoolKey::default(), None)
+    );
     let refused = route_with(&mut s, &["PERSIST", "s:1"], None, &policy);
     assert!(matches!(refused, Route::Reply(ref r) if r.starts_with(b"-ERR PERSIST refused")), "{refused:?}");
 }

@@ -46,10 +46,16 @@ fn keys_under_no_ttl_rule_pass() {
 #[test]
 fn set_gains_px_and_its_expiry_is_clamped() {
     assert_eq!(plan_of(&["SET", "s:1", "v"]), rewritten(&["SET", "s:1", "v", "PX", "3600000"]));
-    assert_eq!(plan_of(&["set", "s:1", "v", "nx", "get"]), rewritten(&["set", "s:1", "v", "nx", "get", "PX", "3600000"]));
+    assert_eq!(
+        plan_of(&["set", "s:1", "v", "nx", "get"]),
+        rewritten(&["set", "s:1", "v", "nx", "get", "PX", "3600000"])
+    );
     assert_eq!(plan_of(&["SET", "s:1", "v", "EX", "60"]), None, "within max_ttl");
     assert_eq!(plan_of(&["SET", "s:1", "v", "EX", "86401"]), rewritten(&["SET", "s:1", "v", "PX", "86400000"]));
-    assert_eq!(plan_of(&["SET", "s:1", "v", "px", "86400001", "XX"]), rewritten(&["SET", "s:1", "v", "PX", "86400000", "XX"]));
+    assert_eq!(
+        plan_of(&["SET", "s:1", "v", "px", "86400001", "XX"]),
+        rewritten(&["SET", "s:1", "v", "PX", "86400000", "XX"])
+    );
     let far = (NOW / 1000 + 2 * 86_400).to_string();
     assert_eq!(plan_of(&["SET", "s:1", "v", "EXAT", &far]), rewritten(&["SET", "s:1", "v", "PX", "86400000"]));
     let near = (NOW + 1000).to_string();
@@ -94,7 +100,10 @@ fn expire_family_is_clamped_to_pexpire() {
     assert_eq!(plan_of(&["PSETEX", "s:1", "1000", "v"]), None);
     assert_eq!(plan_of(&["GETEX", "s:1", "EX", "999999"]), rewritten(&["GETEX", "s:1", "PX", "86400000"]));
     assert_eq!(plan_of(&["GETEX", "s:1"]), None);
-    assert_eq!(plan_of(&["RESTORE", "s:1", "999999999", "payload"]), rewritten(&["RESTORE", "s:1", "86400000", "payload"]));
+    assert_eq!(
+        plan_of(&["RESTORE", "s:1", "999999999", "payload"]),
+        rewritten(&["RESTORE", "s:1", "86400000", "payload"])
+    );
 }
 
 #[test]
@@ -153,7 +162,9 @@ fn other_writes_are_followed_by_pexpire_nx() {
 fn counters_count_each_kind() {
     let counters = Counters::default();
     let policy = policy();
-    for args in [&["SET", "s:1", "v"][..], &["HSET", "s:1", "f", "v"], &["EXPIRE", "s:1", "999999"], &["PERSIST", "r:1"]] {
+    for args in
+        [&["SET", "s:1", "v"][..], &["HSET", "s:1", "f", "v"], &["EXPIRE", "s:1", "999999"], &["PERSIST", "r:1"]]
+    {
         let bytes = encode_command(args);
         plan(&CommandView::new(&bytes, args.len()), &policy, &counters, NOW);
     }
@@ -165,7 +176,13 @@ fn counters_count_each_kind() {
 fn a_transaction_wraps_the_command() {
     let plan = Plan::Followed { command: encode_command(&["INCR", "s:1"]), extra: vec![encode_command(&["PING"])] };
     let rewrite = plan.in_transaction();
-    let expected = [&b"*1\r\n$5\r\nMULTI\r\n"[..], &encode_command(&["INCR", "s:1"]), &encode_command(&["PING"]), b"*1\r\n$4\r\nEXEC\r\n"].concat();
+    let expected = [
+        &b"*1\r\n$5\r\nMULTI\r\n"[..],
+        &encode_command(&["INCR", "s:1"]),
+        &encode_command(&["PING"]),
+        b"*1\r\n$4\r\nEXEC\r\n",
+    ]
+    .concat();
     assert_eq!(rewrite.bytes.as_deref(), Some(&expected[..]));
     assert_eq!(rewrite.shape, Some(Shape::Transaction { extra: 1 }));
 }

@@ -25,12 +25,12 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
 use super::{Backoff, Batch, Hooks, PoolKey, ReplyChunk, ReplySink, Upstream};
-use crate::ttl::Shaper;
 use crate::breaker::{self, Outcome};
 use crate::command::{self, Effect};
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Limits, Parsed, RequestParser, parse_int};
 use crate::reply::{self, ReplyScanner};
+use crate::ttl::Shaper;
 use crate::writev;
 
 const READ_CHUNK: usize = 64 * 1024;

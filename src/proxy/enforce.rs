@@ -1,0 +1,72 @@
+//! TTL enforcement in the session: what a write becomes on the shared pool or on the pinned
+//! connection, and the bookkeeping that keeps EXEC's reply the client's.
+
+use bytes::Bytes;
+
+use super::{Env, Session};
+use crate::command::{Class, Effect, effect};
+use crate::framing::CommandView;
+use crate::ttl::{self, Plan, Rewrite, Shape};
+
+impl Session {
+    /// TTL enforcement on the pinned connection (before the pin state follows `class`). The
+    /// proxy's commands go right after the client's; in a transaction they are queued with it
+    /// and EXEC's reply loses their elements. A stream connection is not enforced (its replies
+    /// go to the client as they come).
+    pub(super) fn enforce_ttl_pinned(
+        &mut self,
+        class: Class,
+        cmd: &CommandView<'_>,
+        env: &Env<'_>,
+    ) -> Result<Option<Rewrite>, Bytes> {
+        if self.pin.stream || !env.policy.enforces_ttl() {
+            return Ok(None);
+        }
+        if !self.pin.in_multi {
+            if class == Class::Multi {
+                self.forget_transaction();
+            }
+            return Ok(enforce_ttl(cmd, effect(cmd), env)?.map(Plan::trailing));
+        }
+        Ok(match class {
+            // Not queued: run at once (MULTI, WATCH: errors) or ending the transaction.
+            Class::Multi | Class::Watch | Class::Quit => None,
+            Class::Discard | Class::Reset => {
+                self.forget_transaction();
+                None
+            }
+            Class::Exec => {
+                let visible = std::mem::take(&mut self.queued);
+                if std::mem::take(&mut self.refused_in_multi) {
+                    let discard = Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n");
+                    Some(Rewrite { bytes: Some(discard), shape: Some(Shape::Discarded) })
+                } else {
+                    visible.contains(&false).then_some(Rewrite { bytes: None, shape: Some(Shape::Exec(visible)) })
+                }
+            }
+            _ => {
+                let plan = enforce_ttl(cmd, effect(cmd), env).inspect_err(|_| self.refused_in_multi = true)?;
+                self.queued.push(true);
+                self.queued.extend(std::iter::repeat_n(false, plan.as_ref().map_or(0, Plan::hidden)));
+                plan.map(Plan::trailing)
+            }
+        })
+    }
+
+    /// The transaction ended (or never was): no queued commands, nothing refused.
+    pub(super) fn forget_transaction(&mut self) {
+        self.queued.clear();
+        self.refused_in_multi = false;
+    }
+}
+
+/// TTL enforcement for a command: what to send instead, or the refusal to answer.
+pub(super) fn enforce_ttl(cmd: &CommandView<'_>, effect: Effect, env: &Env<'_>) -> Result<Option<Plan>, Bytes> {
+    if !env.policy.enforces_ttl() || !matches!(effect, Effect::Writes(_)) {
+        return Ok(None);
+    }
+    match ttl::plan(cmd, env.policy, env.ttl, ttl::wall_clock_ms()) {
+        Some(Plan::Refused(err)) => Err(err.to_reply()),
+        plan => Ok(plan),
+    }
+}
