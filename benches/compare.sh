@@ -7,6 +7,8 @@
 #   pass  SET, GET  through a proxy with the local tier off (pure pass-through)
 #   hit   GET -r 1000 through a proxy with the tier on, after a warm-up (cache hits)
 #   write SET -r 1000 through a proxy with the tier on (writes pay for invalidation)
+#   ttl   SET, INCR, HSET -r 1000 with the tier on and default_ttl = "1h" on every key: SET gains
+#         PX, INCR and HSET become MULTI + command + PEXPIRE NX + EXEC (not in the default SCENARIOS)
 #
 #   benches/compare.sh                      # defaults below
 #   REPS=5 N1=200000 benches/compare.sh     # override any of them
@@ -68,6 +70,8 @@ start_proxy() { # config file -> sets PROXY_PORT and PROXY_PID
 }
 sed -e '/^\[cache\]/,/^\[/ s/^enabled = .*/enabled = false/' "$CONFIG" > "$work/plain.toml"
 grep -q '^enabled = false' "$work/plain.toml" || { echo "could not turn the tier off in $CONFIG" >&2; exit 1; }
+sed -e '/^\[default\]/,/^\[/ s/^default_ttl = .*/default_ttl = "1h"/' "$CONFIG" > "$work/ttl.toml"
+grep -q '^default_ttl = "1h"' "$work/ttl.toml" || { echo "could not set default_ttl in $CONFIG" >&2; exit 1; }
 stop_proxy() { kill "$PROXY_PID" 2>/dev/null || true; wait "$PROXY_PID" 2>/dev/null || true; }
 
 hz=$(getconf CLK_TCK)
@@ -85,6 +89,7 @@ scenario_setup() { # name -> starts the proxy, sets TESTS_OF and EXTRA
       redis-benchmark -p "$PROXY_PORT" -t get -r 1000 -n 100000 -c "$CLIENTS" -q >/dev/null
       TESTS_OF=get; [ "$1" = write ] && TESTS_OF=set
       EXTRA="-r 1000" ;;
+    ttl) start_proxy "$work/ttl.toml"; TESTS_OF=set,incr,hset; EXTRA="-r 1000" ;;
     *) echo "unknown scenario $1" >&2; exit 1 ;;
   esac
 }

@@ -5,7 +5,8 @@
 //!
 //! Last recorded (2-core dev box, `-- --quick`): frame 16 pipelined SETs 385 ns (24 ns/request),
 //! route GET with the tier off 35 ns, the hit path (frame + route + policy + tier lookup) 117 ns,
-//! scan 16 bulk replies 127 ns (8 ns/reply).
+//! scan 16 bulk replies 127 ns (8 ns/reply); TTL planning of a write under a rule ~205 ns, under
+//! no rule 59 ns.
 
 use std::hint::black_box;
 use std::time::Instant;
