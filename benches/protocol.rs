@@ -104,7 +104,7 @@ fn routing(c: &mut Criterion) {
                 sink: &sink,
             };
             match session.route(&CommandView::new(&get[..len], argc), &env) {
-                Route::Reply(reply) => reply,
+                Route::Hit(reply) => reply,
                 other => panic!("not a hit: {other:?}"),
             }
         })

@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -83,6 +84,21 @@ pub struct Breaker {
     upstream: String,
     jitter: bool,
     inner: Mutex<Inner>,
+    pub stats: Stats,
+}
+
+/// Transitions and refusals, for the metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub opened: AtomicU64,
+    pub half_opened: AtomicU64,
+    pub closed: AtomicU64,
+    /// Calls refused while open (or half-open with every probe out).
+    pub refused: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 struct Inner {
@@ -116,6 +132,7 @@ impl Breaker {
                 probes_admitted: 0,
                 probes_passed: 0,
             }),
+            stats: Stats::default(),
         }
     }
 
@@ -138,12 +155,13 @@ impl Breaker {
         let now = Instant::now();
         let mut inner = self.lock();
         if inner.state == State::Open && now >= inner.open_until {
+            count(&self.stats.half_opened);
             inner.state = State::HalfOpen;
             inner.probes_admitted = 0;
             inner.probes_passed = 0;
             info!(upstream = %self.upstream, state = "half-open", "circuit breaker probing the upstream");
         }
-        match inner.state {
+        let admission = match inner.state {
             State::Closed => Admission::Allowed,
             State::HalfOpen if inner.probes_admitted < self.settings.half_open_probes => {
                 inner.probes_admitted += 1;
@@ -151,7 +169,11 @@ impl Breaker {
             }
             State::HalfOpen => Admission::Refused { retry_in: Duration::ZERO },
             State::Open => Admission::Refused { retry_in: inner.open_until - now },
+        };
+        if admission != Admission::Allowed {
+            count(&self.stats.refused);
         }
+        admission
     }
 
     /// `PROXY BREAKER STATUS`: the state and its counters, in Redis INFO style.
@@ -245,6 +267,7 @@ impl Breaker {
         let jitter = if self.jitter { period.mul_f64(random_fraction() * 0.1) } else { Duration::ZERO };
         inner.trips += 1;
         inner.state = State::Open;
+        count(&self.stats.opened);
         inner.open_until = Instant::now() + period + jitter;
         inner.window.clear();
         (inner.failures, inner.slow, inner.connect_failures) = (0, 0, 0);
@@ -256,6 +279,7 @@ impl Breaker {
 
     fn close(&self, inner: &mut Inner) {
         inner.state = State::Closed;
+        count(&self.stats.closed);
         inner.trips = 0;
         info!(upstream = %self.upstream, state = "closed", "circuit breaker closed: the upstream answers again");
     }

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
@@ -63,6 +64,20 @@ pub struct Tier {
     /// Tracked rules may cache only while the tracking connection is up.
     tracking_up: AtomicBool,
     max_entry_size: usize,
+    pub stats: Arc<Stats>,
+}
+
+/// What invalidated a key (for the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A write through this proxy, before it is sent.
+    Write,
+    /// The same write's reply arrived.
+    WriteAnswered,
+    /// Redis's tracking push.
+    Tracking,
+    /// `PROXY CACHE INVALIDATE`.
+    Admin,
 }
 
 impl std::fmt::Debug for Tier {
@@ -177,6 +192,8 @@ impl Tier {
     pub fn new(max_memory: u64, max_entry_size: usize, tracking_up: bool, serve_stale: Duration) -> Tier {
         let entries: Arc<DashMap<Bytes, Arc<KeyEntry>>> = Arc::default();
         let evicted = Arc::clone(&entries);
+        let stats = Arc::new(Stats::default());
+        let eviction_stats = Arc::clone(&stats);
         let lru = Cache::builder()
             .max_capacity(max_memory)
             .eviction_policy(EvictionPolicy::lru())
@@ -189,6 +206,9 @@ impl Tier {
                 // Only what moka itself dropped; never a newer entry for the same key.
                 if cause.was_evicted() {
                     evicted.remove_if(&*key, |_, current| Arc::ptr_eq(current, &entry));
+                }
+                if cause == RemovalCause::Size {
+                    Stats::count(&eviction_stats.evictions);
                 }
             })
             .build();
@@ -203,6 +223,7 @@ impl Tier {
             clears: AtomicU64::new(0),
             tracking_up: AtomicBool::new(tracking_up),
             max_entry_size,
+            stats,
         }
     }
 
@@ -220,6 +241,7 @@ impl Tier {
     /// normal hit again, only a stale answer while the upstream is down.
     pub fn tracking_lost(&self) {
         self.tracking_up.store(false, Ordering::Release);
+        self.stats.forget_timed();
         if self.serve_stale.is_zero() {
             return self.clear();
         }
@@ -259,6 +281,7 @@ impl Tier {
         waiter: impl FnOnce() -> Option<Waiter>,
     ) -> Lookup {
         if let Some(reply) = self.hit(key, id, at) {
+            Stats::count(&self.stats.hits);
             return Lookup::Hit(reply);
         }
         let clears = self.clears.load(Ordering::Acquire);
@@ -266,10 +289,12 @@ impl Tier {
         let epoch = state.epoch;
         if let Some(flight) = state.flights.iter_mut().find(|f| f.id == id && f.epoch == epoch && f.clears == clears) {
             flight.waiters.extend(waiter());
+            Stats::count(&self.stats.joined);
             return Lookup::Joined;
         }
         let id = Bytes::copy_from_slice(id);
         state.flights.push(Flight { id: id.clone(), epoch, clears, waiters: Vec::new() });
+        Stats::count(&self.stats.misses);
         Lookup::Miss(FillTicket { key: state.key().clone(), id, epoch, clears, local_ttl })
     }
 
@@ -296,7 +321,9 @@ impl Tier {
     /// A stale answer while the upstream is down (no fill is registered: the tier may not be
     /// trusted, e.g. with tracking down).
     pub fn stale_answer(&self, key: &[u8], id: &[u8], now: Instant) -> Option<Bytes> {
-        self.hit(key, id, LookupAt { now, stale_ok: true })
+        let reply = self.hit(key, id, LookupAt { now, stale_ok: true })?;
+        Stats::count(&self.stats.stale_answers);
+        Some(reply)
     }
 
     /// Like [`Tier::lookup`] without joining: `Ok` on a hit; otherwise a ticket to fill, or
@@ -324,9 +351,12 @@ impl Tier {
             let waiters = take_flight(&mut state, &ticket);
             let fresh = state.epoch == ticket.epoch && self.clears.load(Ordering::Acquire) == ticket.clears;
             let lifetime = lifetime(ticket.local_ttl, pttl);
-            if fresh && is_cacheable(&reply) && reply.len() <= self.max_entry_size && !lifetime.is_zero() {
+            if !fresh {
+                Stats::count(&self.stats.fills_refused);
+            } else if is_cacheable(&reply) && reply.len() <= self.max_entry_size && !lifetime.is_zero() {
                 // Under the key's shard lock: no invalidation can slip between check and insert.
                 self.insert(&ticket, reply.clone(), lifetime);
+                Stats::count(&self.stats.fills);
             }
             waiters
         };
@@ -366,22 +396,40 @@ impl Tier {
     }
 
     /// Drops every variant of `key` and refuses fills of reads already in flight for it.
-    pub fn invalidate(&self, key: &[u8]) {
+    pub fn invalidate(&self, key: &[u8], cause: Cause) {
+        self.remove(key, cause);
+    }
+
+    /// [`Tier::invalidate`]; true when the key was cached.
+    fn remove(&self, key: &[u8], cause: Cause) -> bool {
+        match cause {
+            Cause::WriteAnswered => self.stats.written(key),
+            Cause::Tracking => self.stats.pushed(key),
+            Cause::Write | Cause::Admin => {}
+        }
         if let Some(mut state) = self.in_flight.get_mut(key) {
             state.epoch += 1;
         }
         // moka holds a key only if the map does: fills insert into both under the key's
         // in-flight lock (which this invalidation waits for), and evictions remove from moka
         // first. So an uncached key, the common case for a write, costs no moka call.
-        if self.entries.remove(key).is_some() {
-            self.lru.invalidate(key);
+        if self.entries.remove(key).is_none() {
+            return false;
         }
+        self.lru.invalidate(key);
+        Stats::count(match cause {
+            Cause::Tracking => &self.stats.invalidated_by_tracking,
+            Cause::Admin => &self.stats.invalidated_by_admin,
+            Cause::Write | Cause::WriteAnswered => &self.stats.invalidated_by_write,
+        });
+        true
     }
 
     /// Drops everything and refuses fills of every read in flight.
     pub fn clear(&self) {
         let _exclusive = self.clearing.write().unwrap_or_else(|e| e.into_inner());
         self.clears.fetch_add(1, Ordering::AcqRel);
+        Stats::count(&self.stats.clears);
         self.entries.clear();
         self.lru.invalidate_all();
     }
@@ -390,6 +438,11 @@ impl Tier {
     pub fn weighted_size(&self) -> u64 {
         self.lru.run_pending_tasks();
         self.lru.weighted_size()
+    }
+
+    /// `cache.max_memory`.
+    pub fn max_memory(&self) -> u64 {
+        self.lru.policy().max_capacity().unwrap_or(u64::MAX)
     }
 
     /// Keys held, after pending maintenance.
@@ -419,9 +472,13 @@ fn is_cacheable(reply: &[u8]) -> bool {
     !matches!(reply.first(), Some(b'-' | b'!' | b'>') | None)
 }
 
+mod admin;
 mod split;
+mod stats;
 
+pub use admin::VariantView;
 pub use split::SplitGet;
+pub use stats::Stats;
 
 #[cfg(test)]
 mod tests;

@@ -8,11 +8,11 @@ mod units;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use units::{ByteSize, Span};
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: Listen,
@@ -23,11 +23,29 @@ pub struct Config {
     /// `[[rule]]` entries, first match wins.
     pub rule: Vec<Rule>,
     pub breaker: Breaker,
+    pub metrics: Metrics,
+    pub admin: Admin,
     pub runtime: Runtime,
 }
 
+/// Who may run `PROXY` admin commands.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    /// The environment variable holding the admin password; empty: no password.
+    pub password_env: String,
+}
+
+/// Prometheus text at `address` `/metrics` (`PROXY INFO` shows the same numbers).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    /// `host:port`; empty: no HTTP endpoint.
+    pub address: String,
+}
+
 /// The circuit breaker in front of the upstream (see `breaker.rs`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Breaker {
     /// Trip when at least this fraction of the last `window` calls failed.
@@ -65,7 +83,7 @@ impl Default for Breaker {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Cache {
     pub enabled: bool,
@@ -79,7 +97,7 @@ pub struct Cache {
 }
 
 /// How the tier learns about writes that do not pass through this proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tracking {
     /// `CLIENT TRACKING ON BCAST` on a dedicated connection.
@@ -89,7 +107,7 @@ pub enum Tracking {
 }
 
 /// A rule's consistency model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheMode {
     /// Strong: always read from Redis.
@@ -101,7 +119,7 @@ pub enum CacheMode {
 }
 
 /// What PERSIST, GETEX PERSIST and SET KEEPTTL do to a key under a `max_ttl`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Persist {
     /// The key keeps a finite TTL: `max_ttl`.
@@ -111,7 +129,7 @@ pub enum Persist {
     Refuse,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DefaultRule {
     pub cache: CacheMode,
@@ -124,7 +142,7 @@ pub struct DefaultRule {
 }
 
 /// A `[[rule]]`: every key but `pattern` defaults to the `[default]` one.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Redis glob pattern (`*`, `?`, `[...]`) matched against the key.
@@ -160,7 +178,7 @@ impl Default for DefaultRule {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Runtime {
     /// Worker threads; 0 = auto ([`Runtime::worker_threads`]).
@@ -179,7 +197,7 @@ impl Runtime {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Listen {
     /// Address clients connect to.
@@ -197,7 +215,7 @@ pub struct Listen {
     pub drain_timeout: Span,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Upstream {
     /// The Redis server, `host:port`.
@@ -262,10 +280,26 @@ impl Config {
         Ok(config)
     }
 
+    /// The admin password, read from `admin.password_env` (`None` when not configured).
+    pub fn admin_password(&self) -> Result<Option<String>, (&'static str, String)> {
+        let name = &self.admin.password_env;
+        if name.is_empty() {
+            return Ok(None);
+        }
+        match std::env::var(name) {
+            Ok(password) if !password.is_empty() => Ok(Some(password)),
+            _ => Err(("admin.password_env", format!("environment variable {name} is not set (or empty)"))),
+        }
+    }
+
     /// Checks what types alone cannot; errors name the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.admin_password()?;
         check_address("listen.address", &self.listen.address)?;
         check_address("upstream.address", &self.upstream.address)?;
+        if !self.metrics.address.is_empty() {
+            check_address("metrics.address", &self.metrics.address)?;
+        }
         check_range("listen.max_clients", self.listen.max_clients, 1, 1_000_000)?;
         check_range("listen.max_args", self.listen.max_args, 1, i32::MAX as usize)?;
         check_range("listen.max_pending_replies", self.listen.max_pending_replies, 1, 1 << 20)?;

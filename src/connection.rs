@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -29,9 +30,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
+use crate::admin;
 use crate::cache::{FillTicket, SplitGet};
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Parsed, RequestParser};
+use crate::metrics::{Metrics, Outcome, command_index};
 use crate::pinned::PinnedConn;
 use crate::proxy::{Env, Route, Session};
 use crate::server::Context;
@@ -248,14 +251,25 @@ impl Client {
                 Ok(None) => break,
                 Ok(Some(Parsed::Empty { len })) => self.skip_frame(len).await,
                 Ok(Some(Parsed::Command { len, argc })) => {
-                    let route = self.session.route(&CommandView::new(&self.rbuf[offset..offset + len], argc), &env);
+                    let cmd = CommandView::new(&self.rbuf[offset..offset + len], argc);
+                    let mut route = self.session.route(&cmd, &env);
+                    if route == Route::Admin {
+                        route = Route::Reply(admin::answer(&self.ctx, &mut self.session, &cmd));
+                    }
+                    count(&self.ctx.metrics, &cmd, &route);
                     self.dispatch(route, len, None).await;
                 }
                 Ok(Some(Parsed::Inline { len, argc, encoded })) => {
-                    let route = self.session.route(&CommandView::new(&encoded, argc), &env);
+                    let cmd = CommandView::new(&encoded, argc);
+                    let mut route = self.session.route(&cmd, &env);
+                    if route == Route::Admin {
+                        route = Route::Reply(admin::answer(&self.ctx, &mut self.session, &cmd));
+                    }
+                    count(&self.ctx.metrics, &cmd, &route);
                     self.dispatch(route, len, Some(encoded)).await;
                 }
                 Err(err) => {
+                    self.ctx.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     self.flush_run().await;
                     self.reply_local(ProxyError::Protocol(err).to_reply());
                     self.closing = true;
@@ -270,7 +284,8 @@ impl Client {
     async fn dispatch(&mut self, route: Route, len: usize, mut inline: Option<Bytes>) {
         let close = matches!(route, Route::Close(_));
         let (dest, work) = match route {
-            Route::Reply(bytes) | Route::Close(bytes) => {
+            Route::Admin => unreachable!("answered in process()"),
+            Route::Reply(bytes) | Route::Hit(bytes) | Route::Close(bytes) => {
                 self.closing |= close;
                 self.skip_frame(len).await;
                 self.reply_local(bytes);
@@ -399,6 +414,18 @@ impl Client {
         }
         &self.pool.as_ref().expect("set above").1
     }
+}
+
+/// One request for the metrics: its command and how it is served.
+fn count(metrics: &Metrics, cmd: &CommandView<'_>, route: &Route) {
+    let outcome = match route {
+        Route::Hit(_) => Outcome::Hit,
+        Route::Fill(..) | Route::Joined | Route::Split(..) => Outcome::Miss,
+        Route::Shared(_) | Route::Write(..) | Route::Pinned { .. } => Outcome::Forwarded,
+        Route::Reply(reply) | Route::Close(reply) if reply.first() == Some(&b'-') => Outcome::Error,
+        Route::Reply(_) | Route::Close(_) | Route::Admin => Outcome::Local,
+    };
+    metrics.request(command_index(cmd.arg(0).unwrap_or_default()), outcome);
 }
 
 impl Drop for Client {

@@ -33,8 +33,18 @@ pub enum ProxyError {
     HelloSyntax(String),
     #[error("Unrecognized option '{0}'")]
     UnknownOption(String),
-    #[error("unknown PROXY subcommand '{0}' (this version has: PROXY BREAKER STATUS)")]
+    #[error(
+        "unknown PROXY subcommand '{0}' (try PROXY INFO, PROXY CACHE INSPECT|INVALIDATE|CLEAR, PROXY CONFIG GET, PROXY BREAKER STATUS, PROXY AUTH)"
+    )]
     UnknownProxyCommand(String),
+    #[error("PROXY AUTH <password> required for admin commands ([admin] password_env is set)")]
+    AdminAuthRequired,
+    #[error("invalid admin password")]
+    AdminWrongPass,
+    #[error("PROXY AUTH called without an admin password configured ([admin] password_env)")]
+    AdminAuthNotConfigured,
+    #[error("the local tier is disabled (cache.enabled = false)")]
+    TierDisabled,
     #[error("Client names cannot contain spaces, newlines or special characters.")]
     BadClientName,
     #[error("invalid username-password pair or user is disabled.")]
@@ -82,7 +92,8 @@ impl ProxyError {
     fn reply_text(&self) -> String {
         let code = match self {
             ProxyError::NoProto => "NOPROTO",
-            ProxyError::WrongPass => "WRONGPASS",
+            ProxyError::WrongPass | ProxyError::AdminWrongPass => "WRONGPASS",
+            ProxyError::AdminAuthRequired => "NOAUTH",
             _ => "ERR",
         };
         format!("{code} {self}")

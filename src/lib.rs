@@ -18,6 +18,7 @@
 //! Errors the proxy reports are [`error::ProxyError`]; `ProxyError::to_reply` is the one place
 //! they become RESP. Configuration is [`config::Config`], read from `proxy.toml`.
 
+pub mod admin;
 pub mod breaker;
 pub mod cache;
 pub mod command;
@@ -25,6 +26,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod framing;
+pub mod metrics;
 pub mod pinned;
 pub mod policy;
 pub mod proxy;

@@ -24,7 +24,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::breaker::Breaker;
-use crate::cache::{FillTicket, Lookup, LookupAt, SplitGet, Tier, Waiter};
+use crate::cache::{Cause, FillTicket, Lookup, LookupAt, SplitGet, Tier, Waiter};
 use crate::command::{Class, Effect, classify, effect, written_keys};
 use crate::config::CacheMode;
 use crate::framing::{CommandView, encode_command, parse_int};
@@ -36,8 +36,12 @@ use crate::upstream::{PoolKey, ReplySink, ServerInfo};
 /// What to do with one command.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
-    /// Answered by the proxy (or from the local tier); nothing goes upstream.
+    /// Answered by the proxy; nothing goes upstream.
     Reply(Bytes),
+    /// Answered from the local tier; nothing goes upstream.
+    Hit(Bytes),
+    /// A `PROXY ...` admin command: answered where the whole proxy is at hand (`admin.rs`).
+    Admin,
     /// Forwarded on the shared pool for this key.
     Shared(PoolKey),
     /// A write forwarded on the shared pool: its keys were invalidated, and are invalidated
@@ -113,6 +117,8 @@ pub struct Session {
     pin_identity: Vec<Bytes>,
     /// Scratch space for a variant id (no allocation on a cache hit).
     variant: Vec<u8>,
+    /// `PROXY AUTH` succeeded.
+    admin: bool,
     /// The open transaction's queued commands: whether each is the client's (or a PEXPIRE
     /// of TTL enforcement, whose element EXEC's reply must lose).
     queued: Vec<bool>,
@@ -135,6 +141,7 @@ impl Session {
             dirty: Vec::new(),
             pin_identity: Vec::new(),
             variant: Vec::new(),
+            admin: false,
             queued: Vec::new(),
             refused_in_multi: false,
         }
@@ -142,6 +149,15 @@ impl Session {
 
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// `PROXY AUTH` succeeded on this connection.
+    pub fn is_admin(&self) -> bool {
+        self.admin
+    }
+
+    pub fn set_admin(&mut self, admin: bool) {
+        self.admin = admin;
     }
 
     /// The shared pool (and protocol/db for a new pinned connection) of the session now.
@@ -200,6 +216,10 @@ impl Session {
 
     pub fn route(&mut self, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
         let class = classify(cmd);
+        if class == Class::Proxy {
+            // The proxy's own, pinned or not: Redis does not know it.
+            return Route::Admin;
+        }
         if self.pin.active {
             // Session-only CLIENT subcommands stay the proxy's while pinned, unless Redis would
             // queue them (MULTI) or refuse them (RESP2 pub/sub): the name must not depend on it.
@@ -260,7 +280,7 @@ impl Session {
                 Route::Write(pool, None)
             }
             Effect::Writes(spec) => {
-                written_keys(cmd, spec).for_each(|key| tier.invalidate(key));
+                written_keys(cmd, spec).for_each(|key| tier.invalidate(key, Cause::Write));
                 Route::Write(pool, rewrite)
             }
             Effect::CacheableRead => {
@@ -270,7 +290,7 @@ impl Session {
                     if env.upstream_down && rule.mode != CacheMode::None {
                         self.variant_id(cmd.args());
                         if let Some(reply) = tier.stale_answer(key, &self.variant, env.now) {
-                            return Route::Reply(reply);
+                            return Route::Hit(reply);
                         }
                     }
                     return Route::Shared(pool);
@@ -278,7 +298,7 @@ impl Session {
                 self.variant_id(cmd.args());
                 let waiter = || Waiter { sink: env.sink.clone(), seq: env.seq };
                 match tier.lookup(key, &self.variant, rule.local_ttl, env.lookup_at(), waiter) {
-                    Lookup::Hit(reply) => Route::Reply(reply),
+                    Lookup::Hit(reply) => Route::Hit(reply),
                     Lookup::Joined => Route::Joined,
                     Lookup::Miss(ticket) => Route::Fill(pool, ticket),
                 }
@@ -313,7 +333,7 @@ impl Session {
             missing.push(key);
         }
         if tickets.is_empty() {
-            return Route::Reply(SplitGet::all_cached(parts));
+            return Route::Hit(SplitGet::all_cached(parts));
         }
         if tickets.len() == keys && tickets.iter().all(Option::is_none) {
             return Route::Shared(self.pool_key());
@@ -346,7 +366,7 @@ impl Session {
         match effect(cmd) {
             Effect::Writes(spec) => {
                 for key in written_keys(cmd, spec) {
-                    tier.invalidate(key);
+                    tier.invalidate(key, Cause::Write);
                     self.dirty.push(Bytes::copy_from_slice(key));
                 }
             }
@@ -360,7 +380,7 @@ impl Session {
     /// EXEC, so a QUEUED reply does not end them).
     pub fn revalidate(&mut self, tier: Option<&Tier>, idle: bool) {
         if let Some(tier) = tier {
-            self.dirty.iter().for_each(|key| tier.invalidate(key));
+            self.dirty.iter().for_each(|key| tier.invalidate(key, Cause::WriteAnswered));
         }
         if idle && !self.pin.in_multi {
             self.dirty.clear();
@@ -413,6 +433,23 @@ impl Session {
 
 fn is_ping(cmd: &CommandView<'_>) -> bool {
     cmd.arg(0).is_some_and(|name| name.eq_ignore_ascii_case(b"PING"))
+}
+
+/// A variant id (see `Session::variant_id`) for people: `db=0 resp=2 GET` plus its other
+/// arguments.
+pub fn describe_variant(id: &[u8]) -> String {
+    let (Some(db), Some(&resp3)) = (id.get(..4), id.get(4)) else { return String::from_utf8_lossy(id).into_owned() };
+    let db = u32::from_le_bytes(db.try_into().unwrap_or_default());
+    let mut out = format!("db={db} resp={}", if resp3 == 1 { 3 } else { 2 });
+    let mut rest = &id[5..];
+    while let (Some(len), true) = (rest.get(..4), rest.len() >= 4) {
+        let len = u32::from_le_bytes(len.try_into().unwrap_or_default()) as usize;
+        let Some(arg) = rest.get(4..4 + len) else { break };
+        out.push(' ');
+        out.push_str(&String::from_utf8_lossy(arg));
+        rest = &rest[4 + len..];
+    }
+    out
 }
 
 /// Whether a rule's reads may be cached now.

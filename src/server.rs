@@ -2,12 +2,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tracing::{error, info, warn};
 
@@ -16,6 +17,7 @@ use crate::config::{Config, Tracking};
 use crate::connection;
 use crate::error::ProxyError;
 use crate::framing::Limits;
+use crate::metrics::{self, Metrics};
 use crate::policy::Policy;
 use crate::tracking;
 use crate::ttl;
@@ -31,6 +33,11 @@ pub struct Context {
     pub tier: Option<Arc<Tier>>,
     /// TTL enforcement's counts.
     pub ttl: ttl::Counters,
+    pub metrics: Arc<Metrics>,
+    /// The running configuration (`PROXY CONFIG GET`).
+    pub config: Config,
+    /// From `[admin] password_env`; `None`: admin commands need no password.
+    pub admin_password: Option<String>,
 }
 
 /// How long a refused client gets to receive its error.
@@ -40,7 +47,8 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// connected clients receive the replies to what they already sent (up to
 /// `listen.drain_timeout`), and closes the rest.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
-    let upstream = Upstream::new(&config.upstream, &config.breaker);
+    let metrics = Arc::new(Metrics::default());
+    let upstream = Upstream::new(&config.upstream, &config.breaker, Arc::clone(&metrics));
     // Dial the default pool now, so an unreachable upstream is reported at start.
     upstream.pool(PoolKey::default());
     let cache = &config.cache;
@@ -61,7 +69,14 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         policy: Policy::new(&config),
         tier,
         ttl: ttl::Counters::default(),
+        metrics,
+        admin_password: config.admin_password().unwrap_or_else(|(key, message)| {
+            error!(key, message, "admin commands are disabled");
+            Some(String::new())
+        }),
+        config: config.clone(),
     });
+    let exporter = serve_metrics(&config.metrics.address, &ctx).await;
     let permits = Arc::new(Semaphore::new(config.listen.max_clients));
     let (stop, stopped) = watch::channel(false);
     let mut clients = JoinSet::new();
@@ -76,12 +91,16 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
                     Ok(permit) => {
                         next_id += 1;
                         let (ctx, stopped) = (Arc::clone(&ctx), stopped.clone());
+                        ctx.metrics.clients_accepted.fetch_add(1, Ordering::Relaxed);
+                        ctx.metrics.clients_connected.fetch_add(1, Ordering::Relaxed);
                         clients.spawn(async move {
-                            connection::serve(stream, next_id, ctx, stopped).await;
+                            connection::serve(stream, next_id, Arc::clone(&ctx), stopped).await;
+                            ctx.metrics.clients_connected.fetch_sub(1, Ordering::Relaxed);
                             drop(permit);
                         });
                     }
                     Err(_) => {
+                        ctx.metrics.clients_refused.fetch_add(1, Ordering::Relaxed);
                         clients.spawn(refuse(stream, ProxyError::MaxClients));
                     }
                 },
@@ -101,11 +120,29 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         warn!(clients = clients.len(), "drain timeout: closing the remaining clients");
         clients.shutdown().await;
     }
-    if let Some(tracking) = tracking {
-        tracking.abort();
+    for task in [tracking, exporter].into_iter().flatten() {
+        task.abort();
     }
     upstream.close();
     info!("shut down");
+}
+
+/// Serves `/metrics` on `address` when it is set; a bind failure is logged and leaves the proxy
+/// running without it.
+async fn serve_metrics(address: &str, ctx: &Arc<Context>) -> Option<JoinHandle<()>> {
+    if address.is_empty() {
+        return None;
+    }
+    match TcpListener::bind(address).await {
+        Ok(listener) => {
+            info!(address, "metrics at http://{address}/metrics");
+            Some(tokio::spawn(metrics::export::serve(listener, Arc::clone(ctx))))
+        }
+        Err(e) => {
+            error!(address, error = %e, "cannot serve metrics; carrying on without them");
+            None
+        }
+    }
 }
 
 async fn refuse(mut stream: TcpStream, err: ProxyError) {

@@ -18,7 +18,7 @@ use redis_protocol::resp3::types::{OwnedFrame, Resp3Frame as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
-use crate::cache::Tier;
+use crate::cache::{Cause, Tier};
 use crate::framing::encode_command;
 use crate::reply::ReplyScanner;
 use crate::upstream::{Backoff, PoolKey, Upstream};
@@ -49,6 +49,7 @@ async fn track(upstream: &Upstream, tier: &Tier) -> String {
         Ok(stream) => stream,
         Err(err) => return err.to_string(),
     };
+    let _live = upstream.live();
     let mut request = BytesMut::new();
     request.extend_from_slice(&encode_command(&["CLIENT", "SETNAME", "nearcache-tracking"]));
     request.extend_from_slice(&encode_command(&["CLIENT", "TRACKING", "ON", "BCAST"]));
@@ -95,7 +96,7 @@ fn apply(frame: &[u8], tier: &Tier) {
     }
     match data.get(1) {
         Some(OwnedFrame::Array { data: keys, .. }) => {
-            keys.iter().filter_map(|key| key.as_bytes()).for_each(|key| tier.invalidate(key));
+            keys.iter().filter_map(|key| key.as_bytes()).for_each(|key| tier.invalidate(key, Cause::Tracking));
         }
         // A null key list: everything (FLUSHALL, FLUSHDB).
         _ => tier.clear(),

@@ -31,6 +31,7 @@ use crate::cache::{FillTicket, SplitGet, Tier};
 use crate::config;
 use crate::error::ProxyError;
 use crate::framing::encode_command;
+use crate::metrics::Metrics;
 use crate::reply::ReplyScanner;
 use crate::ttl::Shaper;
 
@@ -152,6 +153,15 @@ impl Hooks {
     }
 }
 
+/// An upstream connection that is up (see [`Upstream::live`]).
+pub struct Live(Arc<Metrics>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.upstream_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What the proxy learned about the upstream server from handshakes.
 #[derive(Debug)]
 pub struct ServerInfo {
@@ -176,6 +186,7 @@ impl ServerInfo {
 
 pub struct Upstream {
     addr: String,
+    pub metrics: Arc<Metrics>,
     breaker: Arc<Breaker>,
     connections: usize,
     connect_timeout: Duration,
@@ -208,9 +219,10 @@ impl Pool {
 }
 
 impl Upstream {
-    pub fn new(config: &config::Upstream, breaker: &config::Breaker) -> Arc<Upstream> {
+    pub fn new(config: &config::Upstream, breaker: &config::Breaker, metrics: Arc<Metrics>) -> Arc<Upstream> {
         Arc::new(Upstream {
             addr: config.address.clone(),
+            metrics,
             breaker: Arc::new(Breaker::new(breaker, &config.address)),
             connections: config.connections,
             connect_timeout: config.connect_timeout.0,
@@ -275,6 +287,12 @@ impl Upstream {
             Arc::new(Pool { addr: self.addr.clone(), breaker: Arc::clone(&self.breaker), conns })
         });
         Arc::clone(pool)
+    }
+
+    /// Counts an upstream connection as up for as long as the guard lives.
+    pub fn live(&self) -> Live {
+        self.metrics.upstream_connections.fetch_add(1, Ordering::Relaxed);
+        Live(Arc::clone(&self.metrics))
     }
 
     /// Drops every pool; their connections close once the batches they hold are answered.

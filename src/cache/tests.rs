@@ -38,7 +38,7 @@ fn a_filled_read_is_a_hit_and_an_invalidation_removes_every_variant() {
     tier.fill(strlen, Bytes::from_static(b":1\r\n"), Some(-1));
     assert_eq!(hit(&tier, "k", "GET k").as_deref(), Some(&b"$1\r\nv\r\n"[..]));
     assert_eq!(hit(&tier, "k", "STRLEN k").as_deref(), Some(&b":1\r\n"[..]));
-    tier.invalidate(b"k");
+    tier.invalidate(b"k", Cause::Write);
     assert_eq!(hit(&tier, "k", "GET k"), None);
     assert_eq!(hit(&tier, "k", "STRLEN k"), None);
 }
@@ -47,7 +47,7 @@ fn a_filled_read_is_a_hit_and_an_invalidation_removes_every_variant() {
 fn a_read_in_flight_during_an_invalidation_is_not_cached() {
     let tier = tier();
     let ticket = miss(&tier, "k", "GET k");
-    tier.invalidate(b"k"); // a write happened while the read was in flight
+    tier.invalidate(b"k", Cause::Write); // a write happened while the read was in flight
     tier.fill(ticket, Bytes::from_static(b"$3\r\nold\r\n"), Some(-1));
     assert_eq!(hit(&tier, "k", "GET k"), None, "the possibly stale reply must not be cached");
     // A read sent after the invalidation fills normally.
@@ -100,7 +100,7 @@ fn a_failed_read_answers_its_waiters_with_the_error() {
 fn a_waiter_never_joins_a_read_sent_before_an_invalidation() {
     let tier = tier();
     let _old = miss(&tier, "k", "GET k");
-    tier.invalidate(b"k");
+    tier.invalidate(b"k", Cause::Write);
     assert!(matches!(tier.lookup(b"k", b"GET k", TTL, LookupAt::now(), nobody), Lookup::Miss(_)));
 }
 

@@ -17,7 +17,6 @@ impl Session {
         let arity = |ok: bool, name: &'static str| if ok { Ok(()) } else { Err(ProxyError::WrongArity(name)) };
         match class {
             Class::Hello => self.hello(cmd, env.server),
-            Class::Proxy => self.admin(cmd, env),
             Class::Auth => match argc {
                 2 => Err(ProxyError::AuthNotConfigured),
                 3 => check_default_user(cmd.arg(1)).map(|_| ok()),
@@ -31,7 +30,7 @@ impl Session {
                 Ok(ok())
             }
             Class::Reset => {
-                (self.db, self.resp3, self.name) = (0, false, None);
+                (self.db, self.resp3, self.name, self.admin) = (0, false, None, false);
                 Ok(Bytes::from_static(b"+RESET\r\n"))
             }
             Class::ClientSetName => {
@@ -74,20 +73,6 @@ impl Session {
                 Ok(ok())
             }
             _ => unreachable!("{class:?} is not answered by the proxy"),
-        }
-    }
-
-    /// The `PROXY` admin family (issue 6 adds the rest: INFO, CACHE, CONFIG, AUTH).
-    fn admin(&self, cmd: &CommandView<'_>, env: &Env<'_>) -> Result<Bytes, ProxyError> {
-        let words: Vec<String> = cmd.args().skip(1).map(|a| String::from_utf8_lossy(a).to_uppercase()).collect();
-        match words.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-            ["BREAKER", "STATUS"] => {
-                let mut w = ReplyWriter::new(self.resp3);
-                w.verbatim(env.breaker.status().as_bytes());
-                Ok(w.finish())
-            }
-            [] => Err(ProxyError::WrongArity("proxy")),
-            _ => Err(ProxyError::UnknownProxyCommand(words.join(" "))),
         }
     }
 

@@ -178,7 +178,7 @@ fn cacheable_reads_go_through_the_tier_by_rule() {
     tier.fill(ticket, Bytes::from_static(b"$1\r\nv\r\n"), Some(-1));
     assert_eq!(
         route_with(&mut s, &["GET", "user:1"], Some(&tier), &policy),
-        Route::Reply(Bytes::from_static(b"$1\r\nv\r\n"))
+        Route::Hit(Bytes::from_static(b"$1\r\nv\r\n"))
     );
     // Another protocol or db is another variant.
     assert!(matches!(route_with(&mut s, &["HELLO", "3"], Some(&tier), &policy), Route::Reply(_)));

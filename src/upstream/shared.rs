@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::{Backoff, Batch, Hooks, PoolKey, ReplyChunk, ReplySink, Upstream};
 use crate::breaker::{self, Outcome};
+use crate::cache::Cause;
 use crate::command::{self, Effect};
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Limits, Parsed, RequestParser, parse_int};
@@ -132,7 +133,7 @@ impl Route {
             let Ok(Some(Parsed::Command { len, argc })) = parser.parse(rest) else { return };
             let cmd = CommandView::new(&rest[..len], argc);
             match command::effect(&cmd) {
-                Effect::Writes(spec) => command::written_keys(&cmd, spec).for_each(|key| hooks.tier.invalidate(key)),
+                Effect::Writes(spec) => command::written_keys(&cmd, spec).for_each(|key| hooks.tier.invalidate(key, Cause::WriteAnswered)),
                 Effect::Flush => hooks.tier.clear(),
                 Effect::CacheableRead | Effect::MultiGet | Effect::Nothing => {}
             }
@@ -150,6 +151,7 @@ pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batche
             Ok(stream) => {
                 up.breaker.record(Outcome::Connected);
                 info!(upstream = %up.addr, db = key.db, resp3 = key.resp3, slot, "upstream connection up");
+                let _live = up.live();
                 backoff.reset();
                 failures = 0;
                 match serve(&up, stream, &mut batches).await {
@@ -359,8 +361,11 @@ fn deliver(
 
 /// Every reply of the route arrived: one call for the breaker.
 fn finished(up: &Upstream, route: &Route) {
-    let outcome = if route.unusable { Outcome::Failed } else { Outcome::Answered(route.sent_at.elapsed()) };
-    up.breaker.record(outcome);
+    let took = route.sent_at.elapsed();
+    if !route.unusable {
+        up.metrics.upstream_latency.observe(took);
+    }
+    up.breaker.record(if route.unusable { Outcome::Failed } else { Outcome::Answered(took) });
 }
 
 fn flush(buf: &mut BytesMut, len: usize, frames: u32, current: &mut Option<Route>) {

@@ -1,0 +1,217 @@
+//! What the proxy counts, and the two ways to read it: Prometheus text at `[metrics] address`
+//! `/metrics` ([`export`]) and `PROXY INFO` in Redis INFO format ([`Snapshot::info`]).
+//!
+//! The numbers live in plain atomics next to what they count (this file for requests, clients
+//! and upstream latency; `cache::Stats`, the breaker, `ttl::Counters`); a [`Snapshot`] reads
+//! them all at once and both formats are rendered from it, so they always agree.
+
+pub mod export;
+mod snapshot;
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub use snapshot::Snapshot;
+
+/// How the proxy served a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// From the local tier.
+    Hit,
+    /// A cacheable read sent upstream (or waiting for an identical one).
+    Miss,
+    /// Forwarded to Redis (shared or pinned connection).
+    Forwarded,
+    /// Answered by the proxy (HELLO, SELECT, CLIENT SETNAME, PROXY ..., PING while open).
+    Local,
+    /// Refused by the proxy with an error (arity of its own commands, TTL refusal, denied, ...).
+    Error,
+}
+
+const OUTCOMES: [(Outcome, &str); 5] = [
+    (Outcome::Hit, "hit"),
+    (Outcome::Miss, "miss"),
+    (Outcome::Forwarded, "forwarded"),
+    (Outcome::Local, "local"),
+    (Outcome::Error, "error"),
+];
+
+/// Commands counted under their own name; every other name counts as `other` (a client must not
+/// be able to create unbounded label values). Sorted, for binary search.
+const COMMANDS: [&str; 112] = [
+    "APPEND", "AUTH", "BITCOUNT", "BITFIELD", "BITOP", "BITPOS", "BLMOVE", "BLPOP", "BRPOP", "BZPOPMIN", "CLIENT",
+    "COMMAND", "CONFIG", "COPY", "DBSIZE", "DECR", "DECRBY", "DEL", "DISCARD", "DUMP", "ECHO", "EVAL", "EVALSHA", "EXEC",
+    "EXISTS", "EXPIRE", "EXPIREAT", "FCALL", "FLUSHALL", "FLUSHDB", "GEOADD", "GEOSEARCH", "GET", "GETDEL", "GETEX",
+    "GETRANGE", "GETSET", "HDEL", "HELLO", "HEXISTS", "HGET", "HGETALL", "HINCRBY", "HKEYS", "HLEN", "HMGET", "HMSET",
+    "HSET", "HSETNX", "HVALS", "INCR", "INCRBY", "INCRBYFLOAT", "INFO", "KEYS", "LINDEX", "LLEN", "LMOVE", "LPOP",
+    "LPUSH", "LRANGE", "LREM", "LSET", "LTRIM", "MGET", "MSET", "MSETNX", "MULTI", "PERSIST", "PEXPIRE", "PFADD",
+    "PFCOUNT", "PING", "PROXY", "PSETEX", "PSUBSCRIBE", "PTTL", "PUBLISH", "QUIT", "RENAME", "RESET", "RPOP", "RPUSH",
+    "SADD", "SCAN", "SCARD", "SELECT", "SET", "SETEX", "SETNX", "SINTER", "SISMEMBER", "SMEMBERS", "SPOP", "SREM",
+    "STRLEN", "SUBSCRIBE", "TTL", "TYPE", "UNLINK", "UNWATCH", "WATCH", "XADD", "XRANGE", "XREAD", "ZADD", "ZCARD",
+    "ZINCRBY", "ZRANGE", "ZRANK", "ZREM", "ZSCORE",
+];
+
+/// The counter slot of a command name (case-insensitive); `COMMANDS.len()` for `other`.
+pub fn command_index(name: &[u8]) -> usize {
+    let mut buf = [0u8; 16];
+    if name.len() > buf.len() {
+        return COMMANDS.len();
+    }
+    let upper = &mut buf[..name.len()];
+    upper.copy_from_slice(name);
+    upper.make_ascii_uppercase();
+    COMMANDS.binary_search_by(|c| c.as_bytes().cmp(upper)).unwrap_or(COMMANDS.len())
+}
+
+/// Counters of the request path.
+pub struct Metrics {
+    started: Instant,
+    /// Per command slot, per outcome.
+    requests: Box<[[AtomicU64; 5]]>,
+    pub clients_connected: AtomicI64,
+    pub clients_accepted: AtomicU64,
+    /// Turned away at `listen.max_clients`.
+    pub clients_refused: AtomicU64,
+    /// Connections closed for a malformed request.
+    pub protocol_errors: AtomicU64,
+    /// Shared upstream connections up, and pinned ones open.
+    pub upstream_connections: AtomicI64,
+    /// From a batch's write to its last reply, on shared connections.
+    pub upstream_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            started: Instant::now(),
+            requests: (0..=COMMANDS.len()).map(|_| Default::default()).collect(),
+            clients_connected: AtomicI64::new(0),
+            clients_accepted: AtomicU64::new(0),
+            clients_refused: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
+            upstream_connections: AtomicI64::new(0),
+            upstream_latency: Histogram::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// One request of command slot `command` (see [`command_index`]) served with `outcome`.
+    pub fn request(&self, command: usize, outcome: Outcome) {
+        if let Some(slot) = self.requests.get(command) {
+            slot[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Non-zero request counts: (command, outcome, count).
+    fn requests(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let names = COMMANDS.iter().copied().chain(["other"]);
+        let mut out = Vec::new();
+        for (name, slot) in names.zip(self.requests.iter()) {
+            for ((_, outcome), count) in OUTCOMES.iter().zip(slot) {
+                let count = count.load(Ordering::Relaxed);
+                if count > 0 {
+                    out.push((name, *outcome, count));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Upper bounds of the latency buckets, in microseconds (the last bucket is +Inf).
+const BOUNDS_US: [u64; 14] =
+    [50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000];
+
+/// A latency histogram with fixed buckets, in atomics.
+pub struct Histogram {
+    buckets: [AtomicU64; BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram { buckets: Default::default(), sum_us: AtomicU64::new(0) }
+    }
+}
+
+/// A histogram's state: per-bucket counts (not cumulative) by upper bound in seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl Histogram {
+    pub fn observe(&self, took: Duration) {
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        let bucket = BOUNDS_US.iter().position(|&bound| us <= bound).unwrap_or(BOUNDS_US.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let bounds = BOUNDS_US.iter().map(|&us| us as f64 / 1e6).chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds.zip(&self.buckets).map(|(b, n)| (b, n.load(Ordering::Relaxed))).collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        HistogramSnapshot { buckets, count, sum_seconds: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6 }
+    }
+}
+
+impl HistogramSnapshot {
+    /// The upper bound of the bucket holding quantile `q` (0..=1), in seconds; 0 when empty.
+    pub fn quantile(&self, q: f64) -> f64 {
+        let rank = (self.count as f64 * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (bound, n) in &self.buckets {
+            seen += n;
+            if seen >= rank && self.count > 0 {
+                return *bound;
+            }
+        }
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_slots_are_case_insensitive_and_bounded() {
+        assert!(COMMANDS.windows(2).all(|w| w[0] < w[1]), "COMMANDS must stay sorted");
+        assert_eq!(COMMANDS[command_index(b"get")], "GET");
+        assert_eq!(COMMANDS[command_index(b"ZsCoRe")], "ZSCORE");
+        assert_eq!(command_index(b"NOSUCHCOMMAND"), COMMANDS.len());
+        assert_eq!(command_index(b"A-VERY-LONG-COMMAND-NAME"), COMMANDS.len());
+    }
+
+    #[test]
+    fn requests_are_counted_by_command_and_outcome() {
+        let metrics = Metrics::default();
+        metrics.request(command_index(b"GET"), Outcome::Hit);
+        metrics.request(command_index(b"get"), Outcome::Hit);
+        metrics.request(command_index(b"FOO"), Outcome::Forwarded);
+        assert_eq!(metrics.requests(), vec![("GET", "hit", 2), ("other", "forwarded", 1)]);
+    }
+
+    #[test]
+    fn histograms_bucket_and_sum() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(40));
+        h.observe(Duration::from_micros(700));
+        h.observe(Duration::from_secs(60));
+        let s = h.snapshot();
+        assert_eq!(s.count, 3);
+        assert_eq!(s.buckets[0], (0.00005, 1));
+        assert_eq!(s.buckets[4], (0.001, 1));
+        assert_eq!(s.buckets.last(), Some(&(f64::INFINITY, 1)));
+        assert!((s.sum_seconds - 60.00074).abs() < 1e-9);
+        assert_eq!(s.quantile(0.5), 0.001);
+    }
+}

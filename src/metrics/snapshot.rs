@@ -1,0 +1,186 @@
+//! Every number at one moment, and `PROXY INFO`'s rendering of it.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::HistogramSnapshot;
+use crate::breaker::State;
+use crate::server::Context;
+
+/// The proxy's numbers at one moment (see `metrics.rs`).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub uptime_seconds: u64,
+    pub clients_connected: i64,
+    pub clients_accepted: u64,
+    pub clients_refused: u64,
+    pub protocol_errors: u64,
+    /// (command, outcome, count), non-zero only.
+    pub requests: Vec<(&'static str, &'static str, u64)>,
+    pub ttl_enforced: u64,
+    pub ttl_clamped: u64,
+    pub ttl_refused: u64,
+    /// `None` when `cache.enabled` is false.
+    pub cache: Option<CacheSnapshot>,
+    pub breaker_state: State,
+    pub breaker_opened: u64,
+    pub breaker_half_opened: u64,
+    pub breaker_closed: u64,
+    pub breaker_refused: u64,
+    pub upstream_address: String,
+    pub upstream_connections: i64,
+    pub upstream_latency: HistogramSnapshot,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheSnapshot {
+    pub entries: u64,
+    pub bytes: u64,
+    pub max_bytes: u64,
+    pub tracking_up: bool,
+    pub hits: u64,
+    pub stale_answers: u64,
+    pub misses: u64,
+    pub joined: u64,
+    pub fills: u64,
+    pub fills_refused: u64,
+    pub evictions: u64,
+    pub invalidated_by_write: u64,
+    pub invalidated_by_tracking: u64,
+    pub invalidated_by_admin: u64,
+    pub clears: u64,
+    pub invalidation_delay: HistogramSnapshot,
+}
+
+fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+impl Snapshot {
+    pub fn take(ctx: &Context) -> Snapshot {
+        let m = &ctx.metrics;
+        let breaker = ctx.upstream.breaker();
+        let cache = ctx.tier.as_deref().map(|tier| {
+            let s = &tier.stats;
+            CacheSnapshot {
+                entries: tier.entry_count() as u64,
+                bytes: tier.weighted_size(),
+                max_bytes: tier.max_memory(),
+                tracking_up: tier.tracking_up(),
+                hits: get(&s.hits),
+                stale_answers: get(&s.stale_answers),
+                misses: get(&s.misses),
+                joined: get(&s.joined),
+                fills: get(&s.fills),
+                fills_refused: get(&s.fills_refused),
+                evictions: get(&s.evictions),
+                invalidated_by_write: get(&s.invalidated_by_write),
+                invalidated_by_tracking: get(&s.invalidated_by_tracking),
+                invalidated_by_admin: get(&s.invalidated_by_admin),
+                clears: get(&s.clears),
+                invalidation_delay: s.invalidation_delay.snapshot(),
+            }
+        });
+        Snapshot {
+            uptime_seconds: m.uptime().as_secs(),
+            clients_connected: m.clients_connected.load(Ordering::Relaxed),
+            clients_accepted: get(&m.clients_accepted),
+            clients_refused: get(&m.clients_refused),
+            protocol_errors: get(&m.protocol_errors),
+            requests: m.requests(),
+            ttl_enforced: get(&ctx.ttl.enforced),
+            ttl_clamped: get(&ctx.ttl.clamped),
+            ttl_refused: get(&ctx.ttl.refused),
+            cache,
+            breaker_state: breaker.state(),
+            breaker_opened: get(&breaker.stats.opened),
+            breaker_half_opened: get(&breaker.stats.half_opened),
+            breaker_closed: get(&breaker.stats.closed),
+            breaker_refused: get(&breaker.stats.refused),
+            upstream_address: ctx.upstream.addr().to_owned(),
+            upstream_connections: m.upstream_connections.load(Ordering::Relaxed),
+            upstream_latency: m.upstream_latency.snapshot(),
+        }
+    }
+
+    /// `PROXY INFO`: Redis INFO format, sections `# Proxy`, `# Cache`, `# Breaker`, `# Upstream`.
+    pub fn info(&self) -> String {
+        let mut out = Info::default();
+        out.section("Proxy");
+        out.line("version", &env!("CARGO_PKG_VERSION"));
+        out.line("uptime_in_seconds", &self.uptime_seconds);
+        out.line("connected_clients", &self.clients_connected);
+        out.line("total_connections_received", &self.clients_accepted);
+        out.line("rejected_connections", &self.clients_refused);
+        out.line("protocol_errors", &self.protocol_errors);
+        out.line("ttl_enforced", &self.ttl_enforced);
+        out.line("ttl_clamped", &self.ttl_clamped);
+        out.line("ttl_refused", &self.ttl_refused);
+        let mut commands: Vec<&str> = self.requests.iter().map(|(c, _, _)| *c).collect();
+        commands.dedup();
+        for command in commands {
+            let counts: Vec<String> = self
+                .requests
+                .iter()
+                .filter(|(c, _, _)| *c == command)
+                .map(|(_, outcome, n)| format!("{outcome}={n}"))
+                .collect();
+            out.line(&format!("requests_{}", command.to_ascii_lowercase()), &counts.join(","));
+        }
+        out.section("Cache");
+        match &self.cache {
+            None => out.line("cache_enabled", &0),
+            Some(c) => {
+                out.line("cache_enabled", &1);
+                out.line("cache_entries", &c.entries);
+                out.line("cache_bytes", &c.bytes);
+                out.line("cache_max_bytes", &c.max_bytes);
+                out.line("cache_tracking", &if c.tracking_up { "up" } else { "down" });
+                out.line("cache_hits", &c.hits);
+                out.line("cache_stale_answers", &c.stale_answers);
+                out.line("cache_misses", &c.misses);
+                out.line("cache_joined", &c.joined);
+                out.line("cache_fills", &c.fills);
+                out.line("cache_fills_refused", &c.fills_refused);
+                out.line("cache_evictions", &c.evictions);
+                out.line("cache_invalidations_write", &c.invalidated_by_write);
+                out.line("cache_invalidations_tracking", &c.invalidated_by_tracking);
+                out.line("cache_invalidations_admin", &c.invalidated_by_admin);
+                out.line("cache_clears", &c.clears);
+                let delay = &c.invalidation_delay;
+                out.line("invalidation_delay_samples", &delay.count);
+                out.line("invalidation_delay_p50_ms", &(delay.quantile(0.5) * 1e3));
+                out.line("invalidation_delay_p99_ms", &(delay.quantile(0.99) * 1e3));
+            }
+        }
+        out.section("Breaker");
+        out.line("breaker_state", &self.breaker_state.name());
+        out.line("breaker_opened", &self.breaker_opened);
+        out.line("breaker_half_opened", &self.breaker_half_opened);
+        out.line("breaker_closed", &self.breaker_closed);
+        out.line("breaker_refused_calls", &self.breaker_refused);
+        out.section("Upstream");
+        out.line("upstream_address", &self.upstream_address);
+        out.line("upstream_connections", &self.upstream_connections);
+        let latency = &self.upstream_latency;
+        out.line("upstream_calls", &latency.count);
+        out.line("upstream_latency_p50_ms", &(latency.quantile(0.5) * 1e3));
+        out.line("upstream_latency_p99_ms", &(latency.quantile(0.99) * 1e3));
+        out.0
+    }
+}
+
+/// Redis INFO text: `# Section` headers, `key:value` lines, a blank line between sections.
+#[derive(Default)]
+struct Info(String);
+
+impl Info {
+    fn section(&mut self, name: &str) {
+        let gap = if self.0.is_empty() { "" } else { "\r\n" };
+        let _ = write!(self.0, "{gap}# {name}\r\n");
+    }
+
+    fn line(&mut self, key: &str, value: &dyn std::fmt::Display) {
+        let _ = write!(self.0, "{key}:{value}\r\n");
+    }
+}
