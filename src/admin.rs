@@ -58,9 +58,7 @@ fn run(ctx: &Context, session: &mut Session, cmd: &CommandView<'_>) -> Result<By
             let tier = tier(ctx)?;
             let dropped = match &args[2..] {
                 [key] => usize::from(tier.invalidate_key(key)),
-                [pattern_word, glob] if pattern_word.eq_ignore_ascii_case(b"PATTERN") => {
-                    tier.invalidate_matching(glob)
-                }
+                [pattern_word, glob] if pattern_word.eq_ignore_ascii_case(b"PATTERN") => tier.invalidate_matching(glob),
                 _ => return Err(ProxyError::WrongArity("proxy|cache|invalidate")),
             };
             w.int(dropped as i64);
@@ -72,10 +70,8 @@ fn run(ctx: &Context, session: &mut Session, cmd: &CommandView<'_>) -> Result<By
         }
         ("CONFIG", "GET") => {
             let pattern = args.get(2).copied().unwrap_or(b"*");
-            let pairs: Vec<(String, String)> = config_pairs(&ctx.config)
-                .into_iter()
-                .filter(|(key, _)| glob_match(pattern, key.as_bytes()))
-                .collect();
+            let pairs: Vec<(String, String)> =
+                config_pairs(&ctx.config).into_iter().filter(|(key, _)| glob_match(pattern, key.as_bytes())).collect();
             w.map(pairs.len());
             for (key, value) in pairs {
                 w.bulk(key.as_bytes()).bulk(value.as_bytes());

@@ -403,9 +403,9 @@ impl Tier {
     /// [`Tier::invalidate`]; true when the key was cached.
     fn remove(&self, key: &[u8], cause: Cause) -> bool {
         match cause {
-            Cause::WriteAnswered => self.stats.written(key),
+            Cause::Write if self.tracking_up() => self.stats.written(key),
             Cause::Tracking => self.stats.pushed(key),
-            Cause::Write | Cause::Admin => {}
+            _ => {}
         }
         if let Some(mut state) = self.in_flight.get_mut(key) {
             state.epoch += 1;

@@ -1,10 +1,11 @@
 //! What the tier counts (read by `metrics.rs`), and the invalidation delay: for a sample of
-//! writes through this proxy, how long after their reply Redis's tracking push arrived.
+//! writes through this proxy, how long after it forwarded them Redis's tracking push for their
+//! key arrived (what another proxy's stale window would be).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -14,6 +15,8 @@ use crate::metrics::Histogram;
 const SAMPLE_EVERY: u64 = 16;
 /// Writes timed at once, at most (a push that never comes must not grow the map).
 const MAX_TIMED: usize = 1024;
+/// A timed write whose push has not come in this long is forgotten.
+const GIVE_UP: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 pub struct Stats {
@@ -48,12 +51,15 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A write of `key` through this proxy was answered: maybe time its tracking push.
+    /// A write of `key` is being forwarded: maybe time its tracking push.
     pub(super) fn written(&self, key: &[u8]) {
         if !self.writes.fetch_add(1, Ordering::Relaxed).is_multiple_of(SAMPLE_EVERY) {
             return;
         }
         let mut timed = self.timed.lock().unwrap_or_else(|e| e.into_inner());
+        if timed.len() >= MAX_TIMED {
+            timed.retain(|_, at| at.elapsed() < GIVE_UP);
+        }
         if timed.len() < MAX_TIMED {
             timed.insert(Bytes::copy_from_slice(key), Instant::now());
             self.timed_len.store(timed.len(), Ordering::Relaxed);

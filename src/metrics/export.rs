@@ -153,11 +153,9 @@ async fn respond(mut stream: TcpStream, ctx: Arc<Context>) {
     let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
     let path = path.split(|&b| b == b'?').next().unwrap_or_default();
     let (status, content_type, body) = match (method, path) {
-        (b"GET", b"/metrics") => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            render(Snapshot::take(&ctx)),
-        ),
+        (b"GET", b"/metrics") => {
+            ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", render(Snapshot::take(&ctx)))
+        }
         (b"GET", _) => ("404 Not Found", "text/plain", "not found: metrics are at /metrics\n".to_owned()),
         _ => ("405 Method Not Allowed", "text/plain", "only GET /metrics\n".to_owned()),
     };

@@ -133,7 +133,9 @@ impl Route {
             let Ok(Some(Parsed::Command { len, argc })) = parser.parse(rest) else { return };
             let cmd = CommandView::new(&rest[..len], argc);
             match command::effect(&cmd) {
-                Effect::Writes(spec) => command::written_keys(&cmd, spec).for_each(|key| hooks.tier.invalidate(key, Cause::WriteAnswered)),
+                Effect::Writes(spec) => {
+                    command::written_keys(&cmd, spec).for_each(|key| hooks.tier.invalidate(key, Cause::WriteAnswered))
+                }
                 Effect::Flush => hooks.tier.clear(),
                 Effect::CacheableRead | Effect::MultiGet | Effect::Nothing => {}
             }

@@ -1,0 +1,216 @@
+//! Operating the proxy: Prometheus metrics after a known workload, `PROXY INFO` agreeing with
+//! them, the `PROXY` admin commands and their password.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{Proxy, Raw, Redis, call, calls, config_for, free_port, wait_for_caching};
+use nearcache::config::{Config, Rule};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An HTTP GET; the status line and the body.
+async fn http_get(addr: &str, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// Samples of a Prometheus text body: `name{labels}` -> value.
+fn samples(body: &str) -> HashMap<String, f64> {
+    body.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.rsplit_once(' '))
+        .map(|(name, value)| (name.to_owned(), value.parse().unwrap()))
+        .collect()
+}
+
+async fn scrape(addr: &str) -> HashMap<String, f64> {
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+    samples(&body)
+}
+
+fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, name: &str) -> f64 {
+    after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0)
+}
+
+fn config_with_metrics(redis: &Redis) -> (Config, String) {
+    let mut config = config_for(&redis.addr());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    config.metrics.address = metrics.clone();
+    config.rule.push(Rule { pattern: "session:*".into(), default_ttl: Some("1h".parse().unwrap()), ..Rule::default() });
+    (config, metrics)
+}
+
+#[tokio::test]
+async fn metrics_add_up_after_a_known_workload() {
+    let redis = Redis::start();
+    let (config, metrics) = config_with_metrics(&redis);
+    let proxy = Proxy::start(config).await;
+    let mut client = proxy.raw().await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    wait_for_caching(&mut client, &mut direct).await;
+    let before = scrape(&metrics).await;
+    let gets = calls(&mut direct, "get").await;
+
+    call(&mut client, &["SET", "user:1", "alice"]).await;
+    for _ in 0..10 {
+        assert_eq!(call(&mut client, &["GET", "user:1"]).await, "$5\r\nalice\r\n");
+    }
+    for i in 0..3 {
+        call(&mut client, &["SET", &format!("session:{i}"), "x"]).await;
+    }
+    call(&mut client, &["NOSUCHCOMMAND"]).await;
+    call(&mut client, &["CLIENT", "SETNAME", "metrics-test"]).await;
+    let after = scrape(&metrics).await;
+
+    let requests = |command: &str, outcome: &str| {
+        delta(&before, &after, &format!("nearcache_requests_total{{command=\"{command}\",outcome=\"{outcome}\"}}"))
+    };
+    assert_eq!(requests("SET", "forwarded"), 4.0);
+    assert_eq!(requests("GET", "miss"), 1.0);
+    assert_eq!(requests("GET", "hit"), 9.0);
+    assert_eq!(requests("other", "forwarded"), 1.0, "unknown names count as other");
+    assert_eq!(requests("CLIENT", "local"), 1.0);
+    assert_eq!(delta(&before, &after, "nearcache_cache_lookups_total{result=\"hit\"}"), 9.0);
+    assert_eq!(delta(&before, &after, "nearcache_cache_lookups_total{result=\"miss\"}"), 1.0);
+    assert_eq!(delta(&before, &after, "nearcache_cache_fills_total"), 1.0);
+    assert_eq!(delta(&before, &after, "nearcache_ttl_writes_total{action=\"enforced\"}"), 3.0);
+    // Redis saw exactly the misses: the hits never reached it.
+    assert_eq!(calls(&mut direct, "get").await, gets + 1);
+    assert_eq!(after["nearcache_clients_connected"], 1.0);
+    assert!(after["nearcache_cache_entries"] >= 1.0 && after["nearcache_cache_bytes"] > 0.0);
+    assert_eq!(after["nearcache_breaker_state"], 0.0);
+    // Shared connections (4 in db 0) and the tracking connection.
+    assert!(after["nearcache_upstream_connections"] >= 2.0, "{after:?}");
+    // Every forwarded batch is one latency observation, in the +Inf bucket too.
+    let latency = after["nearcache_upstream_latency_seconds_count"];
+    assert!(latency >= 5.0);
+    assert_eq!(after["nearcache_upstream_latency_seconds_bucket{le=\"+Inf\"}"], latency);
+
+    // PROXY INFO reads the same numbers.
+    let info = call(&mut client, &["PROXY", "INFO"]).await;
+    let field = |name: &str| {
+        info.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).unwrap_or_else(|| panic!("{name} in {info}"))
+    };
+    assert_eq!(field("cache_hits").parse::<f64>().unwrap(), after["nearcache_cache_lookups_total{result=\"hit\"}"]);
+    assert_eq!(field("ttl_enforced"), "3");
+    assert_eq!(field("breaker_state"), "closed");
+    assert!(field("requests_get").contains("hit="), "{info}");
+    for section in ["# Proxy", "# Cache", "# Breaker", "# Upstream"] {
+        assert!(info.contains(section), "{section} in {info}");
+    }
+    let cache_only = call(&mut client, &["PROXY", "INFO", "cache"]).await;
+    assert!(cache_only.contains("# Cache") && !cache_only.contains("# Proxy"), "{cache_only}");
+    // Plain INFO is Redis's.
+    assert!(call(&mut client, &["INFO", "server"]).await.contains("redis_version"));
+
+    assert_eq!(http_get(&metrics, "/other").await.0, "HTTP/1.1 404 Not Found");
+}
+
+#[tokio::test]
+async fn tracking_invalidations_and_their_delay_are_measured() {
+    let redis = Redis::start();
+    let (config, metrics) = config_with_metrics(&redis);
+    let proxy = Proxy::start(config).await;
+    let mut client = proxy.raw().await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    wait_for_caching(&mut client, &mut direct).await;
+    let before = scrape(&metrics).await;
+    // Writes elsewhere invalidate cached keys through tracking; writes here are sampled (1 in
+    // 16) for the delay from forwarding them to Redis's push for their key.
+    for i in 0..20 {
+        call(&mut client, &["GET", &format!("k{i}")]).await;
+        call(&mut direct, &["SET", &format!("k{i}"), "v"]).await;
+    }
+    for i in 0..64 {
+        call(&mut client, &["SET", &format!("w{i}"), "v"]).await;
+    }
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    loop {
+        let after = scrape(&metrics).await;
+        let tracked = delta(&before, &after, "nearcache_cache_invalidations_total{cause=\"tracking\"}");
+        let delays = delta(&before, &after, "nearcache_invalidation_delay_seconds_count");
+        if tracked >= 20.0 && delays >= 4.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "tracking {tracked}, delays {delays}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn admin_commands_inspect_invalidate_and_clear_the_tier() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut client = proxy.raw().await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    wait_for_caching(&mut client, &mut direct).await;
+    for key in ["user:1", "user:2", "item:1"] {
+        call(&mut direct, &["SET", key, "v"]).await;
+        call(&mut client, &["GET", key]).await;
+    }
+    call(&mut client, &["STRLEN", "user:1"]).await;
+    let inspect = call(&mut client, &["PROXY", "CACHE", "INSPECT", "user:1"]).await;
+    assert!(inspect.contains("cached:1\r\nvariants:2\r\n"), "{inspect}");
+    assert!(inspect.contains("variant_0:db=0 resp=2 GET reply_bytes=7 local_ttl_remaining_ms="), "{inspect}");
+    assert!(inspect.contains("db=0 resp=2 STRLEN"), "{inspect}");
+    assert!(inspect.contains("rule_cache:Tracked"), "{inspect}");
+
+    assert_eq!(call(&mut client, &["PROXY", "CACHE", "INVALIDATE", "user:1"]).await, ":1\r\n");
+    assert_eq!(call(&mut client, &["PROXY", "CACHE", "INVALIDATE", "user:1"]).await, ":0\r\n");
+    assert!(call(&mut client, &["PROXY", "CACHE", "INSPECT", "user:1"]).await.contains("cached:0"));
+    let gets = calls(&mut direct, "get").await;
+    call(&mut client, &["GET", "user:1"]).await;
+    assert_eq!(calls(&mut direct, "get").await, gets + 1, "an invalidated key is read from Redis again");
+
+    assert_eq!(call(&mut client, &["PROXY", "CACHE", "INVALIDATE", "PATTERN", "user:*"]).await, ":2\r\n");
+    assert!(call(&mut client, &["PROXY", "CACHE", "INSPECT", "item:1"]).await.contains("cached:1"));
+    assert_eq!(call(&mut client, &["PROXY", "CACHE", "CLEAR"]).await, "+OK\r\n");
+    assert!(call(&mut client, &["PROXY", "INFO", "cache"]).await.contains("cache_entries:0\r\n"));
+
+    let config = call(&mut client, &["PROXY", "CONFIG", "GET", "cache.max_*"]).await;
+    assert_eq!(
+        config,
+        "*4\r\n$20\r\ncache.max_entry_size\r\n$4\r\n1MiB\r\n$16\r\ncache.max_memory\r\n$6\r\n256MiB\r\n"
+    );
+    let status = call(&mut client, &["PROXY", "BREAKER", "STATUS"]).await;
+    assert!(status.contains("state:closed"), "{status}");
+    let unknown = call(&mut client, &["PROXY", "FROB"]).await;
+    assert!(unknown.starts_with("-ERR unknown PROXY subcommand 'FROB'"), "{unknown}");
+    // Inside MULTI, PROXY commands are still the proxy's (Redis would not know them).
+    assert_eq!(call(&mut client, &["MULTI"]).await, "+OK\r\n");
+    assert!(call(&mut client, &["PROXY", "BREAKER", "STATUS"]).await.contains("state:closed"));
+    assert_eq!(call(&mut client, &["EXEC"]).await, "*0\r\n");
+}
+
+#[tokio::test]
+async fn admin_commands_need_the_admin_password_when_one_is_set() {
+    let redis = Redis::start();
+    let var = format!("NEARCACHE_TEST_ADMIN_{}", std::process::id());
+    // SAFETY: a variable no other test reads or writes, set before the proxy starts.
+    unsafe { std::env::set_var(&var, "s3cret") };
+    let mut config = config_for(&redis.addr());
+    config.admin.password_env = var;
+    let proxy = Proxy::start(config).await;
+    let mut client = proxy.raw().await;
+    let noauth = "-NOAUTH PROXY AUTH <password> required for admin commands ([admin] password_env is set)\r\n";
+    assert_eq!(call(&mut client, &["PROXY", "INFO"]).await, noauth);
+    assert_eq!(call(&mut client, &["PROXY", "CACHE", "CLEAR"]).await, noauth);
+    assert_eq!(call(&mut client, &["PROXY", "AUTH", "wrong"]).await, "-WRONGPASS invalid admin password\r\n");
+    assert_eq!(call(&mut client, &["PROXY", "AUTH", "s3cret"]).await, "+OK\r\n");
+    assert!(call(&mut client, &["PROXY", "INFO"]).await.contains("# Proxy"));
+    // Ordinary commands never needed it; another connection still does.
+    assert_eq!(call(&mut client, &["PING"]).await, "+PONG\r\n");
+    let mut other = proxy.raw().await;
+    assert_eq!(call(&mut other, &["PROXY", "INFO"]).await, noauth);
+    // RESET forgets it, as Redis forgets AUTH.
+    assert_eq!(call(&mut client, &["RESET"]).await, "+RESET\r\n");
+    assert_eq!(call(&mut client, &["PROXY", "INFO"]).await, noauth);
+}
