@@ -54,6 +54,7 @@ fn routing(c: &mut Criterion) {
     let breaker = Breaker::new(&Config::default().breaker, "127.0.0.1:6379");
     let (sink, _replies) = tokio::sync::mpsc::unbounded_channel();
     let counters = ttl::Counters::default();
+    let access = nearcache::access::Access::default();
     let get = encode_command(&["GET", "user:1234"]);
     c.bench_function("route GET (tier off)", |b| {
         b.iter(|| {
@@ -61,6 +62,7 @@ fn routing(c: &mut Criterion) {
                 breaker: &breaker,
                 server: &info,
                 policy: &policy,
+                access: &access,
                 tier: None,
                 ttl: &counters,
                 now: Instant::now(),
@@ -79,6 +81,7 @@ fn routing(c: &mut Criterion) {
         server: &info,
         breaker: &breaker,
         policy: &policy,
+        access: &access,
         tier: Some(&tier),
         ttl: &counters,
         now,
@@ -96,6 +99,7 @@ fn routing(c: &mut Criterion) {
                 breaker: &breaker,
                 server: &info,
                 policy: &policy,
+                access: &access,
                 tier: Some(&tier),
                 ttl: &counters,
                 now: Instant::now(),

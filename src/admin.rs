@@ -8,16 +8,19 @@
 //! PROXY CACHE INVALIDATE PATTERN <glob>      drop matching keys      (how many)
 //! PROXY CACHE CLEAR                          drop everything
 //! PROXY CONFIG GET [glob]                    the running configuration, key/value pairs
+//! PROXY CONFIG RELOAD                        re-read proxy.toml (see `reload.rs`)
 //! PROXY BREAKER STATUS                       the circuit breaker's state and counters
 //! ```
 
 use bytes::Bytes;
 
+use crate::access::constant_time_eq;
 use crate::error::ProxyError;
 use crate::framing::CommandView;
 use crate::metrics::Snapshot;
 use crate::policy::glob_match;
 use crate::proxy::{Session, describe_variant};
+use crate::reload;
 use crate::reply::{self, ReplyWriter};
 use crate::server::Context;
 
@@ -33,7 +36,8 @@ fn run(ctx: &Context, session: &mut Session, cmd: &CommandView<'_>) -> Result<By
     if word(0) == "AUTH" {
         return auth(ctx, session, &args[1..]);
     }
-    if ctx.admin_password.is_some() && !session.is_admin() {
+    let live = ctx.live.load();
+    if live.admin_password.is_some() && !session.is_admin() {
         return Err(ProxyError::AdminAuthRequired);
     }
     let arity = |n: usize| if args.len() == n { Ok(()) } else { Err(ProxyError::WrongArity("proxy")) };
@@ -71,11 +75,16 @@ fn run(ctx: &Context, session: &mut Session, cmd: &CommandView<'_>) -> Result<By
         ("CONFIG", "GET") => {
             let pattern = args.get(2).copied().unwrap_or(b"*");
             let pairs: Vec<(String, String)> =
-                config_pairs(&ctx.config).into_iter().filter(|(key, _)| glob_match(pattern, key.as_bytes())).collect();
+                config_pairs(&live.config).into_iter().filter(|(key, _)| glob_match(pattern, key.as_bytes())).collect();
             w.map(pairs.len());
             for (key, value) in pairs {
                 w.bulk(key.as_bytes()).bulk(value.as_bytes());
             }
+        }
+        ("CONFIG", "RELOAD") => {
+            arity(2)?;
+            let summary = reload::reload(ctx).map_err(ProxyError::ReloadRefused)?;
+            w.verbatim(summary.as_bytes());
         }
         _ if args.is_empty() => return Err(ProxyError::WrongArity("proxy")),
         _ => {
@@ -89,17 +98,13 @@ fn run(ctx: &Context, session: &mut Session, cmd: &CommandView<'_>) -> Result<By
 /// `PROXY AUTH <password>`: compares with the password from `[admin] password_env`.
 fn auth(ctx: &Context, session: &mut Session, args: &[&[u8]]) -> Result<Bytes, ProxyError> {
     let [password] = args else { return Err(ProxyError::WrongArity("proxy|auth")) };
-    let expected = ctx.admin_password.as_deref().ok_or(ProxyError::AdminAuthNotConfigured)?;
+    let live = ctx.live.load();
+    let expected = live.admin_password.as_deref().ok_or(ProxyError::AdminAuthNotConfigured)?;
     if expected.is_empty() || !constant_time_eq(password, expected.as_bytes()) {
         return Err(ProxyError::AdminWrongPass);
     }
     session.set_admin(true);
     Ok(Bytes::from_static(reply::OK))
-}
-
-/// Compares without returning early at the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn tier(ctx: &Context) -> Result<&crate::cache::Tier, ProxyError> {
@@ -110,7 +115,7 @@ fn tier(ctx: &Context) -> Result<&crate::cache::Tier, ProxyError> {
 fn inspect(ctx: &Context, key: &[u8]) -> Result<String, ProxyError> {
     let tier = tier(ctx)?;
     let variants = tier.inspect(key);
-    let rule = ctx.policy.for_key(key);
+    let rule = ctx.live.load().policy.for_key(key);
     let mut out = format!(
         "key:{}\r\nrule_cache:{:?}\r\nrule_local_ttl_ms:{}\r\ncached:{}\r\nvariants:{}\r\nbytes:{}\r\n",
         String::from_utf8_lossy(key),
@@ -155,6 +160,8 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
     match value {
         toml::Value::Table(table) => table.iter().for_each(|(k, v)| flatten(&join(k), v, out)),
         toml::Value::Array(items) => items.iter().enumerate().for_each(|(i, v)| flatten(&join(&i.to_string()), v, out)),
+        // Passwords themselves are not shown (their env/file sources are).
+        toml::Value::String(_) if prefix.ends_with("password") => out.push((prefix.to_owned(), "(hidden)".into())),
         toml::Value::String(s) => out.push((prefix.to_owned(), s.clone())),
         other => out.push((prefix.to_owned(), other.to_string())),
     }
@@ -182,12 +189,5 @@ mod tests {
         let info = "# Proxy\r\na:1\r\n\r\n# Cache\r\nb:2\r\n";
         assert_eq!(info_section(info, "cache"), "# Cache\r\nb:2\r\n");
         assert_eq!(info_section(info, "nope"), "");
-    }
-
-    #[test]
-    fn passwords_compare_whole() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret!"));
     }
 }

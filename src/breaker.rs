@@ -80,7 +80,6 @@ pub enum Admission {
 }
 
 pub struct Breaker {
-    settings: config::Breaker,
     upstream: String,
     jitter: bool,
     inner: Mutex<Inner>,
@@ -102,6 +101,8 @@ fn count(counter: &AtomicU64) {
 }
 
 struct Inner {
+    /// Thresholds; replaced by a configuration reload.
+    settings: config::Breaker,
     state: State,
     /// Recent calls while closed: (failed, slow).
     window: VecDeque<(bool, bool)>,
@@ -118,10 +119,10 @@ struct Inner {
 impl Breaker {
     pub fn new(settings: &config::Breaker, upstream: &str) -> Breaker {
         Breaker {
-            settings: settings.clone(),
             upstream: upstream.to_owned(),
             jitter: true,
             inner: Mutex::new(Inner {
+                settings: settings.clone(),
                 state: State::Closed,
                 window: VecDeque::with_capacity(settings.window),
                 failures: 0,
@@ -146,6 +147,19 @@ impl Breaker {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// New thresholds (configuration reload); the state and the window are kept (a shorter
+    /// window drops its oldest calls).
+    pub fn reconfigure(&self, settings: &config::Breaker) {
+        let mut inner = self.lock();
+        while inner.window.len() > settings.window {
+            if let Some((f, s)) = inner.window.pop_front() {
+                inner.failures -= usize::from(f);
+                inner.slow -= usize::from(s);
+            }
+        }
+        inner.settings = settings.clone();
+    }
+
     pub fn state(&self) -> State {
         self.lock().state
     }
@@ -163,7 +177,7 @@ impl Breaker {
         }
         let admission = match inner.state {
             State::Closed => Admission::Allowed,
-            State::HalfOpen if inner.probes_admitted < self.settings.half_open_probes => {
+            State::HalfOpen if inner.probes_admitted < inner.settings.half_open_probes => {
                 inner.probes_admitted += 1;
                 Admission::Allowed
             }
@@ -210,7 +224,7 @@ impl Breaker {
         match inner.state {
             State::Closed => None,
             State::Open => (now < inner.open_until).then(|| inner.open_until - now),
-            State::HalfOpen => (inner.probes_admitted >= self.settings.half_open_probes).then_some(Duration::ZERO),
+            State::HalfOpen => (inner.probes_admitted >= inner.settings.half_open_probes).then_some(Duration::ZERO),
         }
     }
 
@@ -220,15 +234,18 @@ impl Breaker {
             (_, Outcome::Connected) => inner.connect_failures = 0,
             (State::Closed, Outcome::ConnectFailed) => {
                 inner.connect_failures += 1;
-                if inner.connect_failures >= self.settings.connect_failures {
+                if inner.connect_failures >= inner.settings.connect_failures {
                     self.trip(&mut inner, TripReason::ConnectFailures);
                 }
             }
-            (State::Closed, Outcome::Answered(took)) => self.push(&mut inner, false, took >= self.settings.slow_call.0),
+            (State::Closed, Outcome::Answered(took)) => {
+                let slow = took >= inner.settings.slow_call.0;
+                self.push(&mut inner, false, slow)
+            }
             (State::Closed, Outcome::Failed) => self.push(&mut inner, true, false),
-            (State::HalfOpen, Outcome::Answered(took)) if took < self.settings.slow_call.0 => {
+            (State::HalfOpen, Outcome::Answered(took)) if took < inner.settings.slow_call.0 => {
                 inner.probes_passed += 1;
-                if inner.probes_passed >= self.settings.half_open_probes {
+                if inner.probes_passed >= inner.settings.half_open_probes {
                     self.close(&mut inner);
                 }
             }
@@ -240,7 +257,7 @@ impl Breaker {
 
     /// Step 1: the window and its rates.
     fn push(&self, inner: &mut Inner, failed: bool, slow: bool) {
-        if inner.window.len() == self.settings.window
+        if inner.window.len() == inner.settings.window
             && let Some((f, s)) = inner.window.pop_front()
         {
             inner.failures -= usize::from(f);
@@ -250,20 +267,20 @@ impl Breaker {
         inner.failures += usize::from(failed);
         inner.slow += usize::from(slow);
         let calls = inner.window.len();
-        if calls < self.settings.minimum_calls {
+        if calls < inner.settings.minimum_calls {
             return;
         }
-        if inner.failures as f64 >= self.settings.failure_rate * calls as f64 {
+        if inner.failures as f64 >= inner.settings.failure_rate * calls as f64 {
             self.trip(inner, TripReason::FailureRate);
-        } else if inner.slow as f64 >= self.settings.slow_call_rate * calls as f64 {
+        } else if inner.slow as f64 >= inner.settings.slow_call_rate * calls as f64 {
             self.trip(inner, TripReason::SlowCallRate);
         }
     }
 
     /// Step 2.
     fn trip(&self, inner: &mut Inner, reason: TripReason) {
-        let base = self.settings.open_for.0.saturating_mul(1 << inner.trips.min(20));
-        let period = base.min(self.settings.max_open_for.0);
+        let base = inner.settings.open_for.0.saturating_mul(1 << inner.trips.min(20));
+        let period = base.min(inner.settings.max_open_for.0);
         let jitter = if self.jitter { period.mul_f64(random_fraction() * 0.1) } else { Duration::ZERO };
         inner.trips += 1;
         inner.state = State::Open;

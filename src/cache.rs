@@ -27,10 +27,11 @@
 //! A miss on a variant already in flight (same epoch) waits for that read instead of sending its
 //! own: the reply is handed to every waiter's reply sink with its sequence number.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use dashmap::DashMap;
 use moka::notification::RemovalCause;
@@ -47,8 +48,9 @@ const TOUCH_EVERY: Duration = Duration::from_secs(1);
 pub struct Tier {
     /// What hits read.
     entries: Arc<DashMap<Bytes, Arc<KeyEntry>>>,
-    /// Recency, weight and expiry of the same entries: decides evictions.
-    lru: Cache<Bytes, Arc<KeyEntry>>,
+    /// Recency, weight and expiry of the same entries: decides evictions. Replaced when a
+    /// reload changes `cache.max_memory`.
+    lru: ArcSwap<Cache<Bytes, Arc<KeyEntry>>>,
     /// Fills hold it shared while they check and insert, [`Tier::clear`] exclusively, so a
     /// fill cannot slip an entry in between a clear's count and its removal.
     clearing: RwLock<()>,
@@ -63,7 +65,7 @@ pub struct Tier {
     clears: AtomicU64,
     /// Tracked rules may cache only while the tracking connection is up.
     tracking_up: AtomicBool,
-    max_entry_size: usize,
+    max_entry_size: AtomicUsize,
     pub stats: Arc<Stats>,
 }
 
@@ -191,27 +193,8 @@ impl Tier {
     /// `serve_stale`: how old a cached reply may be served while the upstream is down.
     pub fn new(max_memory: u64, max_entry_size: usize, tracking_up: bool, serve_stale: Duration) -> Tier {
         let entries: Arc<DashMap<Bytes, Arc<KeyEntry>>> = Arc::default();
-        let evicted = Arc::clone(&entries);
         let stats = Arc::new(Stats::default());
-        let eviction_stats = Arc::clone(&stats);
-        let lru = Cache::builder()
-            .max_capacity(max_memory)
-            .eviction_policy(EvictionPolicy::lru())
-            .weigher(|key: &Bytes, entry: &Arc<KeyEntry>| {
-                let variants: usize = entry.variants.iter().map(|v| v.id.len() + v.reply.len() + OVERHEAD).sum();
-                u32::try_from(key.len() + variants + OVERHEAD).unwrap_or(u32::MAX)
-            })
-            .expire_after(Lifetime { serve_stale })
-            .eviction_listener(move |key: Arc<Bytes>, entry: Arc<KeyEntry>, cause| {
-                // Only what moka itself dropped; never a newer entry for the same key.
-                if cause.was_evicted() {
-                    evicted.remove_if(&*key, |_, current| Arc::ptr_eq(current, &entry));
-                }
-                if cause == RemovalCause::Size {
-                    Stats::count(&eviction_stats.evictions);
-                }
-            })
-            .build();
+        let lru = ArcSwap::from_pointee(build_lru(max_memory, serve_stale, &entries, &stats));
         Tier {
             entries,
             lru,
@@ -222,7 +205,7 @@ impl Tier {
             in_flight: DashMap::new(),
             clears: AtomicU64::new(0),
             tracking_up: AtomicBool::new(tracking_up),
-            max_entry_size,
+            max_entry_size: AtomicUsize::new(max_entry_size),
             stats,
         }
     }
@@ -312,7 +295,7 @@ impl Tier {
         let ms = now.duration_since(self.born).as_millis() as u64;
         let touch = ms.saturating_sub(entry.touched.load(Ordering::Relaxed)) >= TOUCH_EVERY.as_millis() as u64;
         drop(entry);
-        if touch && let Some(entry) = self.lru.get(key) {
+        if touch && let Some(entry) = self.lru.load().get(key) {
             entry.touched.store(ms, Ordering::Relaxed);
         }
         Some(reply)
@@ -353,7 +336,7 @@ impl Tier {
             let lifetime = lifetime(ticket.local_ttl, pttl);
             if !fresh {
                 Stats::count(&self.stats.fills_refused);
-            } else if is_cacheable(&reply) && reply.len() <= self.max_entry_size && !lifetime.is_zero() {
+            } else if is_cacheable(&reply) && reply.len() <= self.max_entry_size() && !lifetime.is_zero() {
                 // Under the key's shard lock: no invalidation can slip between check and insert.
                 self.insert(&ticket, reply.clone(), lifetime);
                 Stats::count(&self.stats.fills);
@@ -392,7 +375,7 @@ impl Tier {
         let entry = Arc::new(KeyEntry { variants, touched });
         self.entries.insert(ticket.key.clone(), Arc::clone(&entry));
         // After the map (no lock held): moka may evict, and its listener edits the map.
-        self.lru.insert(ticket.key.clone(), entry);
+        self.lru.load().insert(ticket.key.clone(), entry);
     }
 
     /// Drops every variant of `key` and refuses fills of reads already in flight for it.
@@ -416,7 +399,7 @@ impl Tier {
         if self.entries.remove(key).is_none() {
             return false;
         }
-        self.lru.invalidate(key);
+        self.lru.load().invalidate(key);
         Stats::count(match cause {
             Cause::Tracking => &self.stats.invalidated_by_tracking,
             Cause::Admin => &self.stats.invalidated_by_admin,
@@ -431,25 +414,55 @@ impl Tier {
         self.clears.fetch_add(1, Ordering::AcqRel);
         Stats::count(&self.stats.clears);
         self.entries.clear();
-        self.lru.invalidate_all();
+        self.lru.load().invalidate_all();
     }
 
     /// Bytes held (as weighed), after pending maintenance. For tests and metrics.
     pub fn weighted_size(&self) -> u64 {
-        self.lru.run_pending_tasks();
-        self.lru.weighted_size()
+        let lru = self.lru.load();
+        lru.run_pending_tasks();
+        lru.weighted_size()
     }
 
     /// `cache.max_memory`.
     pub fn max_memory(&self) -> u64 {
-        self.lru.policy().max_capacity().unwrap_or(u64::MAX)
+        self.lru.load().policy().max_capacity().unwrap_or(u64::MAX)
     }
 
     /// Keys held, after pending maintenance.
     pub fn entry_count(&self) -> usize {
-        self.lru.run_pending_tasks();
+        self.lru.load().run_pending_tasks();
         self.entries.len()
     }
+}
+
+/// moka as the tier uses it: LRU (its default is TinyLFU), bounded in weighed bytes, entries
+/// expiring with their longest-lived variant; what it evicts leaves `entries` too.
+fn build_lru(
+    max_memory: u64,
+    serve_stale: Duration,
+    entries: &Arc<DashMap<Bytes, Arc<KeyEntry>>>,
+    stats: &Arc<Stats>,
+) -> Cache<Bytes, Arc<KeyEntry>> {
+    let (evicted, stats) = (Arc::clone(entries), Arc::clone(stats));
+    Cache::builder()
+        .max_capacity(max_memory)
+        .eviction_policy(EvictionPolicy::lru())
+        .weigher(|key: &Bytes, entry: &Arc<KeyEntry>| {
+            let variants: usize = entry.variants.iter().map(|v| v.id.len() + v.reply.len() + OVERHEAD).sum();
+            u32::try_from(key.len() + variants + OVERHEAD).unwrap_or(u32::MAX)
+        })
+        .expire_after(Lifetime { serve_stale })
+        .eviction_listener(move |key: Arc<Bytes>, entry: Arc<KeyEntry>, cause| {
+            // Only what moka itself dropped; never a newer entry for the same key.
+            if cause.was_evicted() {
+                evicted.remove_if(&*key, |_, current| Arc::ptr_eq(current, &entry));
+            }
+            if cause == RemovalCause::Size {
+                Stats::count(&stats.evictions);
+            }
+        })
+        .build()
 }
 
 fn take_flight(state: &mut KeyState, ticket: &FillTicket) -> Vec<Waiter> {

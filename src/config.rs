@@ -26,6 +26,19 @@ pub struct Config {
     pub metrics: Metrics,
     pub admin: Admin,
     pub runtime: Runtime,
+    /// The file it was read from (what a reload re-reads).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+    /// Command-line overrides, applied again on reload.
+    #[serde(skip)]
+    pub overrides: Overrides,
+}
+
+/// `--listen` and `--upstream`.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
 }
 
 /// Who may run `PROXY` admin commands.
@@ -213,6 +226,23 @@ pub struct Listen {
     pub max_pending_replies: usize,
     /// On SIGTERM/SIGINT, how long clients get to receive in-flight replies.
     pub drain_timeout: Span,
+    /// The environment variable holding the `default` user's password; empty: none.
+    pub password_env: String,
+    /// More users, ACL-style (`AUTH <name> <password>`).
+    pub users: Vec<User>,
+    /// Commands refused with an error, by name (e.g. FLUSHALL, KEYS, DEBUG, CONFIG).
+    pub deny_commands: Vec<String>,
+}
+
+/// A client user: its name and where its password comes from (exactly one of the two).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// An environment variable holding the password.
+    pub password_env: Option<String>,
+    /// A file holding the password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -225,6 +255,11 @@ pub struct Upstream {
     pub connect_timeout: Span,
     /// A shared connection whose oldest request has no reply after this long is dropped.
     pub command_timeout: Span,
+    /// The Redis user the proxy authenticates as (with a password); empty: `default`.
+    pub username: String,
+    pub password: String,
+    /// Or the password from this environment variable.
+    pub password_env: String,
 }
 
 impl Default for Listen {
@@ -236,6 +271,9 @@ impl Default for Listen {
             max_args: 1 << 20,
             max_pending_replies: 1024,
             drain_timeout: Span(Duration::from_secs(5)),
+            password_env: String::new(),
+            users: Vec::new(),
+            deny_commands: Vec::new(),
         }
     }
 }
@@ -247,6 +285,9 @@ impl Default for Upstream {
             connections: 4,
             connect_timeout: Span(Duration::from_secs(1)),
             command_timeout: Span(Duration::from_secs(5)),
+            username: String::new(),
+            password: String::new(),
+            password_env: String::new(),
         }
     }
 }
@@ -265,9 +306,39 @@ pub enum ConfigError {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, Overrides::default())
+    }
+
+    /// Reads `path`, applies `overrides`, validates.
+    pub fn load_with(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Config::parse(&text, path)
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        config.source = Some(path.to_owned());
+        config.apply(overrides);
+        config.validate().map_err(|(key, message)| ConfigError::Invalid { path: path.to_owned(), key, message })?;
+        Ok(config)
+    }
+
+    /// Sets the addresses given on the command line (and remembers them for reloads).
+    pub fn apply(&mut self, overrides: Overrides) {
+        if let Some(listen) = &overrides.listen {
+            self.listen.address = listen.clone();
+        }
+        if let Some(upstream) = &overrides.upstream {
+            self.upstream.address = upstream.clone();
+        }
+        self.overrides = overrides;
+    }
+
+    /// The same file read again, with the same overrides: what `PROXY CONFIG RELOAD` and SIGHUP
+    /// apply. `None` when the configuration did not come from a file.
+    pub fn reread(&self) -> Option<Result<Config, ConfigError>> {
+        let path = self.source.as_deref()?;
+        Some(Config::load_with(path, self.overrides.clone()))
     }
 
     /// Parses and validates `text`; `origin` names it in errors.
@@ -280,21 +351,60 @@ impl Config {
         Ok(config)
     }
 
+    /// Client users and their passwords: `default` from `listen.password_env`, then
+    /// `listen.users`. Empty: clients need no password.
+    pub fn credentials(&self) -> Result<Vec<(String, String)>, (&'static str, String)> {
+        let mut out = Vec::new();
+        if !self.listen.password_env.is_empty() {
+            out.push(("default".to_owned(), env_password("listen.password_env", &self.listen.password_env)?));
+        }
+        for user in &self.listen.users {
+            if user.name.is_empty() || user.name.contains(char::is_whitespace) {
+                return Err(("listen.users", format!("{:?} is not a user name", user.name)));
+            }
+            if out.iter().any(|(name, _)| *name == user.name) {
+                return Err(("listen.users", format!("user {:?} is defined twice", user.name)));
+            }
+            let password = match (&user.password_env, &user.password_file) {
+                (Some(var), None) => env_password("listen.users.password_env", var)?,
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
+                    .map_err(|e| ("listen.users.password_file", format!("{}: {e}", path.display())))?,
+                _ => {
+                    let message = format!("user {:?} needs exactly one of password_env, password_file", user.name);
+                    return Err(("listen.users", message));
+                }
+            };
+            out.push((user.name.clone(), password));
+        }
+        Ok(out)
+    }
+
+    /// The upstream password: `upstream.password`, else from `upstream.password_env`.
+    pub fn upstream_password(&self) -> Result<Option<String>, (&'static str, String)> {
+        let up = &self.upstream;
+        match (up.password.is_empty(), up.password_env.is_empty()) {
+            (true, true) => Ok(None),
+            (false, true) => Ok(Some(up.password.clone())),
+            (true, false) => env_password("upstream.password_env", &up.password_env).map(Some),
+            (false, false) => Err(("upstream.password", "set either password or password_env, not both".into())),
+        }
+    }
+
     /// The admin password, read from `admin.password_env` (`None` when not configured).
     pub fn admin_password(&self) -> Result<Option<String>, (&'static str, String)> {
         let name = &self.admin.password_env;
         if name.is_empty() {
             return Ok(None);
         }
-        match std::env::var(name) {
-            Ok(password) if !password.is_empty() => Ok(Some(password)),
-            _ => Err(("admin.password_env", format!("environment variable {name} is not set (or empty)"))),
-        }
+        env_password("admin.password_env", name).map(Some)
     }
 
     /// Checks what types alone cannot; errors name the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         self.admin_password()?;
+        self.credentials()?;
+        self.upstream_password()?;
         check_address("listen.address", &self.listen.address)?;
         check_address("upstream.address", &self.upstream.address)?;
         if !self.metrics.address.is_empty() {
@@ -383,6 +493,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+fn env_password(key: &'static str, var: &str) -> Result<String, (&'static str, String)> {
+    match std::env::var(var) {
+        Ok(password) if !password.is_empty() => Ok(password),
+        _ => Err((key, format!("environment variable {var} is not set (or empty)"))),
     }
 }
 

@@ -150,10 +150,11 @@ pub async fn serve(stream: TcpStream, id: u64, ctx: Arc<Context>, mut shutdown: 
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let (sink, chunks) = mpsc::unbounded_channel();
+    let user = ctx.live.load().access.initial_user();
     let mut client = Client {
         parser: RequestParser::new(ctx.limits),
         ctx,
-        session: Session::new(id, peer, local),
+        session: Session::new(id, peer, local).with_user(user),
         rd,
         wr,
         rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -234,12 +235,14 @@ impl Client {
     async fn process(&mut self) {
         let now = Instant::now();
         let upstream_down = self.ctx.upstream.breaker().is_refusing();
+        let live = self.ctx.live.load();
         while !self.closing && self.held.is_none() && self.outstanding() < self.ctx.max_pending {
             let offset = self.run.as_ref().map_or(0, |run| run.len);
             let env = Env {
                 server: self.ctx.upstream.info(),
                 breaker: self.ctx.upstream.breaker(),
-                policy: &self.ctx.policy,
+                policy: &live.policy,
+                access: &live.access,
                 tier: self.ctx.tier.as_deref(),
                 ttl: &self.ctx.ttl,
                 now,

@@ -45,10 +45,20 @@ pub enum ProxyError {
     AdminAuthNotConfigured,
     #[error("the local tier is disabled (cache.enabled = false)")]
     TierDisabled,
+    #[error("configuration reload refused, the running configuration stays: {0}")]
+    ReloadRefused(String),
     #[error("Client names cannot contain spaces, newlines or special characters.")]
     BadClientName,
     #[error("invalid username-password pair or user is disabled.")]
     WrongPass,
+    #[error("Authentication required.")]
+    NoAuth,
+    #[error(
+        "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time"
+    )]
+    HelloNoAuth,
+    #[error("command '{0}' is denied by this proxy (listen.deny_commands)")]
+    Denied(String),
     #[error(
         "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"
     )]
@@ -93,7 +103,7 @@ impl ProxyError {
         let code = match self {
             ProxyError::NoProto => "NOPROTO",
             ProxyError::WrongPass | ProxyError::AdminWrongPass => "WRONGPASS",
-            ProxyError::AdminAuthRequired => "NOAUTH",
+            ProxyError::AdminAuthRequired | ProxyError::NoAuth | ProxyError::HelloNoAuth => "NOAUTH",
             _ => "ERR",
         };
         format!("{code} {self}")

@@ -18,6 +18,7 @@
 //! Errors the proxy reports are [`error::ProxyError`]; `ProxyError::to_reply` is the one place
 //! they become RESP. Configuration is [`config::Config`], read from `proxy.toml`.
 
+pub mod access;
 pub mod admin;
 pub mod breaker;
 pub mod cache;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod pinned;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod reply;
 pub mod server;
 pub mod tracking;

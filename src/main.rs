@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use nearcache::config::Config;
+use nearcache::config::{Config, Overrides};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -74,18 +74,16 @@ fn main() -> ExitCode {
 }
 
 fn load(cli: &Cli) -> Result<Config, String> {
-    let mut config = match &cli.config {
-        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
-        None => Config::default(),
-    };
-    if let Some(listen) = &cli.listen {
-        config.listen.address = listen.clone();
+    let overrides = Overrides { listen: cli.listen.clone(), upstream: cli.upstream.clone() };
+    match &cli.config {
+        Some(path) => Config::load_with(path, overrides).map_err(|e| e.to_string()),
+        None => {
+            let mut config = Config::default();
+            config.apply(overrides);
+            config.validate().map_err(|(key, message)| format!("{key}: {message}"))?;
+            Ok(config)
+        }
     }
-    if let Some(upstream) = &cli.upstream {
-        config.upstream.address = upstream.clone();
-    }
-    config.validate().map_err(|(key, message)| format!("{key}: {message}"))?;
-    Ok(config)
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -23,10 +23,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::access::{Access, UserId};
 use crate::breaker::Breaker;
 use crate::cache::{Cause, FillTicket, Lookup, LookupAt, SplitGet, Tier, Waiter};
 use crate::command::{Class, Effect, classify, effect, written_keys};
 use crate::config::CacheMode;
+use crate::error::ProxyError;
 use crate::framing::{CommandView, encode_command, parse_int};
 use crate::policy::Policy;
 use crate::reply;
@@ -81,6 +83,7 @@ pub struct Env<'a> {
     pub server: &'a ServerInfo,
     pub breaker: &'a Breaker,
     pub policy: &'a Policy,
+    pub access: &'a Access,
     /// `None` when `cache.enabled` is false.
     pub tier: Option<&'a Tier>,
     pub ttl: &'a ttl::Counters,
@@ -119,6 +122,8 @@ pub struct Session {
     variant: Vec<u8>,
     /// `PROXY AUTH` succeeded.
     admin: bool,
+    /// Who the client authenticated as; `None` until it does (when the proxy has users).
+    user: Option<UserId>,
     /// The open transaction's queued commands: whether each is the client's (or a PEXPIRE
     /// of TTL enforcement, whose element EXEC's reply must lose).
     queued: Vec<bool>,
@@ -142,6 +147,7 @@ impl Session {
             pin_identity: Vec::new(),
             variant: Vec::new(),
             admin: false,
+            user: Some(0),
             queued: Vec::new(),
             refused_in_multi: false,
         }
@@ -158,6 +164,12 @@ impl Session {
 
     pub fn set_admin(&mut self, admin: bool) {
         self.admin = admin;
+    }
+
+    /// The user the session starts as (see [`Access::initial_user`]).
+    pub fn with_user(mut self, user: Option<UserId>) -> Session {
+        self.user = user;
+        self
     }
 
     /// The shared pool (and protocol/db for a new pinned connection) of the session now.
@@ -216,9 +228,18 @@ impl Session {
 
     pub fn route(&mut self, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
         let class = classify(cmd);
-        if class == Class::Proxy {
-            // The proxy's own, pinned or not: Redis does not know it.
-            return Route::Admin;
+        if let Some(name) = cmd.arg(0).filter(|name| env.access.denied(name)) {
+            return Route::Reply(ProxyError::Denied(String::from_utf8_lossy(name).to_uppercase()).to_reply());
+        }
+        let exempt = matches!(class, Class::Auth | Class::Hello | Class::Quit | Class::Reset);
+        if self.user.is_none() && !exempt {
+            return Route::Reply(ProxyError::NoAuth.to_reply());
+        }
+        match class {
+            // The proxy's own, pinned or not: Redis does not know them (AUTH: the proxy's users).
+            Class::Proxy => return Route::Admin,
+            Class::Auth => return Route::Reply(self.answer(class, cmd, env).unwrap_or_else(|e| e.to_reply())),
+            _ => {}
         }
         if self.pin.active {
             // Session-only CLIENT subcommands stay the proxy's while pinned, unless Redis would
@@ -349,6 +370,7 @@ impl Session {
         id.clear();
         id.extend_from_slice(&self.db.to_le_bytes());
         id.push(u8::from(self.resp3));
+        id.extend_from_slice(&self.user.unwrap_or_default().to_le_bytes());
         for (i, arg) in args.enumerate().filter(|(i, _)| *i != 1) {
             id.extend_from_slice(&(arg.len() as u32).to_le_bytes());
             let start = id.len();
@@ -438,10 +460,13 @@ fn is_ping(cmd: &CommandView<'_>) -> bool {
 /// A variant id (see `Session::variant_id`) for people: `db=0 resp=2 GET` plus its other
 /// arguments.
 pub fn describe_variant(id: &[u8]) -> String {
-    let (Some(db), Some(&resp3)) = (id.get(..4), id.get(4)) else { return String::from_utf8_lossy(id).into_owned() };
+    let (Some(db), Some(&resp3), Some(user)) = (id.get(..4), id.get(4), id.get(5..7)) else {
+        return String::from_utf8_lossy(id).into_owned();
+    };
     let db = u32::from_le_bytes(db.try_into().unwrap_or_default());
-    let mut out = format!("db={db} resp={}", if resp3 == 1 { 3 } else { 2 });
-    let mut rest = &id[5..];
+    let user = u16::from_le_bytes(user.try_into().unwrap_or_default());
+    let mut out = format!("db={db} resp={} user={user}", if resp3 == 1 { 3 } else { 2 });
+    let mut rest = &id[7..];
     while let (Some(len), true) = (rest.get(..4), rest.len() >= 4) {
         let len = u32::from_le_bytes(len.try_into().unwrap_or_default()) as usize;
         let Some(arg) = rest.get(4..4 + len) else { break };

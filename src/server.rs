@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -18,7 +19,7 @@ use crate::connection;
 use crate::error::ProxyError;
 use crate::framing::Limits;
 use crate::metrics::{self, Metrics};
-use crate::policy::Policy;
+use crate::reload::{self, Live};
 use crate::tracking;
 use crate::ttl;
 use crate::upstream::{PoolKey, Upstream};
@@ -28,16 +29,13 @@ pub struct Context {
     pub upstream: Arc<Upstream>,
     pub limits: Limits,
     pub max_pending: usize,
-    pub policy: Policy,
+    /// Rules, users and the rest a reload replaces (see `reload.rs`).
+    pub live: ArcSwap<Live>,
     /// The local tier; `None` when `cache.enabled` is false.
     pub tier: Option<Arc<Tier>>,
     /// TTL enforcement's counts.
     pub ttl: ttl::Counters,
     pub metrics: Arc<Metrics>,
-    /// The running configuration (`PROXY CONFIG GET`).
-    pub config: Config,
-    /// From `[admin] password_env`; `None`: admin commands need no password.
-    pub admin_password: Option<String>,
 }
 
 /// How long a refused client gets to receive its error.
@@ -47,6 +45,14 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// connected clients receive the replies to what they already sent (up to
 /// `listen.drain_timeout`), and closes the rest.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
+    let live = match Live::new(config.clone()) {
+        Ok(live) => live,
+        Err((key, message)) => {
+            // `Config::validate` has checked this already; the environment changed since.
+            error!(key, message, "invalid configuration");
+            return;
+        }
+    };
     let metrics = Arc::new(Metrics::default());
     let upstream = Upstream::new(&config.upstream, &config.breaker, Arc::clone(&metrics));
     // Dial the default pool now, so an unreachable upstream is reported at start.
@@ -66,17 +72,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             max_args: config.listen.max_args,
         },
         max_pending: config.listen.max_pending_replies,
-        policy: Policy::new(&config),
+        live: ArcSwap::from_pointee(live),
         tier,
         ttl: ttl::Counters::default(),
         metrics,
-        admin_password: config.admin_password().unwrap_or_else(|(key, message)| {
-            error!(key, message, "admin commands are disabled");
-            Some(String::new())
-        }),
-        config: config.clone(),
     });
     let exporter = serve_metrics(&config.metrics.address, &ctx).await;
+    let hangups = tokio::spawn(reload::on_sighup(Arc::clone(&ctx)));
     let permits = Arc::new(Semaphore::new(config.listen.max_clients));
     let (stop, stopped) = watch::channel(false);
     let mut clients = JoinSet::new();
@@ -120,7 +122,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         warn!(clients = clients.len(), "drain timeout: closing the remaining clients");
         clients.shutdown().await;
     }
-    for task in [tracking, exporter].into_iter().flatten() {
+    for task in [tracking, exporter, Some(hangups)].into_iter().flatten() {
         task.abort();
     }
     upstream.close();

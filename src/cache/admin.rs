@@ -1,10 +1,12 @@
 //! What `PROXY CACHE ...` needs from the tier: one key's variants, and invalidation by pattern.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{Cause, Tier};
+use super::{Cause, Stats, Tier, build_lru};
 use crate::policy::glob_match;
 
 /// One cached variant of a key, as `PROXY CACHE INSPECT` shows it.
@@ -38,6 +40,32 @@ impl Tier {
     /// `PROXY CACHE INVALIDATE key`: whether it was cached.
     pub fn invalidate_key(&self, key: &[u8]) -> bool {
         self.remove(key, Cause::Admin)
+    }
+
+    /// Drops every cached key for which `affected` holds, and refuses the fills of such keys'
+    /// reads in flight; how many keys were cached.
+    pub fn invalidate_where(&self, affected: impl Fn(&[u8]) -> bool) -> usize {
+        let cached: Vec<Bytes> = self.entries.iter().map(|e| e.key().clone()).filter(|k| affected(k)).collect();
+        let in_flight: Vec<Bytes> = self.in_flight.iter().map(|e| e.key().clone()).filter(|k| affected(k)).collect();
+        in_flight.iter().for_each(|key| self.invalidate(key, Cause::Admin));
+        cached.iter().filter(|key| self.remove(key, Cause::Admin)).count()
+    }
+
+    /// A new `cache.max_memory` / `max_entry_size` (configuration reload): the tier starts
+    /// empty with the new bounds, and reads in flight are not cached.
+    pub fn resize(&self, max_memory: u64, max_entry_size: usize) {
+        // Exclusive: no fill inserts into the old cache once the new one is in place.
+        let _exclusive = self.clearing.write().unwrap_or_else(|e| e.into_inner());
+        self.max_entry_size.store(max_entry_size, Ordering::Relaxed);
+        let old = self.lru.swap(Arc::new(build_lru(max_memory, self.serve_stale, &self.entries, &self.stats)));
+        self.clears.fetch_add(1, Ordering::AcqRel);
+        Stats::count(&self.stats.clears);
+        self.entries.clear();
+        old.invalidate_all();
+    }
+
+    pub fn max_entry_size(&self) -> usize {
+        self.max_entry_size.load(Ordering::Relaxed)
     }
 
     /// Drops every key matching the Redis glob `pattern`; how many.

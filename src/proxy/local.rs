@@ -4,11 +4,11 @@
 use bytes::Bytes;
 
 use super::{Env, Session};
+use crate::access::Access;
 use crate::command::Class;
 use crate::error::ProxyError;
 use crate::framing::{CommandView, parse_int};
 use crate::reply::{self, ReplyWriter};
-use crate::upstream::ServerInfo;
 
 impl Session {
     /// Commands the proxy answers for the session.
@@ -16,10 +16,11 @@ impl Session {
         let argc = cmd.argc();
         let arity = |ok: bool, name: &'static str| if ok { Ok(()) } else { Err(ProxyError::WrongArity(name)) };
         match class {
-            Class::Hello => self.hello(cmd, env.server),
-            Class::Auth => match argc {
-                2 => Err(ProxyError::AuthNotConfigured),
-                3 => check_default_user(cmd.arg(1)).map(|_| ok()),
+            Class::Hello => self.hello(cmd, env),
+            Class::Auth => match (argc, env.access.required()) {
+                (2, false) => Err(ProxyError::AuthNotConfigured),
+                (2, true) => self.login(env.access, b"default", cmd.arg(1)),
+                (3, _) => self.login(env.access, cmd.arg(1).unwrap_or_default(), cmd.arg(2)),
                 _ => Err(ProxyError::WrongArity("auth")),
             },
             Class::Select => {
@@ -31,6 +32,7 @@ impl Session {
             }
             Class::Reset => {
                 (self.db, self.resp3, self.name, self.admin) = (0, false, None, false);
+                self.user = env.access.initial_user();
                 Ok(Bytes::from_static(b"+RESET\r\n"))
             }
             Class::ClientSetName => {
@@ -91,10 +93,23 @@ impl Session {
     }
 
     /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`
-    fn hello(&mut self, cmd: &CommandView<'_>, server: &ServerInfo) -> Result<Bytes, ProxyError> {
+    /// AUTH, and HELLO's AUTH option: the proxy's users when it has some; otherwise, like a
+    /// stock Redis, any password for `default`.
+    fn login(&mut self, access: &Access, user: &[u8], password: Option<&[u8]>) -> Result<Bytes, ProxyError> {
+        if !access.required() {
+            return check_default_user(Some(user)).map(|_| ok());
+        }
+        let id = access.authenticate(user, password.unwrap_or_default()).ok_or(ProxyError::WrongPass)?;
+        self.user = Some(id);
+        Ok(ok())
+    }
+
+    fn hello(&mut self, cmd: &CommandView<'_>, env: &Env<'_>) -> Result<Bytes, ProxyError> {
+        let server = env.server;
         let mut args = cmd.args().skip(1);
         let mut resp3 = self.resp3;
         let mut name = None;
+        let mut authenticated = false;
         if let Some(version) = args.next() {
             resp3 = match parse_int(version).ok_or(ProxyError::BadProtoVersion)? {
                 2 => false,
@@ -106,13 +121,17 @@ impl Session {
             let syntax = || ProxyError::HelloSyntax(String::from_utf8_lossy(option).into_owned());
             if option.eq_ignore_ascii_case(b"AUTH") {
                 let user = args.next().ok_or_else(syntax)?;
-                args.next().ok_or_else(syntax)?;
-                check_default_user(Some(user))?;
+                let password = args.next().ok_or_else(syntax)?;
+                self.login(env.access, user, Some(password))?;
+                authenticated = true;
             } else if option.eq_ignore_ascii_case(b"SETNAME") {
                 name = Some(valid_name(args.next().ok_or_else(syntax)?)?);
             } else {
                 return Err(syntax());
             }
+        }
+        if self.user.is_none() && !authenticated {
+            return Err(ProxyError::HelloNoAuth);
         }
         self.resp3 = resp3;
         if let Some(name) = name {

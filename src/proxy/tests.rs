@@ -19,7 +19,9 @@ fn route_with(session: &mut Session, args: &[&str], tier: Option<&Tier>, policy:
     let breaker = crate::breaker::Breaker::new(&Config::default().breaker, "127.0.0.1:6379");
     let server = &ServerInfo::new("7.0.0", 16);
     let ttl = &ttl::Counters::default();
-    let env = Env { server, breaker: &breaker, policy, tier, ttl, now, upstream_down: false, seq: 0, sink: &sink };
+    let access = &crate::access::Access::default();
+    let env =
+        Env { server, breaker: &breaker, policy, access, tier, ttl, now, upstream_down: false, seq: 0, sink: &sink };
     session.route(&CommandView::new(&bytes, args.len()), &env)
 }
 
@@ -74,11 +76,11 @@ fn hello_switches_protocol_and_answers_in_it() {
 }
 
 #[test]
-fn proxy_breaker_status_is_answered_by_the_proxy() {
+fn proxy_commands_are_the_proxys_even_when_pinned() {
     let mut s = session();
-    let status = reply(&mut s, &["proxy", "breaker", "status"]);
-    assert!(status.starts_with("$") && status.contains("state:closed\r\nupstream:127.0.0.1:6379"), "{status}");
-    assert!(reply(&mut s, &["PROXY", "CACHE", "CLEAR"]).starts_with("-ERR unknown PROXY subcommand 'CACHE CLEAR'"));
+    assert_eq!(route(&mut s, &["proxy", "breaker", "status"]), Route::Admin);
+    assert_eq!(route(&mut s, &["MULTI"]), PINNED);
+    assert_eq!(route(&mut s, &["PROXY", "INFO"]), Route::Admin);
 }
 
 #[test]
