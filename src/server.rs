@@ -54,7 +54,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         }
     };
     let metrics = Arc::new(Metrics::default());
-    let upstream = Upstream::new(&config.upstream, &config.breaker, Arc::clone(&metrics));
+    let password = config.upstream_password().unwrap_or_else(|(key, message)| {
+        error!(key, message, "connecting to the upstream without a password");
+        None
+    });
+    let upstream = Upstream::new(&config, password, Arc::clone(&metrics));
     // Dial the default pool now, so an unreachable upstream is reported at start.
     upstream.pool(PoolKey::default());
     let cache = &config.cache;

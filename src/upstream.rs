@@ -186,6 +186,8 @@ impl ServerInfo {
 
 pub struct Upstream {
     addr: String,
+    /// (user, password) for `HELLO ... AUTH` on every connection.
+    credentials: Option<(String, String)>,
     pub metrics: Arc<Metrics>,
     breaker: Arc<Breaker>,
     connections: usize,
@@ -219,9 +221,13 @@ impl Pool {
 }
 
 impl Upstream {
-    pub fn new(config: &config::Upstream, breaker: &config::Breaker, metrics: Arc<Metrics>) -> Arc<Upstream> {
+    /// `password`: from `Config::upstream_password`.
+    pub fn new(config: &config::Config, password: Option<String>, metrics: Arc<Metrics>) -> Arc<Upstream> {
+        let (breaker, config) = (&config.breaker, &config.upstream);
+        let user = if config.username.is_empty() { "default".to_owned() } else { config.username.clone() };
         Arc::new(Upstream {
             addr: config.address.clone(),
+            credentials: password.map(|password| (user, password)),
             metrics,
             breaker: Arc::new(Breaker::new(breaker, &config.address)),
             connections: config.connections,
@@ -315,7 +321,13 @@ impl Upstream {
 
     async fn handshake(&self, stream: &mut TcpStream, key: PoolKey) -> Result<(), String> {
         let mut request = BytesMut::new();
-        request.extend_from_slice(&encode_command(&["HELLO", if key.resp3 { "3" } else { "2" }]));
+        let proto = if key.resp3 { "3" } else { "2" };
+        match &self.credentials {
+            Some((user, password)) => {
+                request.extend_from_slice(&encode_command(&["HELLO", proto, "AUTH", user, password]))
+            }
+            None => request.extend_from_slice(&encode_command(&["HELLO", proto])),
+        }
         request.extend_from_slice(&encode_command(&["CONFIG", "GET", "databases"]));
         if key.db != 0 {
             request.extend_from_slice(&encode_command(&["SELECT".to_string(), key.db.to_string()]));

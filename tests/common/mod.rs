@@ -98,7 +98,8 @@ fn ping(port: u16) -> bool {
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     let mut buf = [0u8; 7];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    // A server with requirepass answers NOAUTH: it is up too.
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
 }
 
 /// The proxy, running in this process until `stop` (or drop).
@@ -174,7 +175,11 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(addr: impl tokio::net::ToSocketAddrs) -> Raw {
-        Raw { stream: TcpStream::connect(addr).await.unwrap(), buf: BytesMut::new() }
+        Raw::from_stream(TcpStream::connect(addr).await.unwrap())
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        Raw { stream, buf: BytesMut::new() }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {

@@ -1,0 +1,128 @@
+//! Client authentication (NOAUTH, wrong and right passwords, users), the tier shared only within
+//! a user, denied commands, and the proxy authenticating to a Redis that requires a password.
+
+mod common;
+
+use common::{Proxy, Raw, Redis, call, calls, config_for, wait_for_caching};
+use nearcache::config::{Config, User};
+
+/// Sets an environment variable only this test reads; returns its name.
+fn secret(name: &str, value: &str) -> String {
+    let var = format!("NEARCACHE_TEST_{name}_{}", std::process::id());
+    // SAFETY: each test uses its own variables, set before the proxy that reads them starts.
+    unsafe { std::env::set_var(&var, value) };
+    var
+}
+
+fn with_users(redis: &Redis) -> Config {
+    let mut config = config_for(&redis.addr());
+    config.listen.password_env = secret("DEFAULT", "default-pw");
+    config.listen.users = vec![
+        User { name: "app".into(), password_env: Some(secret("APP", "app-pw")), password_file: None },
+        User { name: "reports".into(), password_env: Some(secret("REPORTS", "reports-pw")), password_file: None },
+    ];
+    config
+}
+
+#[tokio::test]
+async fn clients_authenticate_like_with_redis() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(with_users(&redis)).await;
+    let mut client = proxy.raw().await;
+    assert_eq!(call(&mut client, &["GET", "k"]).await, "-NOAUTH Authentication required.\r\n");
+    assert_eq!(call(&mut client, &["PROXY", "INFO"]).await, "-NOAUTH Authentication required.\r\n");
+    let hello = call(&mut client, &["HELLO", "3"]).await;
+    assert!(hello.starts_with("-NOAUTH HELLO must be called with the client already authenticated"), "{hello}");
+    let wrongpass = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+    assert_eq!(call(&mut client, &["AUTH", "nope"]).await, wrongpass);
+    assert_eq!(call(&mut client, &["AUTH", "app", "default-pw"]).await, wrongpass);
+    assert_eq!(call(&mut client, &["AUTH", "default-pw"]).await, "+OK\r\n");
+    assert_eq!(call(&mut client, &["SET", "k", "v"]).await, "+OK\r\n");
+    assert_eq!(call(&mut client, &["GET", "k"]).await, "$1\r\nv\r\n");
+    // RESET de-authenticates, as in Redis.
+    assert_eq!(call(&mut client, &["RESET"]).await, "+RESET\r\n");
+    assert_eq!(call(&mut client, &["GET", "k"]).await, "-NOAUTH Authentication required.\r\n");
+    // HELLO ... AUTH authenticates and switches protocol at once.
+    let hello = call(&mut client, &["HELLO", "3", "AUTH", "app", "app-pw"]).await;
+    assert!(hello.starts_with("%7\r\n"), "{hello}");
+    assert_eq!(call(&mut client, &["GET", "k"]).await, "$1\r\nv\r\n");
+
+    // The redis crate with credentials in the URL.
+    let url = format!("redis://reports:reports-pw@{}/", proxy.addr);
+    let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let value: String = redis::cmd("GET").arg("k").query_async(&mut conn).await.unwrap();
+    assert_eq!(value, "v");
+    let url = format!("redis://reports:wrong@{}/", proxy.addr);
+    let err = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.err().unwrap();
+    assert_eq!(err.kind(), redis::ErrorKind::AuthenticationFailed, "{err}");
+}
+
+#[tokio::test]
+async fn cached_replies_are_shared_only_between_clients_of_the_same_user() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(with_users(&redis)).await;
+    let mut app = proxy.raw().await;
+    let mut app2 = proxy.raw().await;
+    let mut reports = proxy.raw().await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    assert_eq!(call(&mut app, &["AUTH", "app", "app-pw"]).await, "+OK\r\n");
+    assert_eq!(call(&mut app2, &["AUTH", "app", "app-pw"]).await, "+OK\r\n");
+    assert_eq!(call(&mut reports, &["AUTH", "reports", "reports-pw"]).await, "+OK\r\n");
+    wait_for_caching(&mut app, &mut direct).await;
+    call(&mut direct, &["SET", "shared", "v"]).await;
+    call(&mut app, &["GET", "shared"]).await;
+    let gets = calls(&mut direct, "get").await;
+    call(&mut app2, &["GET", "shared"]).await;
+    assert_eq!(calls(&mut direct, "get").await, gets, "same user: a hit");
+    call(&mut reports, &["GET", "shared"]).await;
+    assert_eq!(calls(&mut direct, "get").await, gets + 1, "another user: its own read");
+    let inspect = call(&mut app, &["PROXY", "CACHE", "INSPECT", "shared"]).await;
+    assert!(inspect.contains("variants:2") && inspect.contains("user=1") && inspect.contains("user=2"), "{inspect}");
+}
+
+#[tokio::test]
+async fn denied_commands_get_a_clear_error() {
+    let redis = Redis::start();
+    let mut config = config_for(&redis.addr());
+    config.listen.deny_commands = vec!["FLUSHALL".into(), "keys".into(), "CONFIG".into()];
+    let proxy = Proxy::start(config).await;
+    let mut client = proxy.raw().await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    call(&mut client, &["SET", "k", "v"]).await;
+    for (cmd, name) in
+        [(&["flushall"][..], "FLUSHALL"), (&["KEYS", "*"], "KEYS"), (&["CONFIG", "GET", "maxmemory"], "CONFIG")]
+    {
+        assert_eq!(
+            call(&mut client, cmd).await,
+            format!("-ERR command '{name}' is denied by this proxy (listen.deny_commands)\r\n")
+        );
+    }
+    // Also inside a transaction, where it is never queued.
+    assert_eq!(call(&mut client, &["MULTI"]).await, "+OK\r\n");
+    assert!(call(&mut client, &["FLUSHALL"]).await.starts_with("-ERR command 'FLUSHALL' is denied"));
+    assert_eq!(call(&mut client, &["EXEC"]).await, "*0\r\n");
+    assert_eq!(calls(&mut direct, "flushall").await, 0);
+    assert_eq!(call(&mut client, &["GET", "k"]).await, "$1\r\nv\r\n");
+}
+
+#[tokio::test]
+async fn the_proxy_authenticates_to_a_redis_that_requires_a_password() {
+    let redis = Redis::start_with(common::free_port(), &["--requirepass", "upstream-pw"]);
+    let mut config = config_for(&redis.addr());
+    config.upstream.password_env = secret("UPSTREAM", "upstream-pw");
+    let proxy = Proxy::start(config).await;
+    let mut client = proxy.raw().await;
+    // Clients need no password (the proxy has no users); the proxy uses its own.
+    assert_eq!(call(&mut client, &["SET", "k", "v"]).await, "+OK\r\n");
+    assert_eq!(call(&mut client, &["GET", "k"]).await, "$1\r\nv\r\n");
+    assert_eq!(call(&mut client, &["MULTI"]).await, "+OK\r\n", "a pinned connection authenticates too");
+    assert_eq!(call(&mut client, &["GET", "k"]).await, "+QUEUED\r\n");
+    assert_eq!(call(&mut client, &["EXEC"]).await, "*1\r\n$1\r\nv\r\n");
+
+    let mut config = config_for(&redis.addr());
+    config.upstream.password = "wrong".into();
+    let proxy = Proxy::start(config).await;
+    let mut client = proxy.raw().await;
+    let reply = call(&mut client, &["GET", "k"]).await;
+    assert!(reply.contains("WRONGPASS") && reply.contains(&redis.addr()), "{reply}");
+}
