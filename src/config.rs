@@ -232,6 +232,9 @@ pub struct Listen {
     pub users: Vec<User>,
     /// Commands refused with an error, by name (e.g. FLUSHALL, KEYS, DEBUG, CONFIG).
     pub deny_commands: Vec<String>,
+    /// With both: clients connect with TLS (PEM files).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// A client user: its name and where its password comes from (exactly one of the two).
@@ -260,6 +263,14 @@ pub struct Upstream {
     pub password: String,
     /// Or the password from this environment variable.
     pub password_env: String,
+    /// Connect to Redis with TLS, verifying its certificate against `tls_ca_file`.
+    pub tls: bool,
+    pub tls_ca_file: Option<PathBuf>,
+    /// A client certificate for Redis's `tls-auth-clients` (both or neither).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// The name Redis's certificate must carry; default: the host of `address`.
+    pub tls_server_name: Option<String>,
 }
 
 impl Default for Listen {
@@ -274,6 +285,8 @@ impl Default for Listen {
             password_env: String::new(),
             users: Vec::new(),
             deny_commands: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -288,6 +301,11 @@ impl Default for Upstream {
             username: String::new(),
             password: String::new(),
             password_env: String::new(),
+            tls: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_server_name: None,
         }
     }
 }
@@ -405,6 +423,8 @@ impl Config {
         self.admin_password()?;
         self.credentials()?;
         self.upstream_password()?;
+        crate::transport::acceptor(&self.listen)?;
+        crate::transport::connector(&self.upstream)?;
         check_address("listen.address", &self.listen.address)?;
         check_address("upstream.address", &self.upstream.address)?;
         if !self.metrics.address.is_empty() {

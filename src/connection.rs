@@ -26,8 +26,8 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use crate::admin;
@@ -38,6 +38,7 @@ use crate::metrics::{Metrics, Outcome, command_index};
 use crate::pinned::PinnedConn;
 use crate::proxy::{Env, Route, Session};
 use crate::server::Context;
+use crate::transport::{Reader, Stream, Writer};
 use crate::ttl::{Rewrite, Shape, Shaper};
 use crate::upstream::{Batch, Hooks, Pool, PoolKey, ReplyChunk, ReplySink};
 use crate::writev;
@@ -127,8 +128,8 @@ impl TierWork {
 pub struct Client {
     ctx: Arc<Context>,
     session: Session,
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: Reader,
+    wr: Writer,
     rbuf: BytesMut,
     parser: RequestParser,
     replies: Replies,
@@ -145,9 +146,19 @@ pub struct Client {
 }
 
 /// Serves one client until it disconnects, quits, or the proxy shuts down.
-pub async fn serve(stream: TcpStream, id: u64, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    id: u64,
+    ctx: Arc<Context>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
     let _ = stream.set_nodelay(true);
+    let stream = match Stream::accept(stream, tls.as_ref()).await {
+        Ok(stream) => stream,
+        Err(e) => return debug!(client = id, %peer, error = %e, "TLS handshake failed"),
+    };
     let (rd, wr) = stream.into_split();
     let (sink, chunks) = mpsc::unbounded_channel();
     let user = ctx.live.load().access.initial_user();

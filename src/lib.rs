@@ -35,6 +35,7 @@ pub mod reload;
 pub mod reply;
 pub mod server;
 pub mod tracking;
+pub mod transport;
 pub mod ttl;
 pub mod upstream;
 pub mod writev;

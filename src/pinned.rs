@@ -14,11 +14,11 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tracing::debug;
 
 use crate::error::ProxyError;
 use crate::reply::{self, ReplyScanner, ScanError};
+use crate::transport::{Reader, Writer};
 use crate::ttl::Shaper;
 use crate::upstream::{Live, PoolKey, ReplyChunk, Upstream};
 
@@ -32,8 +32,8 @@ pub struct PinnedConn {
     /// A pin is using it (from open or reuse until the pin ends); only then may its state
     /// differ from what `key`/`identity` say.
     in_pin: bool,
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: Reader,
+    wr: Writer,
     buf: BytesMut,
     scanner: ReplyScanner,
     /// Counted requests still waiting for replies.

@@ -21,6 +21,7 @@ use crate::framing::Limits;
 use crate::metrics::{self, Metrics};
 use crate::reload::{self, Live};
 use crate::tracking;
+use crate::transport;
 use crate::ttl;
 use crate::upstream::{PoolKey, Upstream};
 
@@ -45,6 +46,10 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// connected clients receive the replies to what they already sent (up to
 /// `listen.drain_timeout`), and closes the rest.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
+    let tls = match transport::acceptor(&config.listen) {
+        Ok(tls) => tls,
+        Err((key, message)) => return error!(key, message, "invalid TLS configuration"),
+    };
     let live = match Live::new(config.clone()) {
         Ok(live) => live,
         Err((key, message)) => {
@@ -58,7 +63,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         error!(key, message, "connecting to the upstream without a password");
         None
     });
-    let upstream = Upstream::new(&config, password, Arc::clone(&metrics));
+    let upstream_tls = match transport::connector(&config.upstream) {
+        Ok(tls) => tls,
+        Err((key, message)) => return error!(key, message, "invalid upstream TLS configuration"),
+    };
+    let upstream = Upstream::new(&config, password, upstream_tls, Arc::clone(&metrics));
     // Dial the default pool now, so an unreachable upstream is reported at start.
     upstream.pool(PoolKey::default());
     let cache = &config.cache;
@@ -96,11 +105,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
                 Ok((stream, _)) => match Arc::clone(&permits).try_acquire_owned() {
                     Ok(permit) => {
                         next_id += 1;
-                        let (ctx, stopped) = (Arc::clone(&ctx), stopped.clone());
+                        let (ctx, stopped, tls) = (Arc::clone(&ctx), stopped.clone(), tls.clone());
                         ctx.metrics.clients_accepted.fetch_add(1, Ordering::Relaxed);
                         ctx.metrics.clients_connected.fetch_add(1, Ordering::Relaxed);
                         clients.spawn(async move {
-                            connection::serve(stream, next_id, Arc::clone(&ctx), stopped).await;
+                            connection::serve(stream, tls, next_id, Arc::clone(&ctx), stopped).await;
                             ctx.metrics.clients_connected.fetch_sub(1, Ordering::Relaxed);
                             drop(permit);
                         });

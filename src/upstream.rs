@@ -33,7 +33,10 @@ use crate::error::ProxyError;
 use crate::framing::encode_command;
 use crate::metrics::Metrics;
 use crate::reply::ReplyScanner;
+use crate::transport::Stream;
 use crate::ttl::Shaper;
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 
 /// Delays between reconnection attempts: 50 ms doubling up to 2 s.
 #[derive(Debug)]
@@ -188,6 +191,8 @@ pub struct Upstream {
     addr: String,
     /// (user, password) for `HELLO ... AUTH` on every connection.
     credentials: Option<(String, String)>,
+    /// With `[upstream] tls`: every connection is TLS, to a server with this name.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
     pub metrics: Arc<Metrics>,
     breaker: Arc<Breaker>,
     connections: usize,
@@ -221,13 +226,19 @@ impl Pool {
 }
 
 impl Upstream {
-    /// `password`: from `Config::upstream_password`.
-    pub fn new(config: &config::Config, password: Option<String>, metrics: Arc<Metrics>) -> Arc<Upstream> {
+    /// `password`: from `Config::upstream_password`; `tls`: from `transport::connector`.
+    pub fn new(
+        config: &config::Config,
+        password: Option<String>,
+        tls: Option<(TlsConnector, ServerName<'static>)>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Upstream> {
         let (breaker, config) = (&config.breaker, &config.upstream);
         let user = if config.username.is_empty() { "default".to_owned() } else { config.username.clone() };
         Arc::new(Upstream {
             addr: config.address.clone(),
             credentials: password.map(|password| (user, password)),
+            tls,
             metrics,
             breaker: Arc::new(Breaker::new(breaker, &config.address)),
             connections: config.connections,
@@ -252,7 +263,7 @@ impl Upstream {
 
     /// A connection of a session's own (pinned), unless the breaker is refusing calls, with
     /// `setup` (the session's CLIENT SETNAME/SETINFO) applied; their error replies are ignored.
-    pub async fn connect_pinned(&self, key: PoolKey, setup: &[Bytes]) -> Result<TcpStream, ProxyError> {
+    pub async fn connect_pinned(&self, key: PoolKey, setup: &[Bytes]) -> Result<Stream, ProxyError> {
         if let Some(retry_in) = self.breaker.refusal() {
             return Err(ProxyError::BreakerOpen { addr: self.addr.clone(), retry_in });
         }
@@ -311,15 +322,22 @@ impl Upstream {
     }
 
     /// A new connection to the upstream, handshake done, in the protocol and db of `key`.
-    pub async fn connect(&self, key: PoolKey) -> Result<TcpStream, ProxyError> {
-        let mut stream =
+    pub async fn connect(&self, key: PoolKey) -> Result<Stream, ProxyError> {
+        let tcp =
             self.within("connect", async { TcpStream::connect(&self.addr).await.map_err(|e| e.to_string()) }).await?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let mut stream = match &self.tls {
+            None => Stream::Plain(tcp),
+            Some((connector, name)) => {
+                let handshake = async { connector.connect(name.clone(), tcp).await.map_err(|e| e.to_string()) };
+                Stream::TlsClient(Box::new(self.within("TLS handshake", handshake).await?))
+            }
+        };
         self.within("handshake", self.handshake(&mut stream, key)).await?;
         Ok(stream)
     }
 
-    async fn handshake(&self, stream: &mut TcpStream, key: PoolKey) -> Result<(), String> {
+    async fn handshake(&self, stream: &mut Stream, key: PoolKey) -> Result<(), String> {
         let mut request = BytesMut::new();
         let proto = if key.resp3 { "3" } else { "2" };
         match &self.credentials {
@@ -356,7 +374,7 @@ impl Upstream {
 }
 
 /// Reads exactly `n` complete replies.
-async fn read_replies(stream: &mut TcpStream, n: usize) -> Result<Vec<Bytes>, String> {
+async fn read_replies(stream: &mut Stream, n: usize) -> Result<Vec<Bytes>, String> {
     let mut buf = BytesMut::with_capacity(1024);
     let mut scanner = ReplyScanner::default();
     let mut replies = Vec::with_capacity(n);

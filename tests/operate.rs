@@ -159,8 +159,8 @@ async fn admin_commands_inspect_invalidate_and_clear_the_tier() {
     call(&mut client, &["STRLEN", "user:1"]).await;
     let inspect = call(&mut client, &["PROXY", "CACHE", "INSPECT", "user:1"]).await;
     assert!(inspect.contains("cached:1\r\nvariants:2\r\n"), "{inspect}");
-    assert!(inspect.contains("variant_0:db=0 resp=2 GET reply_bytes=7 local_ttl_remaining_ms="), "{inspect}");
-    assert!(inspect.contains("db=0 resp=2 STRLEN"), "{inspect}");
+    assert!(inspect.contains("variant_0:db=0 resp=2 user=0 GET reply_bytes=7 local_ttl_remaining_ms="), "{inspect}");
+    assert!(inspect.contains("db=0 resp=2 user=0 STRLEN"), "{inspect}");
     assert!(inspect.contains("rule_cache:Tracked"), "{inspect}");
 
     assert_eq!(call(&mut client, &["PROXY", "CACHE", "INVALIDATE", "user:1"]).await, ":1\r\n");

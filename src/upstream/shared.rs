@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
@@ -31,6 +29,7 @@ use crate::command::{self, Effect};
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Limits, Parsed, RequestParser, parse_int};
 use crate::reply::{self, ReplyScanner};
+use crate::transport::{Reader, Stream, Writer};
 use crate::ttl::Shaper;
 use crate::writev;
 
@@ -198,7 +197,7 @@ async fn refuse_for(up: &Upstream, batches: &mut UnboundedReceiver<Batch>, wait:
 
 /// Serves one connected socket. `None` when the pool is gone; otherwise why the socket was lost
 /// (after failing every request that was sent on it and not answered).
-async fn serve(up: &Upstream, stream: TcpStream, batches: &mut UnboundedReceiver<Batch>) -> Option<ProxyError> {
+async fn serve(up: &Upstream, stream: Stream, batches: &mut UnboundedReceiver<Batch>) -> Option<ProxyError> {
     let (rd, wr) = stream.into_split();
     let (route_tx, mut routes) = mpsc::unbounded_channel();
     let mut current: Option<Route> = None;
@@ -221,7 +220,7 @@ fn lost(up: &Upstream, reason: impl ToString) -> ProxyError {
 /// Sends batches as they come, several per write. `Ok` when the pool is gone.
 async fn write_loop(
     up: &Upstream,
-    mut wr: OwnedWriteHalf,
+    mut wr: Writer,
     batches: &mut UnboundedReceiver<Batch>,
     routes: &UnboundedSender<Route>,
 ) -> Result<(), ProxyError> {
@@ -247,7 +246,7 @@ async fn write_loop(
 /// Reads replies and delivers them; returns only when the connection is lost.
 async fn read_loop(
     up: &Upstream,
-    mut rd: OwnedReadHalf,
+    mut rd: Reader,
     routes: &mut UnboundedReceiver<Route>,
     current: &mut Option<Route>,
 ) -> ProxyError {
