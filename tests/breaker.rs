@@ -72,6 +72,17 @@ async fn a_stopped_upstream_fails_fast_serves_cached_keys_and_recovers_by_itself
     }
     let status = call(&mut raw, &["PROXY", "BREAKER", "STATUS"]).await;
     assert!(status.contains("state:closed\r\n"), "{status}");
+    // The transitions and refusals are in the metrics (PROXY INFO shows the same numbers).
+    let info = call(&mut raw, &["PROXY", "INFO", "breaker"]).await;
+    let field = |name: &str| -> u64 {
+        info.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).and_then(|v| v.parse().ok()).unwrap()
+    };
+    assert!(field("breaker_opened") >= 1 && field("breaker_half_opened") >= 1, "{info}");
+    assert_eq!(field("breaker_closed"), 1, "{info}");
+    assert!(field("breaker_refused_calls") >= 50, "{info}");
+    assert!(info.contains("breaker_state:closed"), "{info}");
+    let stale = call(&mut raw, &["PROXY", "INFO", "cache"]).await;
+    assert!(stale.contains("cache_stale_answers:1\r\n"), "{stale}");
     // The restarted Redis lost k (no persistence): the stale entry is not a normal hit.
     assert_eq!(call(&mut raw, &["GET", "k"]).await, "$-1\r\n");
     proxy.stop().await;

@@ -154,3 +154,18 @@ async fn jitter_adds_at_most_a_tenth() {
     let Admission::Refused { retry_in } = b.admit() else { panic!() };
     assert!(retry_in >= Duration::from_secs(1) && retry_in <= Duration::from_millis(1100), "{retry_in:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn reconfigured_thresholds_apply_to_the_next_call() {
+    let b = breaker();
+    for _ in 0..2 {
+        b.record(Outcome::Failed);
+    }
+    assert_eq!(b.state(), State::Closed, "2 calls are below minimum_calls 4");
+    b.reconfigure(&config::Breaker { minimum_calls: 2, window: 3, ..settings() });
+    b.record(FAST);
+    assert_eq!(b.state(), State::Open, "2 failures in 3 calls, minimum_calls now 2");
+    assert_eq!(b.stats.opened.load(Ordering::Relaxed), 1);
+    assert_eq!(b.admit(), Admission::Refused { retry_in: Duration::from_secs(1) });
+    assert_eq!(b.stats.refused.load(Ordering::Relaxed), 1);
+}
