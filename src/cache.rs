@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use dashmap::DashMap;
-use moka::notification::RemovalCause;
-use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
+
+use lru::build_lru;
 
 use crate::upstream::{ReplyChunk, ReplySink};
 
@@ -167,26 +167,6 @@ pub enum Lookup {
     Joined,
     /// Send the read, then [`Tier::fill`] (or [`Tier::abort`]) with this ticket.
     Miss(FillTicket),
-}
-
-struct Lifetime {
-    serve_stale: Duration,
-}
-
-impl moka::Expiry<Bytes, Arc<KeyEntry>> for Lifetime {
-    fn expire_after_create(&self, _: &Bytes, entry: &Arc<KeyEntry>, now: Instant) -> Option<Duration> {
-        entry.variants.iter().map(|v| v.keep_until(self.serve_stale).saturating_duration_since(now)).max()
-    }
-
-    fn expire_after_update(
-        &self,
-        key: &Bytes,
-        entry: &Arc<KeyEntry>,
-        now: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        self.expire_after_create(key, entry, now)
-    }
 }
 
 impl Tier {
@@ -436,35 +416,6 @@ impl Tier {
     }
 }
 
-/// moka as the tier uses it: LRU (its default is TinyLFU), bounded in weighed bytes, entries
-/// expiring with their longest-lived variant; what it evicts leaves `entries` too.
-fn build_lru(
-    max_memory: u64,
-    serve_stale: Duration,
-    entries: &Arc<DashMap<Bytes, Arc<KeyEntry>>>,
-    stats: &Arc<Stats>,
-) -> Cache<Bytes, Arc<KeyEntry>> {
-    let (evicted, stats) = (Arc::clone(entries), Arc::clone(stats));
-    Cache::builder()
-        .max_capacity(max_memory)
-        .eviction_policy(EvictionPolicy::lru())
-        .weigher(|key: &Bytes, entry: &Arc<KeyEntry>| {
-            let variants: usize = entry.variants.iter().map(|v| v.id.len() + v.reply.len() + OVERHEAD).sum();
-            u32::try_from(key.len() + variants + OVERHEAD).unwrap_or(u32::MAX)
-        })
-        .expire_after(Lifetime { serve_stale })
-        .eviction_listener(move |key: Arc<Bytes>, entry: Arc<KeyEntry>, cause| {
-            // Only what moka itself dropped; never a newer entry for the same key.
-            if cause.was_evicted() {
-                evicted.remove_if(&*key, |_, current| Arc::ptr_eq(current, &entry));
-            }
-            if cause == RemovalCause::Size {
-                Stats::count(&stats.evictions);
-            }
-        })
-        .build()
-}
-
 fn take_flight(state: &mut KeyState, ticket: &FillTicket) -> Vec<Waiter> {
     let position =
         state.flights.iter().position(|f| f.id == ticket.id && f.epoch == ticket.epoch && f.clears == ticket.clears);
@@ -486,6 +437,7 @@ fn is_cacheable(reply: &[u8]) -> bool {
 }
 
 mod admin;
+mod lru;
 mod split;
 mod stats;
 

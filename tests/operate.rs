@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::{Proxy, Raw, Redis, call, calls, config_for, free_port, wait_for_caching};
-use nearcache::config::{Config, Rule};
+use nearcache::config::Rule;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -40,22 +40,32 @@ fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, name: &str
     after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0)
 }
 
-fn config_with_metrics(redis: &Redis) -> (Config, String) {
+/// Redis, a proxy with metrics on a port of its own and a TTL rule, a client through it (reads
+/// cached already) and one straight to Redis; the metrics address.
+struct Setup {
+    _redis: Redis,
+    _proxy: Proxy,
+    client: Raw,
+    direct: Raw,
+    metrics: String,
+}
+
+async fn setup() -> Setup {
+    let redis = Redis::start();
     let mut config = config_for(&redis.addr());
     let metrics = format!("127.0.0.1:{}", free_port());
     config.metrics.address = metrics.clone();
     config.rule.push(Rule { pattern: "session:*".into(), default_ttl: Some("1h".parse().unwrap()), ..Rule::default() });
-    (config, metrics)
-}
-
-#[tokio::test]
-async fn metrics_add_up_after_a_known_workload() {
-    let redis = Redis::start();
-    let (config, metrics) = config_with_metrics(&redis);
     let proxy = Proxy::start(config).await;
     let mut client = proxy.raw().await;
     let mut direct = Raw::connect(redis.addr()).await;
     wait_for_caching(&mut client, &mut direct).await;
+    Setup { _redis: redis, _proxy: proxy, client, direct, metrics }
+}
+
+#[tokio::test]
+async fn metrics_add_up_after_a_known_workload() {
+    let Setup { _redis, _proxy, mut client, mut direct, metrics } = setup().await;
     let before = scrape(&metrics).await;
     let gets = calls(&mut direct, "get").await;
 
@@ -116,12 +126,7 @@ async fn metrics_add_up_after_a_known_workload() {
 
 #[tokio::test]
 async fn tracking_invalidations_and_their_delay_are_measured() {
-    let redis = Redis::start();
-    let (config, metrics) = config_with_metrics(&redis);
-    let proxy = Proxy::start(config).await;
-    let mut client = proxy.raw().await;
-    let mut direct = Raw::connect(redis.addr()).await;
-    wait_for_caching(&mut client, &mut direct).await;
+    let Setup { _redis, _proxy, mut client, mut direct, metrics } = setup().await;
     let before = scrape(&metrics).await;
     // Writes elsewhere invalidate cached keys through tracking; writes here are sampled (1 in
     // 16) for the delay from forwarding them to Redis's push for their key.

@@ -1,0 +1,61 @@
+//! The moka cache behind the tier: which entries stay, how much they weigh, when they expire.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+
+use super::{KeyEntry, OVERHEAD, Stats};
+
+/// moka as the tier uses it: LRU (its default is TinyLFU), bounded in weighed bytes, entries
+/// expiring with their longest-lived variant; what it evicts leaves `entries` too.
+pub(super) fn build_lru(
+    max_memory: u64,
+    serve_stale: Duration,
+    entries: &Arc<DashMap<Bytes, Arc<KeyEntry>>>,
+    stats: &Arc<Stats>,
+) -> Cache<Bytes, Arc<KeyEntry>> {
+    let (evicted, stats) = (Arc::clone(entries), Arc::clone(stats));
+    Cache::builder()
+        .max_capacity(max_memory)
+        .eviction_policy(EvictionPolicy::lru())
+        .weigher(|key: &Bytes, entry: &Arc<KeyEntry>| {
+            let variants: usize = entry.variants.iter().map(|v| v.id.len() + v.reply.len() + OVERHEAD).sum();
+            u32::try_from(key.len() + variants + OVERHEAD).unwrap_or(u32::MAX)
+        })
+        .expire_after(Lifetime { serve_stale })
+        .eviction_listener(move |key: Arc<Bytes>, entry: Arc<KeyEntry>, cause| {
+            // Only what moka itself dropped; never a newer entry for the same key.
+            if cause.was_evicted() {
+                evicted.remove_if(&*key, |_, current| Arc::ptr_eq(current, &entry));
+            }
+            if cause == RemovalCause::Size {
+                Stats::count(&stats.evictions);
+            }
+        })
+        .build()
+}
+
+struct Lifetime {
+    serve_stale: Duration,
+}
+
+impl moka::Expiry<Bytes, Arc<KeyEntry>> for Lifetime {
+    fn expire_after_create(&self, _: &Bytes, entry: &Arc<KeyEntry>, now: Instant) -> Option<Duration> {
+        entry.variants.iter().map(|v| v.keep_until(self.serve_stale).saturating_duration_since(now)).max()
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &Bytes,
+        entry: &Arc<KeyEntry>,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, entry, now)
+    }
+}
