@@ -234,6 +234,12 @@ pub struct Listen {
     pub users: Vec<User>,
     /// Commands refused with an error, by name (e.g. FLUSHALL, KEYS, DEBUG, CONFIG).
     pub deny_commands: Vec<String>,
+    /// A client with nothing outstanding that sends nothing this long is closed (0s: never).
+    pub idle_timeout: Span,
+    /// A request begun must be complete within this (0s: never).
+    pub request_timeout: Span,
+    /// Replies a client does not read for this long close it (0s: never).
+    pub write_timeout: Span,
     /// With both: clients connect with TLS (PEM files).
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
@@ -287,10 +293,29 @@ impl Default for Listen {
             password_env: String::new(),
             users: Vec::new(),
             deny_commands: Vec::new(),
+            idle_timeout: Span(Duration::ZERO),
+            request_timeout: Span(Duration::from_secs(30)),
+            write_timeout: Span(Duration::from_secs(30)),
             tls_cert_file: None,
             tls_key_file: None,
         }
     }
+}
+
+impl Listen {
+    /// The three client timeouts; `None` for those set to 0s.
+    pub fn timeouts(&self) -> Timeouts {
+        let some = |span: Span| (!span.0.is_zero()).then_some(span.0);
+        Timeouts { idle: some(self.idle_timeout), request: some(self.request_timeout), write: some(self.write_timeout) }
+    }
+}
+
+/// How long a client may stall (see [`Listen`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeouts {
+    pub idle: Option<Duration>,
+    pub request: Option<Duration>,
+    pub write: Option<Duration>,
 }
 
 impl Default for Upstream {

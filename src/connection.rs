@@ -19,14 +19,16 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio::time::{Sleep, sleep_until};
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
@@ -48,6 +50,8 @@ mod pinning;
 use pinning::read_pinned;
 
 const READ_CHUNK: usize = 16 * 1024;
+/// How long a timed-out client gets to receive its error.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
 /// Replies waiting to be written, in request order.
 #[derive(Default)]
@@ -143,6 +147,13 @@ pub struct Client {
     pinned: Option<PinnedConn>,
     /// No more requests are read (QUIT, protocol error, EOF, shutdown); close once answered.
     closing: bool,
+    /// When the client last sent bytes.
+    last_read: Instant,
+    /// Since when the read buffer ends in an incomplete request the client has not finished.
+    partial_since: Option<Instant>,
+    /// Fires at the idle or request deadline (re-armed only when it changes).
+    deadline: Pin<Box<Sleep>>,
+    armed: Option<Instant>,
 }
 
 /// Serves one client until it disconnects, quits, or the proxy shuts down.
@@ -179,6 +190,10 @@ pub async fn serve(
         pool: None,
         pinned: None,
         closing: false,
+        last_read: Instant::now(),
+        partial_since: None,
+        deadline: Box::pin(sleep_until(Instant::now().into())),
+        armed: None,
     };
     match client.run(&mut shutdown).await {
         Ok(()) => debug!(client = id, %peer, "client connection closed"),
@@ -190,7 +205,7 @@ impl Client {
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> io::Result<()> {
         loop {
             if !self.replies.ready.is_empty() {
-                writev::write_all(&mut self.wr, &mut self.replies.ready).await?;
+                self.write_replies().await?;
             }
             if self.closing && self.drained() {
                 return Ok(());
@@ -199,14 +214,17 @@ impl Client {
             if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
                 self.rbuf.reserve(READ_CHUNK);
             }
+            self.arm_deadline();
             tokio::select! {
                 read = self.rd.read_buf(&mut self.rbuf), if can_read => {
                     if read? == 0 {
                         self.closing = true;
                     } else {
+                        self.last_read = Instant::now();
                         self.process().await;
                     }
                 }
+                _ = &mut self.deadline, if self.armed.is_some() => return self.timed_out().await,
                 Some(chunk) = self.chunks.recv() => {
                     self.replies.accept(chunk);
                     while let Ok(chunk) = self.chunks.try_recv() {
@@ -221,6 +239,51 @@ impl Client {
                 _ = shutdown.changed(), if !self.closing => self.closing = true,
             }
         }
+    }
+
+    /// Writes the replies in order; a client that does not take them within
+    /// `listen.write_timeout` is dropped.
+    async fn write_replies(&mut self) -> io::Result<()> {
+        let write = writev::write_all(&mut self.wr, &mut self.replies.ready);
+        match self.ctx.timeouts.write {
+            None => write.await,
+            Some(limit) => tokio::time::timeout(limit, write)
+                .await
+                .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "client did not read its replies"))),
+        }
+    }
+
+    /// The next idle or request deadline, if one applies now.
+    fn arm_deadline(&mut self) {
+        let t = self.ctx.timeouts;
+        let idle = t.idle.filter(|_| {
+            self.rbuf.is_empty() && self.outstanding() == 0 && self.held.is_none() && !self.session.is_streaming()
+        });
+        let idle = idle.map(|limit| self.last_read + limit);
+        // Only while the proxy reads: a request it does not read yet is not the client's delay.
+        let reading = !self.closing && self.held.is_none() && self.outstanding() < self.ctx.max_pending;
+        let request = t.request.zip(self.partial_since.filter(|_| reading)).map(|(limit, since)| since + limit);
+        let due = match (idle, request) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if due != self.armed {
+            if let Some(due) = due {
+                self.deadline.as_mut().reset(due.into());
+            }
+            self.armed = due;
+        }
+    }
+
+    /// A deadline passed: an unfinished request gets an error; an idle client is just closed.
+    async fn timed_out(&mut self) -> io::Result<()> {
+        if let (Some(limit), Some(_)) = (self.ctx.timeouts.request, self.partial_since) {
+            let reply = ProxyError::RequestTimeout(limit).to_reply();
+            let _ = tokio::time::timeout(REFUSAL_WRITE, self.wr.write_all(&reply)).await;
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "request not completed in time"));
+        }
+        debug!(client = self.session.id(), "idle timeout");
+        Ok(())
     }
 
     /// Requests sent (or answered locally) whose replies are not yet queued in order.
@@ -262,9 +325,18 @@ impl Client {
                 sink: &self.sink,
             };
             match self.parser.parse(&self.rbuf[offset..]) {
-                Ok(None) => break,
-                Ok(Some(Parsed::Empty { len })) => self.skip_frame(len).await,
+                Ok(None) => {
+                    // An incomplete request: the client owes the rest.
+                    let partial = self.rbuf.len() > offset;
+                    self.partial_since = if partial { self.partial_since.or(Some(now)) } else { None };
+                    break;
+                }
+                Ok(Some(Parsed::Empty { len })) => {
+                    self.partial_since = None;
+                    self.skip_frame(len).await
+                }
                 Ok(Some(Parsed::Command { len, argc })) => {
+                    self.partial_since = None;
                     let cmd = CommandView::new(&self.rbuf[offset..offset + len], argc);
                     let mut route = self.session.route(&cmd, &env);
                     if route == Route::Admin {
@@ -274,6 +346,7 @@ impl Client {
                     self.dispatch(route, len, None).await;
                 }
                 Ok(Some(Parsed::Inline { len, argc, encoded })) => {
+                    self.partial_since = None;
                     let cmd = CommandView::new(&encoded, argc);
                     let mut route = self.session.route(&cmd, &env);
                     if route == Route::Admin {

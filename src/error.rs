@@ -19,6 +19,8 @@ pub enum ProxyError {
     Protocol(#[from] FrameError),
     #[error("max number of clients reached")]
     MaxClients,
+    #[error("request not completed within {}ms (listen.request_timeout)", .0.as_millis())]
+    RequestTimeout(Duration),
     #[error("wrong number of arguments for '{0}' command")]
     WrongArity(&'static str),
     #[error("value is not an integer or out of range")]

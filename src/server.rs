@@ -14,7 +14,7 @@ use tokio::time::timeout;
 use tracing::{error, info, warn};
 
 use crate::cache::Tier;
-use crate::config::{Config, Tracking};
+use crate::config::{Config, Timeouts, Tracking};
 use crate::connection;
 use crate::error::ProxyError;
 use crate::framing::Limits;
@@ -30,6 +30,7 @@ pub struct Context {
     pub upstream: Arc<Upstream>,
     pub limits: Limits,
     pub max_pending: usize,
+    pub timeouts: Timeouts,
     /// Rules, users and the rest a reload replaces (see `reload.rs`).
     pub live: ArcSwap<Live>,
     /// The local tier; `None` when `cache.enabled` is false.
@@ -85,6 +86,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             max_args: config.listen.max_args,
         },
         max_pending: config.listen.max_pending_replies,
+        timeouts: config.listen.timeouts(),
         live: ArcSwap::from_pointee(live),
         tier,
         ttl: ttl::Counters::default(),

@@ -222,3 +222,58 @@ async fn shutdown_delivers_in_flight_replies_then_closes() {
     stopping.await.unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_are_bounded_by_the_listen_timeouts() {
+    let redis = Redis::start();
+    let mut config = config_for(&redis.addr());
+    config.listen.request_timeout = "300ms".parse().unwrap();
+    config.listen.write_timeout = "300ms".parse().unwrap();
+    config.listen.idle_timeout = "500ms".parse().unwrap();
+    config.listen.max_pending_replies = 16;
+    let proxy = Proxy::start(config).await;
+    let mut bystander = proxy.raw().await;
+    let value = vec![b'x'; 64 * 1024];
+    bystander.cmd(&[b"SET", b"big", &value]).await;
+    assert_eq!(bystander.reply().await, "+OK\r\n");
+
+    // A 500 MB bulk header and then nothing, and a request cut short: an error, then closed.
+    let mut subscriber = proxy.raw().await;
+    assert!(call(&mut subscriber, &["SUBSCRIBE", "news"]).await.starts_with("*3\r\n$9\r\nsubscribe"));
+    for partial in [&b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$500000000\r\n"[..], b"*1\r\n$4\r\nPI"] {
+        let mut slow = proxy.raw().await;
+        let started = Instant::now();
+        slow.send(partial).await;
+        assert_eq!(slow.reply().await, "-ERR request not completed within 300ms (listen.request_timeout)\r\n");
+        assert!(slow.closed().await);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+
+    // An idle client is closed without a word; a subscriber waiting for messages is not idle.
+    let mut idle = proxy.raw().await;
+    assert_eq!(call(&mut idle, &["PING"]).await, "+PONG\r\n");
+    assert!(idle.closed().await, "idle client closed");
+    let mut publisher = Raw::connect(redis.addr()).await;
+    assert_eq!(call(&mut publisher, &["PUBLISH", "news", "hi"]).await, ":1\r\n");
+    assert_eq!(subscriber.reply().await, "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n");
+
+    // A client that sends requests and never reads their replies is dropped.
+    let mut greedy = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let writer = tokio::spawn(async move {
+        let chunk = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(1000);
+        for _ in 0..4000 {
+            if greedy.write_all(&chunk).await.is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    let closed = tokio::time::timeout(PATIENCE, writer).await.expect("the proxy dropped the client").unwrap();
+    assert!(closed, "its writes failed once the proxy closed it");
+    // The first client was idle meanwhile (closed too); anyone else is served, and the
+    // 500 MB SET never happened.
+    assert!(bystander.closed().await);
+    let mut other = proxy.raw().await;
+    assert_eq!(call(&mut other, &["EXISTS", "k"]).await, ":0\r\n");
+    assert_eq!(call(&mut other, &["PING"]).await, "+PONG\r\n");
+}
