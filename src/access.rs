@@ -51,6 +51,11 @@ impl Access {
         found
     }
 
+    /// Whether `listen.deny_commands` lists anything (checked before looking at a name).
+    pub fn denies_any(&self) -> bool {
+        !self.denied.is_empty()
+    }
+
     /// Whether command `name` is in `listen.deny_commands`.
     pub fn denied(&self, name: &[u8]) -> bool {
         !self.denied.is_empty() && self.denied.iter().any(|d| d.eq_ignore_ascii_case(name))

@@ -22,6 +22,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -220,7 +221,9 @@ impl Client {
                     if read? == 0 {
                         self.closing = true;
                     } else {
-                        self.last_read = Instant::now();
+                        if self.ctx.timeouts.idle.is_some() {
+                            self.last_read = Instant::now();
+                        }
                         self.process().await;
                     }
                 }
@@ -244,7 +247,11 @@ impl Client {
     /// Writes the replies in order; a client that does not take them within
     /// `listen.write_timeout` is dropped.
     async fn write_replies(&mut self) -> io::Result<()> {
-        let write = writev::write_all(&mut self.wr, &mut self.replies.ready);
+        let mut write = std::pin::pin!(writev::write_all(&mut self.wr, &mut self.replies.ready));
+        // Most writes complete at once: only one that has to wait gets a timer (and a clock read).
+        if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            return done;
+        }
         match self.ctx.timeouts.write {
             None => write.await,
             Some(limit) => tokio::time::timeout(limit, write)

@@ -8,6 +8,7 @@
 pub mod export;
 mod snapshot;
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -153,16 +154,28 @@ const COMMANDS: [&str; 112] = [
     "ZSCORE",
 ];
 
-/// The counter slot of a command name (case-insensitive); `COMMANDS.len()` for `other`.
+/// The counter slot of a command name (case-insensitive); `COMMANDS.len()` for `other`. On the
+/// path of every request: the name is packed into an integer and found among the packed names
+/// by binary search (integer compares, no `memcmp`).
 pub fn command_index(name: &[u8]) -> usize {
+    static TABLE: OnceLock<Vec<(u128, usize)>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut table: Vec<(u128, usize)> =
+            COMMANDS.iter().enumerate().filter_map(|(i, c)| Some((pack(c.as_bytes())?, i))).collect();
+        table.sort_unstable();
+        table
+    });
+    let Some(key) = pack(name) else { return COMMANDS.len() };
+    table.binary_search_by_key(&key, |(k, _)| *k).map_or(COMMANDS.len(), |found| table[found].1)
+}
+
+/// Up to 15 bytes, uppercased, and the length, as one integer (`None` for longer names).
+fn pack(name: &[u8]) -> Option<u128> {
     let mut buf = [0u8; 16];
-    if name.len() > buf.len() {
-        return COMMANDS.len();
-    }
-    let upper = &mut buf[..name.len()];
-    upper.copy_from_slice(name);
-    upper.make_ascii_uppercase();
-    COMMANDS.binary_search_by(|c| c.as_bytes().cmp(upper)).unwrap_or(COMMANDS.len())
+    buf.get_mut(..name.len().min(16)).filter(|_| name.len() < 16)?.copy_from_slice(name);
+    buf.make_ascii_uppercase();
+    buf[15] = name.len() as u8;
+    Some(u128::from_le_bytes(buf))
 }
 
 /// Counters of the request path.
@@ -291,6 +304,8 @@ mod tests {
         assert_eq!(COMMANDS[command_index(b"ZsCoRe")], "ZSCORE");
         assert_eq!(command_index(b"NOSUCHCOMMAND"), COMMANDS.len());
         assert_eq!(command_index(b"A-VERY-LONG-COMMAND-NAME"), COMMANDS.len());
+        assert_eq!(command_index(b"GET\0"), COMMANDS.len(), "not GET");
+        assert_eq!(command_index(b""), COMMANDS.len());
     }
 
     #[test]

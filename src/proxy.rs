@@ -228,7 +228,9 @@ impl Session {
 
     pub fn route(&mut self, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
         let class = classify(cmd);
-        if let Some(name) = cmd.arg(0).filter(|name| env.access.denied(name)) {
+        if env.access.denies_any()
+            && let Some(name) = cmd.arg(0).filter(|name| env.access.denied(name))
+        {
             return Route::Reply(ProxyError::Denied(String::from_utf8_lossy(name).to_uppercase()).to_reply());
         }
         let exempt = matches!(class, Class::Auth | Class::Hello | Class::Quit | Class::Reset);
