@@ -50,6 +50,9 @@ mod pinning;
 
 use pinning::read_pinned;
 
+/// Read buffer space: a client starts small (thousands of idle clients stay cheap) and gets
+/// more once a read fills what it had.
+const FIRST_READ: usize = 512;
 const READ_CHUNK: usize = 16 * 1024;
 /// How long a timed-out client gets to receive its error.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
@@ -148,6 +151,8 @@ pub struct Client {
     pinned: Option<PinnedConn>,
     /// No more requests are read (QUIT, protocol error, EOF, shutdown); close once answered.
     closing: bool,
+    /// Space reserved for the next read: [`FIRST_READ`] until a read fills half of it.
+    read_chunk: usize,
     /// When the client last sent bytes.
     last_read: Instant,
     /// Since when the read buffer ends in an incomplete request the client has not finished.
@@ -180,7 +185,8 @@ pub async fn serve(
         session: Session::new(id, peer, local).with_user(user),
         rd,
         wr,
-        rbuf: BytesMut::with_capacity(READ_CHUNK),
+        rbuf: BytesMut::with_capacity(FIRST_READ),
+        read_chunk: FIRST_READ,
         replies: Replies::default(),
         sink,
         chunks,
@@ -212,15 +218,19 @@ impl Client {
                 return Ok(());
             }
             let can_read = !self.closing && self.held.is_none() && self.outstanding() < self.ctx.max_pending;
-            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-                self.rbuf.reserve(READ_CHUNK);
+            if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 4 {
+                self.rbuf.reserve(self.read_chunk);
             }
             self.arm_deadline();
             tokio::select! {
                 read = self.rd.read_buf(&mut self.rbuf), if can_read => {
-                    if read? == 0 {
+                    let read = read?;
+                    if read == 0 {
                         self.closing = true;
                     } else {
+                        if read >= self.read_chunk / 2 {
+                            self.read_chunk = READ_CHUNK;
+                        }
                         if self.ctx.timeouts.idle.is_some() {
                             self.last_read = Instant::now();
                         }
