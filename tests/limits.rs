@@ -277,3 +277,23 @@ async fn stalled_clients_are_bounded_by_the_listen_timeouts() {
     assert_eq!(call(&mut other, &["EXISTS", "k"]).await, ":0\r\n");
     assert_eq!(call(&mut other, &["PING"]).await, "+PONG\r\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_client_gets_every_reply_then_is_closed() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut raw = proxy.raw().await;
+    let pipeline: Vec<u8> =
+        (0..1000).flat_map(|i| nearcache::framing::encode_command(&["SET", &format!("k{i}"), "v"]).to_vec()).collect();
+    raw.send(&pipeline).await;
+    raw.send(b"GET k999\r\n").await;
+    // The client is done sending: its write side is shut, its read side still open.
+    raw.stream.shutdown().await.unwrap();
+    for _ in 0..1000 {
+        assert_eq!(raw.reply().await, "+OK\r\n");
+    }
+    assert_eq!(raw.reply().await, "$1\r\nv\r\n");
+    assert!(raw.closed().await, "closed once every reply is written");
+    let mut other = proxy.raw().await;
+    assert_eq!(call(&mut other, &["GET", "k0"]).await, "$1\r\nv\r\n");
+}
