@@ -7,35 +7,15 @@
 # Starts its own redis-server and release proxy on free loopback ports. Every client sends one
 # PING and reads PONG (so each is really served), then stays connected and idle. The proxy's
 # resident memory (VmRSS) is read before and after, with every client still connected.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-
 CLIENTS=${CLIENTS:-10000}
-scripts/ensure-redis.sh
-cargo build --release --quiet
+source "$(dirname "$0")/common.sh"
 ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" -lt $((CLIENTS + 100)) ]; then
   echo "need ulimit -n >= $((CLIENTS + 100)) (have $(ulimit -n))" >&2; exit 1
 fi
-
-work=$(mktemp -d)
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ping() { for _ in $(seq 200); do redis-cli -p "$1" ping 2>/dev/null | grep -q PONG && return 0; sleep 0.05; done; exit 1; }
-
-RPORT=$(free_port)
-redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
-PIDS+=($!)
-wait_ping "$RPORT"
-PPORT=$(free_port)
+start_redis
 printf '[listen]\nmax_clients = %d\n' $((CLIENTS + 100)) > "$work/proxy.toml"
-RUST_LOG=warn target/release/nearcache --config "$work/proxy.toml" --listen "127.0.0.1:$PPORT" \
-  --upstream "127.0.0.1:$RPORT" &
-PROXY=$!
-PIDS+=("$PROXY")
-wait_ping "$PPORT"
+start_proxy "$work/proxy.toml"
 rss() { awk '/VmRSS/ { print $2 }' "/proc/$PROXY/status"; }
 before=$(rss)
 

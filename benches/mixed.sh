@@ -9,31 +9,12 @@
 #
 #   benches/mixed.sh                      # REPS=3, 20000 requests per client
 #   REPS=5 PER_CLIENT=40000 benches/mixed.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
-
 REPS=${REPS:-3}
 PER_CLIENT=${PER_CLIENT:-20000}
 PIPELINE=${PIPELINE:-1}
-scripts/ensure-redis.sh
-cargo build --release --quiet
-
-work=$(mktemp -d)
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ping() { for _ in $(seq 200); do redis-cli -p "$1" ping 2>/dev/null | grep -q PONG && return 0; sleep 0.05; done; exit 1; }
-
-RPORT=$(free_port)
-redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
-PIDS+=($!)
-wait_ping "$RPORT"
-PPORT=$(free_port)
-RUST_LOG=warn target/release/nearcache --config proxy.toml --listen "127.0.0.1:$PPORT" \
-  --upstream "127.0.0.1:$RPORT" >"$work/proxy.log" 2>&1 &
-PIDS+=($!)
-wait_ping "$PPORT"
+source "$(dirname "$0")/common.sh"
+start_redis
+start_proxy proxy.toml
 # Keys exist and the tier is warm (and its tracking connection up) before measuring.
 redis-benchmark -p "$RPORT" -t set -r 100000 -n 200000 -c 50 -q >/dev/null
 sleep 1

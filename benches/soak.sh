@@ -6,29 +6,9 @@
 #   SECONDS_TOTAL=600 benches/soak.sh
 #
 # Starts its own redis-server and release proxy (tier on, a TTL rule, metrics) on free ports.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-
 TOTAL=${SECONDS_TOTAL:-180}
-scripts/ensure-redis.sh
-cargo build --release --quiet
-
-work=$(mktemp -d)
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ping() { for _ in $(seq 200); do redis-cli -p "$1" ping 2>/dev/null | grep -q PONG && return 0; sleep 0.05; done; exit 1; }
-
-RPORT=$(free_port)
-start_redis() {
-  redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
-  REDIS=$!
-  PIDS+=("$REDIS")
-  wait_ping "$RPORT"
-}
+source "$(dirname "$0")/common.sh"
 start_redis
-PPORT=$(free_port)
 MPORT=$(free_port)
 cat > "$work/proxy.toml" <<EOF
 [cache]
@@ -39,11 +19,7 @@ default_ttl = "1h"
 [metrics]
 address = "127.0.0.1:$MPORT"
 EOF
-RUST_LOG=warn target/release/nearcache --config "$work/proxy.toml" --listen "127.0.0.1:$PPORT" \
-  --upstream "127.0.0.1:$RPORT" >"$work/proxy.log" 2>&1 &
-PROXY=$!
-PIDS+=("$PROXY")
-wait_ping "$PPORT"
+start_proxy "$work/proxy.toml"
 
 rss() { awk '/VmRSS/ { print $2 }' "/proc/$PROXY/status"; }
 fds() { ls "/proc/$PROXY/fd" | wc -l; }

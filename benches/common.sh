@@ -1,0 +1,35 @@
+# Shared by the benches/*.sh scripts (sourced): a work directory removed at exit with every
+# process started here, free loopback ports, and starting redis-server and the release proxy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-redis.sh
+cargo build --release --quiet
+
+work=$(mktemp -d)
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_ping() {
+  for _ in $(seq 200); do redis-cli -p "$1" ping 2>/dev/null | grep -q PONG && return 0; sleep 0.05; done
+  echo "nothing answers on port $1" >&2; exit 1
+}
+
+# Sets RPORT (chosen once) and REDIS (the pid); call again to restart on the same port.
+RPORT=${RPORT:-$(free_port)}
+start_redis() {
+  redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
+  REDIS=$!
+  PIDS+=("$REDIS")
+  wait_ping "$RPORT"
+}
+
+# start_proxy CONFIG: sets PPORT and PROXY (the pid); its log goes to $work/proxy.log.
+start_proxy() {
+  PPORT=$(free_port)
+  RUST_LOG=warn target/release/nearcache --config "$1" --listen "127.0.0.1:$PPORT" \
+    --upstream "127.0.0.1:$RPORT" >>"$work/proxy.log" 2>&1 &
+  PROXY=$!
+  PIDS+=("$PROXY")
+  wait_ping "$PPORT"
+}
