@@ -436,7 +436,8 @@ impl Session {
                 // Redis resets the pinned connection itself; the pin ends but a stream
                 // connection stays pinned (its replies are not counted any more).
                 *pin = Pin { active: true, stream: pin.stream, key: pin.key, ..Pin::default() };
-                (self.db, self.resp3, self.name) = (0, false, None);
+                (self.db, self.resp3, self.name, self.admin) = (0, false, None, false);
+                self.user = env.access.initial_user();
             }
             // Redis applies these on the pinned connection; follow them for when the pin ends.
             Class::Select if !pin.in_multi => {

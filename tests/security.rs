@@ -46,6 +46,11 @@ async fn clients_authenticate_like_with_redis() {
     let hello = call(&mut client, &["HELLO", "3", "AUTH", "app", "app-pw"]).await;
     assert!(hello.starts_with("%7\r\n"), "{hello}");
     assert_eq!(call(&mut client, &["GET", "k"]).await, "$1\r\nv\r\n");
+    // Also when RESET reaches Redis on a pinned connection (here inside MULTI).
+    assert_eq!(call(&mut client, &["MULTI"]).await, "+OK\r\n");
+    assert_eq!(call(&mut client, &["RESET"]).await, "+RESET\r\n");
+    assert_eq!(call(&mut client, &["GET", "k"]).await, "-NOAUTH Authentication required.\r\n");
+    assert_eq!(call(&mut client, &["AUTH", "app", "app-pw"]).await, "+OK\r\n");
 
     // The redis crate with credentials in the URL.
     let url = format!("redis://reports:reports-pw@{}/", proxy.addr);
