@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     // One thread: the current-thread scheduler (no work stealing, no cross-thread wakeups).
     let threads = config.runtime.worker_threads();
     let mut builder = if threads == 1 {
