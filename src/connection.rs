@@ -106,6 +106,10 @@ struct Run {
     len: usize,
     /// Some of them are writes (their keys are invalidated again as replies arrive).
     writes: bool,
+    /// What to send instead of `rbuf[..len]`, once a request of the run is not the client's
+    /// bytes (an inline command re-encoded, a write with its TTL added): the run's requests,
+    /// copied, in order.
+    owned: Option<BytesMut>,
 }
 
 /// A request for a new destination, waiting for the replies of all requests before it.
@@ -424,10 +428,18 @@ impl Client {
             }
         };
         let counted = u32::from(dest.counted());
-        let plain = inline.is_none() && work.is_plain();
+        // Nothing to do with its replies but deliver them: it may join the run before it.
+        let plain = work.is_plain();
         if let (true, Some(run)) = (plain, self.run.as_mut())
             && run.dest == dest
         {
+            match (&inline, &mut run.owned) {
+                (None, None) => {}
+                (None, Some(owned)) => owned.extend_from_slice(&self.rbuf[run.len..run.len + len]),
+                (Some(bytes), owned) => {
+                    owned.get_or_insert_with(|| BytesMut::from(&self.rbuf[..run.len])).extend_from_slice(bytes)
+                }
+            }
             run.len += len;
             run.count += counted;
             run.writes |= work.writes;
@@ -437,19 +449,21 @@ impl Client {
         self.flush_run().await;
         let seq = self.next_seq;
         self.next_seq += u64::from(counted);
+        let held = self.last_dest != Some(dest) && self.replies.next != seq;
+        if plain && !held {
+            self.last_dest = Some(dest);
+            let owned = inline.map(|bytes| BytesMut::from(&bytes[..]));
+            self.run = Some(Run { dest, seq, count: counted, len, writes: work.writes, owned });
+            return;
+        }
         let bytes = match inline {
             Some(encoded) => {
                 self.rbuf.advance(len);
                 encoded
             }
-            None if plain && (self.last_dest == Some(dest) || self.replies.next == seq) => {
-                self.last_dest = Some(dest);
-                self.run = Some(Run { dest, seq, count: counted, len, writes: work.writes });
-                return;
-            }
             None => self.rbuf.split_to(len).freeze(),
         };
-        if self.last_dest != Some(dest) && self.replies.next != seq {
+        if held {
             self.held = Some(Held { dest, bytes, seq, work });
         } else {
             self.send(dest, bytes, seq, counted, work).await;
@@ -470,7 +484,13 @@ impl Client {
 
     async fn flush_run(&mut self) {
         if let Some(run) = self.run.take() {
-            let bytes = self.rbuf.split_to(run.len).freeze();
+            let bytes = match run.owned {
+                Some(owned) => {
+                    self.rbuf.advance(run.len);
+                    owned.freeze()
+                }
+                None => self.rbuf.split_to(run.len).freeze(),
+            };
             let work = TierWork { writes: run.writes, ..TierWork::default() };
             self.send(run.dest, bytes, run.seq, run.count, work).await;
         }
