@@ -42,7 +42,7 @@ use crate::pinned::PinnedConn;
 use crate::proxy::{Env, Route, Session};
 use crate::server::Context;
 use crate::transport::{Reader, Stream, Writer};
-use crate::ttl::{Rewrite, Shape, Shaper};
+use crate::ttl::{Rewrite, Shape, Shaped, Shaper};
 use crate::upstream::{Batch, Hooks, Pool, PoolKey, ReplyChunk, ReplySink};
 use crate::writev;
 
@@ -110,6 +110,8 @@ struct Run {
     /// bytes (an inline command re-encoded, a write with its TTL added): the run's requests,
     /// copied, in order.
     owned: Option<BytesMut>,
+    /// Requests of the run whose replies are shaped (TTL enforcement), by reply index.
+    shaped: Vec<(u32, Shape)>,
 }
 
 /// A request for a new destination, waiting for the replies of all requests before it.
@@ -121,19 +123,24 @@ struct Held {
 }
 
 /// What happens when a batch's replies arrive: the local tier's work, and TTL enforcement's
-/// reply shape.
+/// reply shapes (by the index of the request's reply in the batch).
 #[derive(Default)]
 struct TierWork {
     fill: Option<FillTicket>,
     split: Option<SplitGet>,
     writes: bool,
-    shape: Option<Shape>,
+    shaped: Vec<(u32, Shape)>,
 }
 
 impl TierWork {
-    /// Nothing beyond forwarding: the request may join a run of others.
-    fn is_plain(&self) -> bool {
-        self.fill.is_none() && self.split.is_none() && self.shape.is_none()
+    /// Whether the request may join a run of others: nothing but forwarding and, on the
+    /// shared pool (whose connections shape each request of a batch), reply shaping.
+    fn joins_runs(&self, dest: Dest) -> bool {
+        self.fill.is_none() && self.split.is_none() && (self.shaped.is_empty() || matches!(dest, Dest::Shared(_)))
+    }
+
+    fn shaped(shape: Option<Option<Shape>>) -> Vec<(u32, Shape)> {
+        shape.flatten().map(|shape| vec![(0, shape)]).unwrap_or_default()
     }
 }
 
@@ -411,7 +418,7 @@ impl Client {
                     inline = bytes.or(inline.take());
                     shape
                 });
-                (Dest::Shared(key), TierWork { writes: true, shape: shape.flatten(), ..TierWork::default() })
+                (Dest::Shared(key), TierWork { writes: true, shaped: TierWork::shaped(shape), ..TierWork::default() })
             }
             Route::Fill(key, ticket) => (Dest::Shared(key), TierWork { fill: Some(ticket), ..TierWork::default() }),
             Route::Split(key, split, bytes) => {
@@ -424,12 +431,12 @@ impl Client {
                     inline = bytes.or(inline.take());
                     shape
                 });
-                (Dest::Pinned { stream }, TierWork { shape: shape.flatten(), ..TierWork::default() })
+                (Dest::Pinned { stream }, TierWork { shaped: TierWork::shaped(shape), ..TierWork::default() })
             }
         };
         let counted = u32::from(dest.counted());
         // Nothing to do with its replies but deliver them: it may join the run before it.
-        let plain = work.is_plain();
+        let plain = work.joins_runs(dest);
         if let (true, Some(run)) = (plain, self.run.as_mut())
             && run.dest == dest
         {
@@ -441,6 +448,7 @@ impl Client {
                 }
             }
             run.len += len;
+            run.shaped.extend(work.shaped.into_iter().map(|(_, shape)| (run.count, shape)));
             run.count += counted;
             run.writes |= work.writes;
             self.next_seq += u64::from(counted);
@@ -453,7 +461,7 @@ impl Client {
         if plain && !held {
             self.last_dest = Some(dest);
             let owned = inline.map(|bytes| BytesMut::from(&bytes[..]));
-            self.run = Some(Run { dest, seq, count: counted, len, writes: work.writes, owned });
+            self.run = Some(Run { dest, seq, count: counted, len, writes: work.writes, owned, shaped: work.shaped });
             return;
         }
         let bytes = match inline {
@@ -491,7 +499,7 @@ impl Client {
                 }
                 None => self.rbuf.split_to(run.len).freeze(),
             };
-            let work = TierWork { writes: run.writes, ..TierWork::default() };
+            let work = TierWork { writes: run.writes, shaped: run.shaped, ..TierWork::default() };
             self.send(run.dest, bytes, run.seq, run.count, work).await;
         }
     }
@@ -501,13 +509,17 @@ impl Client {
         match dest {
             Dest::Shared(key) => {
                 let slot = self.session.id() as usize;
-                let shaper = work.shape.take().map(|shape| Box::new(Shaper::new(shape)));
+                let shaped = std::mem::take(&mut work.shaped);
+                let shaped = (!shaped.is_empty()).then(|| {
+                    Box::new(shaped.into_iter().map(|(at, shape)| (at, Shaper::new(shape))).collect::<Shaped>())
+                });
                 let hooks = self.tier_hooks(key, slot, work);
-                let batch = Batch { bytes, seq, count, sink: self.sink.clone(), hooks, shaper };
+                let batch = Batch { bytes, seq, count, sink: self.sink.clone(), hooks, shaped };
                 self.pool(key).send(slot, batch);
             }
             Dest::Pinned { stream } => {
-                let shaper = work.shape.map(Shaper::new);
+                // A shaped request is sent to a pinned connection on its own.
+                let shaper = work.shaped.pop().map(|(_, shape)| Shaper::new(shape));
                 self.send_pinned(bytes, seq, count, stream, shaper).await
             }
         }

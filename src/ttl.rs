@@ -29,7 +29,7 @@ use crate::config::Persist;
 use crate::error::ProxyError;
 use crate::framing::{CommandView, encode_command, parse_int};
 use crate::policy::{Policy, TtlRule};
-pub use shape::{Shape, Shaper};
+pub use shape::{Shape, Shaped, Shaper};
 
 /// How many writes enforcement changed (exported as metrics).
 #[derive(Debug, Default)]

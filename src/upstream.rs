@@ -34,7 +34,7 @@ use crate::framing::encode_command;
 use crate::metrics::Metrics;
 use crate::reply::ReplyScanner;
 use crate::transport::Stream;
-use crate::ttl::Shaper;
+use crate::ttl::Shaped;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
@@ -95,9 +95,9 @@ pub struct Batch {
     pub sink: ReplySink,
     /// What the local tier does with the replies; `None` for plain pass-through.
     pub hooks: Option<Box<Hooks>>,
-    /// TTL enforcement sent more than the client's one request: its replies make the
-    /// client's through this.
-    pub shaper: Option<Box<Shaper>>,
+    /// Requests for which TTL enforcement sent more than the client's command: their replies
+    /// make the client's through these.
+    pub shaped: Option<Box<Shaped>>,
 }
 
 /// Work on the local tier when replies arrive, before the client gets them.
@@ -124,7 +124,7 @@ impl Batch {
         }
         let hooks = Hooks { tier: Arc::clone(tier), fill: None, split: None, writes: false, probe: true };
         let count = keys.len() as u32;
-        Batch { bytes: bytes.freeze(), seq: 0, count, sink: sink.clone(), hooks: Some(Box::new(hooks)), shaper: None }
+        Batch { bytes: bytes.freeze(), seq: 0, count, sink: sink.clone(), hooks: Some(Box::new(hooks)), shaped: None }
     }
 
     fn is_probe(&self) -> bool {

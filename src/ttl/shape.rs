@@ -22,6 +22,21 @@ pub enum Shape {
     Discarded,
 }
 
+impl Shape {
+    /// How many commands were sent for the request.
+    pub fn commands(&self) -> usize {
+        match self {
+            Shape::Transaction { extra } => 3 + *extra as usize,
+            Shape::Trailing { hidden } => 1 + *hidden as usize,
+            Shape::Exec(_) | Shape::Discarded => 1,
+        }
+    }
+}
+
+/// The shaped requests of a batch: each one's index among the batch's replies to the client,
+/// and its shaper, in order.
+pub type Shaped = std::collections::VecDeque<(u32, Shaper)>;
+
 /// Consumes the upstream replies of one shaped request.
 #[derive(Debug)]
 pub struct Shaper {
@@ -36,6 +51,11 @@ const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous 
 impl Shaper {
     pub fn new(shape: Shape) -> Shaper {
         Shaper { shape, seen: 0, reply: None }
+    }
+
+    /// How many commands were sent for the request.
+    pub fn commands(&self) -> usize {
+        self.shape.commands()
     }
 
     /// Takes the next upstream reply; returns the client's reply once every upstream reply of

@@ -30,7 +30,7 @@ use crate::error::ProxyError;
 use crate::framing::{CommandView, Limits, Parsed, RequestParser, parse_int};
 use crate::reply::{self, ReplyScanner};
 use crate::transport::{Reader, Stream, Writer};
-use crate::ttl::Shaper;
+use crate::ttl::Shaped;
 use crate::writev;
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -48,7 +48,7 @@ struct Route {
     /// A reply said the server cannot be used (LOADING, MASTERDOWN): a failed call.
     unusable: bool,
     hooks: Option<Box<Hooks>>,
-    shaper: Option<Box<Shaper>>,
+    shaped: Option<Box<Shaped>>,
     /// With `hooks.writes`: the requests, and where the next reply's request starts.
     request: Bytes,
     request_pos: usize,
@@ -60,8 +60,6 @@ enum Delivery {
     Forward,
     /// This is delivered in its place.
     Instead(Bytes),
-    /// Not delivered: one of the proxy's own replies, or part of a shaped reply.
-    Absorbed,
 }
 
 impl Route {
@@ -75,7 +73,7 @@ impl Route {
             sent_at,
             unusable: false,
             hooks: batch.hooks,
-            shaper: batch.shaper,
+            shaped: batch.shaped,
             request,
             request_pos: 0,
         };
@@ -105,12 +103,6 @@ impl Route {
 
     /// Tier work and reply shaping for one reply (`frame`), before it is delivered.
     fn on_reply(&mut self, frame: &[u8], pttls: &mut VecDeque<i64>) -> Delivery {
-        if let Some(shaper) = self.shaper.as_mut() {
-            let Some(reply) = shaper.feed(frame) else { return Delivery::Absorbed };
-            // Every command sent for the request has run.
-            self.invalidate_writes(usize::MAX);
-            return Delivery::Instead(reply);
-        }
         let Some(hooks) = self.hooks.as_mut() else { return Delivery::Forward };
         if let Some(ticket) = hooks.fill.take() {
             // A copy: a slice would pin the whole read buffer for as long as it is cached.
@@ -330,13 +322,33 @@ fn deliver(
             continue;
         }
         route.unusable |= breaker::is_unusable(&buf[scanned..scanned + len]);
+        if route.shaped.as_ref().and_then(|s| s.front()).is_some_and(|(at, _)| *at == route.done + frames) {
+            // A reply of a shaped request: the replies before it go first, then it is fed to
+            // its shaper until the client's one reply is complete.
+            if frames > 0 {
+                route.deliver(buf.split_to(scanned).freeze(), frames);
+                (scanned, frames) = (0, 0);
+            }
+            let shaped = route.shaped.as_mut().expect("checked above");
+            let (_, shaper) = shaped.front_mut().expect("checked above");
+            let reply = shaper.feed(&buf[..len]);
+            buf.advance(len);
+            if let Some(reply) = reply {
+                let commands = shaper.commands();
+                shaped.pop_front();
+                // Every command sent for the request has run.
+                route.invalidate_writes(commands);
+                route.deliver(reply, 1);
+                if route.done == route.count {
+                    finished(up, route);
+                    *current = None;
+                }
+            }
+            continue;
+        }
         match route.on_reply(&buf[scanned..scanned + len], pttls) {
             Delivery::Forward => {}
-            // A split or shaped batch is that one request: no reply of its is pending before.
-            Delivery::Absorbed => {
-                buf.advance(len);
-                continue;
-            }
+            // A split batch is that one request: no reply of its is pending before.
             Delivery::Instead(reply) => {
                 buf.advance(len);
                 route.deliver(reply, 1);
