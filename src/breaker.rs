@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -83,6 +83,8 @@ pub struct Breaker {
     upstream: String,
     jitter: bool,
     inner: Mutex<Inner>,
+    /// False while closed: the common case answers without the lock.
+    not_closed: AtomicBool,
     pub stats: Stats,
 }
 
@@ -133,6 +135,7 @@ impl Breaker {
                 probes_admitted: 0,
                 probes_passed: 0,
             }),
+            not_closed: AtomicBool::new(false),
             stats: Stats::default(),
         }
     }
@@ -213,7 +216,7 @@ impl Breaker {
 
     /// True while calls are refused (open, or half-open with every probe out).
     pub fn is_refusing(&self) -> bool {
-        self.refusal().is_some()
+        self.not_closed.load(Ordering::Acquire) && self.refusal().is_some()
     }
 
     /// While calls are refused, about how long until they are let through again (without
@@ -284,6 +287,7 @@ impl Breaker {
         let jitter = if self.jitter { period.mul_f64(random_fraction() * 0.1) } else { Duration::ZERO };
         inner.trips += 1;
         inner.state = State::Open;
+        self.not_closed.store(true, Ordering::Release);
         count(&self.stats.opened);
         inner.open_until = Instant::now() + period + jitter;
         inner.window.clear();
@@ -296,6 +300,7 @@ impl Breaker {
 
     fn close(&self, inner: &mut Inner) {
         inner.state = State::Closed;
+        self.not_closed.store(false, Ordering::Release);
         count(&self.stats.closed);
         inner.trips = 0;
         info!(upstream = %self.upstream, state = "closed", "circuit breaker closed: the upstream answers again");
