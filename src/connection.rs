@@ -183,7 +183,7 @@ pub async fn serve(
 ) {
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
     let _ = stream.set_nodelay(true);
-    let stream = match Stream::accept(stream, tls.as_ref()).await {
+    let stream = match Box::pin(Stream::accept(stream, tls.as_ref())).await {
         Ok(stream) => stream,
         Err(e) => return debug!(client = id, %peer, error = %e, "TLS handshake failed"),
     };
@@ -275,7 +275,8 @@ impl Client {
         }
         match self.ctx.timeouts.write {
             None => write.await,
-            Some(limit) => tokio::time::timeout(limit, write)
+            // Boxed: a timer is a large future, needed only by a write that has to wait.
+            Some(limit) => Box::pin(tokio::time::timeout(limit, write))
                 .await
                 .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "client did not read its replies"))),
         }
@@ -307,7 +308,7 @@ impl Client {
     async fn timed_out(&mut self) -> io::Result<()> {
         if let (Some(limit), Some(_)) = (self.ctx.timeouts.request, self.partial_since) {
             let reply = ProxyError::RequestTimeout(limit).to_reply();
-            let _ = tokio::time::timeout(REFUSAL_WRITE, self.wr.write_all(&reply)).await;
+            let _ = Box::pin(tokio::time::timeout(REFUSAL_WRITE, self.wr.write_all(&reply))).await;
             return Err(io::Error::new(io::ErrorKind::TimedOut, "request not completed in time"));
         }
         debug!(client = self.session.id(), "idle timeout");
@@ -578,5 +579,34 @@ impl Drop for Client {
                 split.abort(tier, error);
             }
         }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every client holds its task's future for as long as it is connected: rare, large futures
+    /// (connecting a pinned connection, TLS handshakes, timers) are boxed to keep it small.
+    #[tokio::test]
+    async fn the_client_task_stays_small() {
+        let config = crate::config::Config::default();
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let ctx = Arc::new(Context {
+            upstream: crate::upstream::Upstream::new(&config, None, None, Arc::clone(&metrics)),
+            limits: crate::framing::Limits { max_request_size: 1 << 20, max_args: 1024 },
+            max_pending: 16,
+            timeouts: config.listen.timeouts(),
+            live: arc_swap::ArcSwap::from_pointee(crate::reload::Live::new(config.clone()).unwrap()),
+            tier: None,
+            ttl: crate::ttl::Counters::default(),
+            metrics,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let (_tx, rx) = watch::channel(false);
+        let fut = serve(stream, None, 1, ctx, rx);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 4096, "a client's task is {size} bytes (was 6080 before boxing the pinned connect)");
     }
 }

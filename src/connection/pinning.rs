@@ -30,7 +30,8 @@ impl Client {
             self.pinned = None;
         }
         if self.pinned.is_none() {
-            match PinnedConn::open(&self.ctx.upstream, key, identity).await {
+            // Boxed: connecting (TLS, handshake) is a large future, rare next to the rest.
+            match Box::pin(PinnedConn::open(&self.ctx.upstream, key, identity)).await {
                 Ok(conn) => self.pinned = Some(conn),
                 Err(err) => {
                     if stream {
