@@ -3,20 +3,28 @@
 //! Clients connect to the proxy as they would to Redis. A request travels:
 //!
 //! ```text
-//! client socket
+//! client socket (plain or TLS)                                                (transport.rs)
 //!   -> server      accept under listen.max_clients; one task per client      (server.rs)
-//!   -> connection  framing, backpressure, replies in request order            (connection.rs)
+//!   -> connection  framing, backpressure, timeouts, replies in request order  (connection.rs)
 //!        framing   find complete commands; size/argument limits; inline       (framing.rs)
 //!   -> command     what a command is: ordinary, local, or stateful            (command.rs)
 //!   -> proxy       the session and the decision for each command              (proxy.rs)
+//!        access    users, NOAUTH, deny_commands                               (access.rs)
+//!        admin     the PROXY commands                                         (admin.rs)
+//!        policy    which rule a key falls under                               (policy.rs)
+//!        cache     the local tier: hits, fills, invalidation                  (cache.rs)
 //!        ttl       default_ttl / max_ttl enforced on writes                   (ttl.rs, ttl/shape.rs)
+//!   -> breaker     closed / open / half-open in front of the upstream         (breaker.rs)
 //!   -> upstream    shared pipelined pools per (db, protocol)                  (upstream.rs, upstream/shared.rs)
 //!      pinned      a session's own connection for MULTI, blocking, pub/sub    (pinned.rs)
+//!      tracking    Redis's invalidations for writes made elsewhere            (tracking.rs)
 //!   <- reply       reply boundaries, replies the proxy builds                 (reply.rs)
 //! ```
 //!
-//! Errors the proxy reports are [`error::ProxyError`]; `ProxyError::to_reply` is the one place
-//! they become RESP. Configuration is [`config::Config`], read from `proxy.toml`.
+//! Around it: [`metrics`] (counters, Prometheus text, `PROXY INFO`), [`reload`] (SIGHUP and
+//! `PROXY CONFIG RELOAD`). Errors the proxy reports are [`error::ProxyError`];
+//! `ProxyError::to_reply` is the one place they become RESP. Configuration is
+//! [`config::Config`], read from `proxy.toml`.
 
 pub mod access;
 pub mod admin;
