@@ -10,7 +10,7 @@
 //! moka decides what stays: LRU (set explicitly; its default is TinyLFU), the byte bound, and
 //! expiry. But a moka hit costs ~20x a dashmap lookup (`shared/CRATES.md`), so hits are read from
 //! a DashMap holding the same `Arc`s; moka's eviction listener removes what it evicts from it.
-//! A hit tells moka about the access at most once per [`TOUCH_EVERY`] per key, which keeps
+//! A hit tells moka about the access at most once per `TOUCH_EVERY` per key, which keeps
 //! its LRU order right to within that interval.
 //!
 //! # Race window: fills and invalidations

@@ -4,7 +4,7 @@
 //!   connections. Clients hand a connection a [`Batch`] (request bytes exactly as the client
 //!   sent them, a sequence number, a count and where replies go); the connection pipelines
 //!   batches from all its clients and sends each reply back as a slice of its read buffer.
-//!   See [`shared`].
+//!   See `shared.rs`.
 //! - **Pinned connections**: [`Upstream::connect`] gives a session a connection of its own for
 //!   stateful commands; the session drives it (see `connection.rs`).
 //!
