@@ -40,8 +40,12 @@ use lru::build_lru;
 
 use crate::upstream::{ReplyChunk, ReplySink};
 
-/// Fixed cost counted per variant and per entry on top of their bytes.
-const OVERHEAD: usize = 64;
+/// What a key's entry and each variant cost beyond their bytes (key, variant id, reply),
+/// counted so that `cache.max_memory` bounds the real footprint: measured with
+/// `benches/tier_memory.sh`, an entry of one variant takes ~960 bytes more than its bytes
+/// (moka's per-entry structures and timer node, the map slot, the `Arc`s, allocator headers).
+const ENTRY_OVERHEAD: usize = 704;
+const VARIANT_OVERHEAD: usize = 256;
 /// How often a hit on one key is reported to moka's LRU.
 const TOUCH_EVERY: Duration = Duration::from_secs(1);
 

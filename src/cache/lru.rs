@@ -9,7 +9,7 @@ use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
-use super::{KeyEntry, OVERHEAD, Stats};
+use super::{ENTRY_OVERHEAD, KeyEntry, Stats, VARIANT_OVERHEAD};
 
 /// moka as the tier uses it: LRU (its default is TinyLFU), bounded in weighed bytes, entries
 /// expiring with their longest-lived variant; what it evicts leaves `entries` too.
@@ -24,8 +24,9 @@ pub(super) fn build_lru(
         .max_capacity(max_memory)
         .eviction_policy(EvictionPolicy::lru())
         .weigher(|key: &Bytes, entry: &Arc<KeyEntry>| {
-            let variants: usize = entry.variants.iter().map(|v| v.id.len() + v.reply.len() + OVERHEAD).sum();
-            u32::try_from(key.len() + variants + OVERHEAD).unwrap_or(u32::MAX)
+            let variants: usize =
+                entry.variants.iter().map(|v| v.id.len() + v.reply.len() + VARIANT_OVERHEAD).sum();
+            u32::try_from(key.len() + variants + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
         })
         .expire_after(Lifetime { serve_stale })
         .eviction_listener(move |key: Arc<Bytes>, entry: Arc<KeyEntry>, cause| {
