@@ -24,8 +24,7 @@ pub(super) fn build_lru(
         .max_capacity(max_memory)
         .eviction_policy(EvictionPolicy::lru())
         .weigher(|key: &Bytes, entry: &Arc<KeyEntry>| {
-            let variants: usize =
-                entry.variants.iter().map(|v| v.id.len() + v.reply.len() + VARIANT_OVERHEAD).sum();
+            let variants: usize = entry.variants.iter().map(|v| v.id.len() + v.reply.len() + VARIANT_OVERHEAD).sum();
             u32::try_from(key.len() + variants + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
         })
         .expire_after(Lifetime { serve_stale })
