@@ -26,53 +26,14 @@ PIPELINES=${PIPELINES:-"1 16"}
 SCENARIOS=${SCENARIOS:-"pass hit write"}
 CONFIG=${CONFIG:-proxy.toml}   # the proxy configuration (the pass row turns the tier off)
 
-scripts/ensure-redis.sh
-cargo build --release --quiet
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-pick_port() {
-  local p
-  for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 20000))
-    if port_free "$p"; then echo "$p"; return; fi
-  done
-  echo "no free port" >&2; exit 1
-}
-wait_ping() {
-  for _ in $(seq 200); do
-    if redis-cli -p "$1" ping 2>/dev/null | grep -q PONG; then return 0; fi
-    sleep 0.05
-  done
-  echo "nothing answers on port $1" >&2; exit 1
-}
-
-work=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-RPORT=$(pick_port)
-redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
-REDIS_PID=$!
-PIDS+=("$REDIS_PID")
-wait_ping "$RPORT"
-
-start_proxy() { # config file -> sets PROXY_PORT and PROXY_PID
-  PROXY_PORT=$(pick_port)
-  RUST_LOG=warn target/release/nearcache --config "$1" --listen "127.0.0.1:$PROXY_PORT" \
-    --upstream "127.0.0.1:$RPORT" >>"$work/proxy.log" 2>&1 &
-  PROXY_PID=$!
-  PIDS+=("$PROXY_PID")
-  wait_ping "$PROXY_PORT"
-}
+source "$(dirname "$0")/common.sh"
+start_redis
+REDIS_PID=$REDIS
 sed -e '/^\[cache\]/,/^\[/ s/^enabled = .*/enabled = false/' "$CONFIG" > "$work/plain.toml"
 grep -q '^enabled = false' "$work/plain.toml" || { echo "could not turn the tier off in $CONFIG" >&2; exit 1; }
 sed -e '/^\[default\]/,/^\[/ s/^default_ttl = .*/default_ttl = "1h"/' "$CONFIG" > "$work/ttl.toml"
 grep -q '^default_ttl = "1h"' "$work/ttl.toml" || { echo "could not set default_ttl in $CONFIG" >&2; exit 1; }
-stop_proxy() { kill "$PROXY_PID" 2>/dev/null || true; wait "$PROXY_PID" 2>/dev/null || true; }
+stop_proxy() { kill "$PROXY" 2>/dev/null || true; wait "$PROXY" 2>/dev/null || true; }
 
 hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -86,7 +47,7 @@ scenario_setup() { # name -> starts the proxy, sets TESTS_OF and EXTRA
       start_proxy "$CONFIG"
       # Warm the tier (and wait for its tracking connection) before measuring.
       sleep 1
-      redis-benchmark -p "$PROXY_PORT" -t get -r 1000 -n 100000 -c "$CLIENTS" -q >/dev/null
+      redis-benchmark -p "$PPORT" -t get -r 1000 -n 100000 -c "$CLIENTS" -q >/dev/null
       TESTS_OF=get; [ "$1" = write ] && TESTS_OF=set
       EXTRA="-r 1000" ;;
     ttl) start_proxy "$work/ttl.toml"; TESTS_OF=set,incr,hset; EXTRA="-r 1000" ;;
@@ -105,7 +66,7 @@ for s in $SCENARIOS; do
       for target in direct proxy; do
         # CPU per request of the server answering: redis-server directly, the proxy otherwise.
         port=$RPORT pid=$REDIS_PID
-        [ "$target" = proxy ] && port=$PROXY_PORT pid=$PROXY_PID
+        [ "$target" = proxy ] && port=$PPORT pid=$PROXY
         before=$(ticks "$pid")
         # shellcheck disable=SC2086
         out=$(redis-benchmark -p "$port" -t "$TESTS_OF" -c "$CLIENTS" -P "$p" -n "$n" $EXTRA --csv)
