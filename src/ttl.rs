@@ -295,7 +295,8 @@ fn restore(cmd: &CommandView<'_>, args: &[&[u8]], rule: TtlRule, now_ms: i64) ->
     let absolute = args.iter().skip(4).any(|a| upper_eq(a, "ABSTTL"));
     let unit = if absolute { Unit::UnixMillis } else { Unit::Millis };
     let max = clamp(rule.max, ttl, unit, now_ms)?;
-    let max = if absolute { (now_ms + max.parse::<i64>().ok()?).to_string() } else { max };
+    // ABSTTL takes a time, not a duration: the maximum from now.
+    let max = if absolute { (now_ms + rule.max?.as_millis() as i64).to_string() } else { max };
     let mut out = args.to_vec();
     out[2] = max.as_bytes();
     Some(rewrite(&out))

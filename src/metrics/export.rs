@@ -41,9 +41,12 @@ impl Collector for Exporter {
         counter(&mut e, "clients_accepted", "Client connections accepted", s.clients_accepted)?;
         counter(&mut e, "clients_refused", "Client connections refused at listen.max_clients", s.clients_refused)?;
         counter(&mut e, "protocol_errors", "Client connections closed for a malformed request", s.protocol_errors)?;
-        let ttl = [([("action", "enforced")], s.ttl_enforced), ([("action", "clamped")], s.ttl_clamped)];
-        let refused = [([("action", "refused")], s.ttl_refused)];
-        counters(&mut e, "ttl_writes", "Writes changed by TTL enforcement", &[&ttl[..], &refused[..]].concat())?;
+        let ttl = [
+            ([("action", "enforced")], s.ttl_enforced),
+            ([("action", "clamped")], s.ttl_clamped),
+            ([("action", "refused")], s.ttl_refused),
+        ];
+        counters(&mut e, "ttl_writes", "Writes changed by TTL enforcement", &ttl)?;
         if let Some(c) = &s.cache {
             gauge(&mut e, "cache_entries", "Keys held by the local tier", c.entries as i64)?;
             gauge(&mut e, "cache_bytes", "Bytes held by the local tier (keys, replies, overhead)", c.bytes as i64)?;

@@ -54,14 +54,6 @@ struct Route {
     request_pos: usize,
 }
 
-/// What becomes of one upstream reply.
-enum Delivery {
-    /// Delivered as it is.
-    Forward,
-    /// This is delivered in its place.
-    Instead(Bytes),
-}
-
 impl Route {
     fn new(batch: Batch, sent_at: Instant) -> (Route, Bytes) {
         let request = if batch.hooks.as_ref().is_some_and(|h| h.writes) { batch.bytes.clone() } else { Bytes::new() };
@@ -101,18 +93,20 @@ impl Route {
         self.deliver(bytes, left);
     }
 
-    /// Tier work and reply shaping for one reply (`frame`), before it is delivered.
-    fn on_reply(&mut self, frame: &[u8], pttls: &mut VecDeque<i64>) -> Delivery {
-        let Some(hooks) = self.hooks.as_mut() else { return Delivery::Forward };
+    /// Tier work for one reply (`frame`), before it is delivered.
+    /// Returns the reply to deliver instead of `frame`, if any (an MGET assembled with the
+    /// tier's elements).
+    fn on_reply(&mut self, frame: &[u8], pttls: &mut VecDeque<i64>) -> Option<Bytes> {
+        let hooks = self.hooks.as_mut()?;
         if let Some(ticket) = hooks.fill.take() {
             // A copy: a slice would pin the whole read buffer for as long as it is cached.
             hooks.tier.fill(ticket, Bytes::copy_from_slice(frame), pttls.pop_front());
         }
         if let Some(split) = hooks.split.take() {
-            return split.complete(&hooks.tier, frame, pttls).map_or(Delivery::Forward, Delivery::Instead);
+            return split.complete(&hooks.tier, frame, pttls);
         }
         self.invalidate_writes(1);
-        Delivery::Forward
+        None
     }
 
     /// With `hooks.writes`: invalidates the keys the next `commands` requests wrote.
@@ -346,18 +340,15 @@ fn deliver(
             }
             continue;
         }
-        match route.on_reply(&buf[scanned..scanned + len], pttls) {
-            Delivery::Forward => {}
-            // A split batch is that one request: no reply of its is pending before.
-            Delivery::Instead(reply) => {
-                buf.advance(len);
-                route.deliver(reply, 1);
-                if route.done == route.count {
-                    finished(up, route);
-                    *current = None;
-                }
-                continue;
+        if let Some(reply) = route.on_reply(&buf[scanned..scanned + len], pttls) {
+            // Delivered in place of the raw reply (a batch with a split is that one request).
+            buf.advance(len);
+            route.deliver(reply, 1);
+            if route.done == route.count {
+                finished(up, route);
+                *current = None;
             }
+            continue;
         }
         scanned += len;
         frames += 1;
