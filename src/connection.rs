@@ -138,10 +138,16 @@ impl TierWork {
     fn joins_runs(&self, dest: Dest) -> bool {
         self.fill.is_none() && self.split.is_none() && (self.shaped.is_empty() || matches!(dest, Dest::Shared(_)))
     }
+}
 
-    fn shaped(shape: Option<Option<Shape>>) -> Vec<(u32, Shape)> {
-        shape.flatten().map(|shape| vec![(0, shape)]).unwrap_or_default()
+/// TTL enforcement's rewrite of one request: its bytes replace the client's (`inline`), and its
+/// reply shape, if any, is the request's (index 0 of its own batch).
+fn rewritten(rewrite: Option<Rewrite>, inline: &mut Option<Bytes>) -> Vec<(u32, Shape)> {
+    let Some(Rewrite { bytes, shape }) = rewrite else { return Vec::new() };
+    if bytes.is_some() {
+        *inline = bytes;
     }
+    shape.map(|shape| vec![(0, shape)]).unwrap_or_default()
 }
 
 pub struct Client {
@@ -415,11 +421,8 @@ impl Client {
             }
             Route::Shared(key) => (Dest::Shared(key), TierWork::default()),
             Route::Write(key, rewrite) => {
-                let shape = rewrite.map(|Rewrite { bytes, shape }| {
-                    inline = bytes.or(inline.take());
-                    shape
-                });
-                (Dest::Shared(key), TierWork { writes: true, shaped: TierWork::shaped(shape), ..TierWork::default() })
+                let shaped = rewritten(rewrite, &mut inline);
+                (Dest::Shared(key), TierWork { writes: true, shaped, ..TierWork::default() })
             }
             Route::Fill(key, ticket) => (Dest::Shared(key), TierWork { fill: Some(ticket), ..TierWork::default() }),
             Route::Split(key, split, bytes) => {
@@ -428,11 +431,8 @@ impl Client {
                 (Dest::Shared(key), TierWork { split: Some(split), ..TierWork::default() })
             }
             Route::Pinned { stream, rewrite } => {
-                let shape = rewrite.map(|Rewrite { bytes, shape }| {
-                    inline = bytes.or(inline.take());
-                    shape
-                });
-                (Dest::Pinned { stream }, TierWork { shaped: TierWork::shaped(shape), ..TierWork::default() })
+                let shaped = rewritten(rewrite, &mut inline);
+                (Dest::Pinned { stream }, TierWork { shaped, ..TierWork::default() })
             }
         };
         let counted = u32::from(dest.counted());
