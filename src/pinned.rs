@@ -20,7 +20,7 @@ use crate::error::ProxyError;
 use crate::reply::{self, ReplyScanner, ScanError};
 use crate::transport::{Reader, Writer};
 use crate::ttl::Shaper;
-use crate::upstream::{Live, PoolKey, ReplyChunk, Upstream};
+use crate::upstream::{ConnectionUp, PoolKey, ReplyChunk, Upstream};
 
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -38,7 +38,7 @@ pub struct PinnedConn {
     scanner: ReplyScanner,
     /// Counted requests still waiting for replies.
     fifo: VecDeque<Expected>,
-    _live: Live,
+    _up: ConnectionUp,
 }
 
 /// Requests sent together, waiting for replies.
@@ -55,7 +55,7 @@ impl PinnedConn {
     /// `identity`: the session's CLIENT SETNAME/SETINFO, so that Redis agrees with the proxy.
     pub async fn open(upstream: &Upstream, key: PoolKey, identity: Vec<Bytes>) -> Result<PinnedConn, ProxyError> {
         let (rd, wr) = upstream.connect_pinned(key, &identity).await?.into_split();
-        let live = upstream.live();
+        let up = upstream.connection_up();
         debug!(db = key.db, resp3 = key.resp3, "pinned upstream connection opened");
         Ok(PinnedConn {
             key,
@@ -66,7 +66,7 @@ impl PinnedConn {
             buf: BytesMut::with_capacity(READ_CHUNK),
             scanner: ReplyScanner::default(),
             fifo: VecDeque::new(),
-            _live: live,
+            _up: up,
         })
     }
 

@@ -49,7 +49,7 @@ async fn track(upstream: &Upstream, tier: &Tier) -> String {
         Ok(stream) => stream,
         Err(err) => return err.to_string(),
     };
-    let _live = upstream.live();
+    let _up = upstream.connection_up();
     let mut request = BytesMut::new();
     request.extend_from_slice(&encode_command(&["CLIENT", "SETNAME", "nearcache-tracking"]));
     request.extend_from_slice(&encode_command(&["CLIENT", "TRACKING", "ON", "BCAST"]));

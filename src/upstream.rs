@@ -156,10 +156,10 @@ impl Hooks {
     }
 }
 
-/// An upstream connection that is up (see [`Upstream::live`]).
-pub struct Live(Arc<Metrics>);
+/// An upstream connection that is up (see [`Upstream::connection_up`]).
+pub struct ConnectionUp(Arc<Metrics>);
 
-impl Drop for Live {
+impl Drop for ConnectionUp {
     fn drop(&mut self) {
         self.0.upstream_connections.fetch_sub(1, Ordering::Relaxed);
     }
@@ -307,9 +307,9 @@ impl Upstream {
     }
 
     /// Counts an upstream connection as up for as long as the guard lives.
-    pub fn live(&self) -> Live {
+    pub fn connection_up(&self) -> ConnectionUp {
         self.metrics.upstream_connections.fetch_add(1, Ordering::Relaxed);
-        Live(Arc::clone(&self.metrics))
+        ConnectionUp(Arc::clone(&self.metrics))
     }
 
     /// Drops every pool; their connections close once the batches they hold are answered.

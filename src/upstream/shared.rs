@@ -138,7 +138,7 @@ pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batche
             Ok(stream) => {
                 up.breaker.record(Outcome::Connected);
                 info!(upstream = %up.addr, db = key.db, resp3 = key.resp3, slot, "upstream connection up");
-                let _live = up.live();
+                let _up = up.connection_up();
                 backoff.reset();
                 failures = 0;
                 match serve(&up, stream, &mut batches).await {
