@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config;
+use crate::metrics::inc;
 
 /// What happened to a call (one request or a pipelined batch of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,10 +97,6 @@ pub struct Stats {
     pub closed: AtomicU64,
     /// Calls refused while open (or half-open with every probe out).
     pub refused: AtomicU64,
-}
-
-fn count(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 struct Inner {
@@ -172,7 +169,7 @@ impl Breaker {
         let now = Instant::now();
         let mut inner = self.lock();
         if inner.state == State::Open && now >= inner.open_until {
-            count(&self.stats.half_opened);
+            inc(&self.stats.half_opened);
             inner.state = State::HalfOpen;
             inner.probes_admitted = 0;
             inner.probes_passed = 0;
@@ -188,7 +185,7 @@ impl Breaker {
             State::Open => Admission::Refused { retry_in: inner.open_until - now },
         };
         if admission != Admission::Allowed {
-            count(&self.stats.refused);
+            inc(&self.stats.refused);
         }
         admission
     }
@@ -288,7 +285,7 @@ impl Breaker {
         inner.trips += 1;
         inner.state = State::Open;
         self.not_closed.store(true, Ordering::Release);
-        count(&self.stats.opened);
+        inc(&self.stats.opened);
         inner.open_until = Instant::now() + period + jitter;
         inner.window.clear();
         (inner.failures, inner.slow, inner.connect_failures) = (0, 0, 0);
@@ -301,7 +298,7 @@ impl Breaker {
     fn close(&self, inner: &mut Inner) {
         inner.state = State::Closed;
         self.not_closed.store(false, Ordering::Release);
-        count(&self.stats.closed);
+        inc(&self.stats.closed);
         inner.trips = 0;
         info!(upstream = %self.upstream, state = "closed", "circuit breaker closed: the upstream answers again");
     }

@@ -38,6 +38,7 @@ use moka::sync::Cache;
 
 use lru::build_lru;
 
+use crate::metrics::inc;
 use crate::upstream::{ReplyChunk, ReplySink};
 
 /// What a key's entry and each variant cost beyond their bytes (key, variant id, reply),
@@ -248,7 +249,7 @@ impl Tier {
         waiter: impl FnOnce() -> Option<Waiter>,
     ) -> Lookup {
         if let Some(reply) = self.hit(key, id, at) {
-            Stats::count(&self.stats.hits);
+            inc(&self.stats.hits);
             return Lookup::Hit(reply);
         }
         let clears = self.clears.load(Ordering::Acquire);
@@ -256,12 +257,12 @@ impl Tier {
         let epoch = state.epoch;
         if let Some(flight) = state.flights.iter_mut().find(|f| f.id == id && f.epoch == epoch && f.clears == clears) {
             flight.waiters.extend(waiter());
-            Stats::count(&self.stats.joined);
+            inc(&self.stats.joined);
             return Lookup::Joined;
         }
         let id = Bytes::copy_from_slice(id);
         state.flights.push(Flight { id: id.clone(), epoch, clears, waiters: Vec::new() });
-        Stats::count(&self.stats.misses);
+        inc(&self.stats.misses);
         Lookup::Miss(FillTicket { key: state.key().clone(), id, epoch, clears, local_ttl })
     }
 
@@ -289,7 +290,7 @@ impl Tier {
     /// trusted, e.g. with tracking down).
     pub fn stale_answer(&self, key: &[u8], id: &[u8], now: Instant) -> Option<Bytes> {
         let reply = self.hit(key, id, LookupAt { now, stale_ok: true })?;
-        Stats::count(&self.stats.stale_answers);
+        inc(&self.stats.stale_answers);
         Some(reply)
     }
 
@@ -319,11 +320,11 @@ impl Tier {
             let fresh = state.epoch == ticket.epoch && self.clears.load(Ordering::Acquire) == ticket.clears;
             let lifetime = lifetime(ticket.local_ttl, pttl);
             if !fresh {
-                Stats::count(&self.stats.fills_refused);
+                inc(&self.stats.fills_refused);
             } else if is_cacheable(&reply) && reply.len() <= self.max_entry_size() && !lifetime.is_zero() {
                 // Under the key's shard lock: no invalidation can slip between check and insert.
                 self.insert(&ticket, reply.clone(), lifetime);
-                Stats::count(&self.stats.fills);
+                inc(&self.stats.fills);
             }
             waiters
         };
@@ -384,7 +385,7 @@ impl Tier {
             return false;
         }
         self.lru.load().invalidate(key);
-        Stats::count(match cause {
+        inc(match cause {
             Cause::Tracking => &self.stats.invalidated_by_tracking,
             Cause::Admin => &self.stats.invalidated_by_admin,
             Cause::Write | Cause::WriteAnswered => &self.stats.invalidated_by_write,
@@ -396,7 +397,7 @@ impl Tier {
     pub fn clear(&self) {
         let _exclusive = self.clearing.write().unwrap_or_else(|e| e.into_inner());
         self.clears.fetch_add(1, Ordering::AcqRel);
-        Stats::count(&self.stats.clears);
+        inc(&self.stats.clears);
         self.entries.clear();
         self.lru.load().invalidate_all();
     }

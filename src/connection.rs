@@ -21,9 +21,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,10 +36,10 @@ use crate::admin;
 use crate::cache::{FillTicket, SplitGet};
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Parsed, RequestParser};
-use crate::metrics::{Metrics, Outcome, command_index};
+use crate::metrics::{self, Metrics, Outcome, command_index};
 use crate::pinned::PinnedConn;
 use crate::proxy::{Env, Route, Session};
-use crate::server::Context;
+use crate::server::{Context, REFUSAL_TIMEOUT};
 use crate::transport::{Reader, Stream, Writer};
 use crate::ttl::{Rewrite, Shape, Shaped, Shaper};
 use crate::upstream::{Batch, Hooks, Pool, PoolKey, ReplyChunk, ReplySink};
@@ -54,8 +53,6 @@ use pinning::read_pinned;
 /// more once a read fills what it had.
 const FIRST_READ: usize = 512;
 const READ_CHUNK: usize = 16 * 1024;
-/// How long a timed-out client gets to receive its error.
-const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
 /// Replies waiting to be written, in request order.
 #[derive(Default)]
@@ -314,7 +311,7 @@ impl Client {
     async fn timed_out(&mut self) -> io::Result<()> {
         if let (Some(limit), Some(_)) = (self.ctx.timeouts.request, self.partial_since) {
             let reply = ProxyError::RequestTimeout(limit).to_reply();
-            let _ = Box::pin(tokio::time::timeout(REFUSAL_WRITE, self.wr.write_all(&reply))).await;
+            let _ = Box::pin(tokio::time::timeout(REFUSAL_TIMEOUT, self.wr.write_all(&reply))).await;
             return Err(io::Error::new(io::ErrorKind::TimedOut, "request not completed in time"));
         }
         debug!(client = self.session.id(), "idle timeout");
@@ -391,7 +388,7 @@ impl Client {
                     self.dispatch(route, len, Some(encoded)).await;
                 }
                 Err(err) => {
-                    self.ctx.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    metrics::inc(&self.ctx.metrics.protocol_errors);
                     self.flush_run().await;
                     self.reply_local(ProxyError::Protocol(err).to_reply());
                     self.closing = true;

@@ -178,6 +178,11 @@ fn pack(name: &[u8]) -> Option<u128> {
     Some(u128::from_le_bytes(buf))
 }
 
+/// Counts one more (every counter of the proxy is a relaxed atomic: read only for reports).
+pub fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Counters of the request path.
 pub struct Metrics {
     started: Instant,

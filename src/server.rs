@@ -41,7 +41,7 @@ pub struct Context {
 }
 
 /// How long a refused client gets to receive its error.
-const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves clients from `listener` until `shutdown` completes, then stops accepting, lets
 /// connected clients receive the replies to what they already sent (up to
@@ -108,7 +108,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
                     Ok(permit) => {
                         next_id += 1;
                         let (ctx, stopped, tls) = (Arc::clone(&ctx), stopped.clone(), tls.clone());
-                        ctx.metrics.clients_accepted.fetch_add(1, Ordering::Relaxed);
+                        metrics::inc(&ctx.metrics.clients_accepted);
                         ctx.metrics.clients_connected.fetch_add(1, Ordering::Relaxed);
                         clients.spawn(async move {
                             connection::serve(stream, tls, next_id, Arc::clone(&ctx), stopped).await;
@@ -117,7 +117,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
                         });
                     }
                     Err(_) => {
-                        ctx.metrics.clients_refused.fetch_add(1, Ordering::Relaxed);
+                        metrics::inc(&ctx.metrics.clients_refused);
                         clients.spawn(refuse(stream, ProxyError::MaxClients));
                     }
                 },

@@ -20,7 +20,7 @@
 
 pub mod shape;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -28,6 +28,7 @@ use bytes::{Bytes, BytesMut};
 use crate::config::Persist;
 use crate::error::ProxyError;
 use crate::framing::{CommandView, encode_command, parse_int};
+use crate::metrics::inc;
 use crate::policy::{Policy, TtlRule};
 pub use shape::{Shape, Shaped, Shaper};
 
@@ -142,7 +143,7 @@ pub fn plan(cmd: &CommandView<'_>, policy: &Policy, counters: &Counters, now_ms:
         (_, Counter::Enforced) => &counters.enforced,
         (_, Counter::Clamped) => &counters.clamped,
     };
-    counter.fetch_add(1, Ordering::Relaxed);
+    inc(counter);
     Some(plan)
 }
 

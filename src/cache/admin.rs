@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{Cause, Stats, Tier, build_lru};
+use super::{Cause, Tier, build_lru};
+use crate::metrics::inc;
 use crate::policy::glob_match;
 
 /// One cached variant of a key, as `PROXY CACHE INSPECT` shows it.
@@ -59,7 +60,7 @@ impl Tier {
         self.max_entry_size.store(max_entry_size, Ordering::Relaxed);
         let old = self.lru.swap(Arc::new(build_lru(max_memory, self.serve_stale, &self.entries, &self.stats)));
         self.clears.fetch_add(1, Ordering::AcqRel);
-        Stats::count(&self.stats.clears);
+        inc(&self.stats.clears);
         self.entries.clear();
         old.invalidate_all();
     }

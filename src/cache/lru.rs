@@ -10,6 +10,7 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use super::{ENTRY_OVERHEAD, KeyEntry, Stats, VARIANT_OVERHEAD};
+use crate::metrics::inc;
 
 /// moka as the tier uses it: LRU (its default is TinyLFU), bounded in weighed bytes, entries
 /// expiring with their longest-lived variant; what it evicts leaves `entries` too.
@@ -34,7 +35,7 @@ pub(super) fn build_lru(
                 evicted.remove_if(&*key, |_, current| Arc::ptr_eq(current, &entry));
             }
             if cause == RemovalCause::Size {
-                Stats::count(&stats.evictions);
+                inc(&stats.evictions);
             }
         })
         .build()

@@ -47,10 +47,6 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub(super) fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// A write of `key` is being forwarded: maybe time its tracking push.
     pub(super) fn written(&self, key: &[u8]) {
         if !self.writes.fetch_add(1, Ordering::Relaxed).is_multiple_of(SAMPLE_EVERY) {

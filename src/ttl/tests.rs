@@ -2,6 +2,7 @@ use std::path::Path;
 
 use super::*;
 use crate::config::Config;
+use std::sync::atomic::Ordering;
 
 const NOW: i64 = 1_800_000_000_000;
 
