@@ -3,10 +3,10 @@
 //!
 //! Run: `cargo bench --bench protocol` (add `-- --quick` for a short run).
 //!
-//! Last recorded (2-core dev box, `-- --quick`): frame 16 pipelined SETs 385 ns (24 ns/request),
-//! route GET with the tier off 35 ns, the hit path (frame + route + policy + tier lookup) 117 ns,
+//! Last recorded (2-core dev box, `-- --quick`): frame 16 pipelined SETs 390 ns (24 ns/request),
+//! route GET with the tier off 42 ns, the hit path (frame + route + policy + tier lookup) 140 ns,
 //! scan 16 bulk replies 127 ns (8 ns/reply); TTL planning of a write under a rule ~205 ns, under
-//! no rule 59 ns.
+//! no rule 60 ns. Runs differ by up to 20% on that machine.
 
 use std::hint::black_box;
 use std::time::Instant;
