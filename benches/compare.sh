@@ -4,14 +4,20 @@
 # time per request (user+sys from /proc, over the whole redis-benchmark run).
 #
 # Rows:
-#   pass  SET, GET  through a proxy with the local tier off (pure pass-through)
-#   hit   GET -r 1000 through a proxy with the tier on, after a warm-up (cache hits)
+#   pass    SET, GET  through a proxy with the local tier off (pure pass-through)
+#   hit     GET -r 1000 through a proxy with the tier on, after a warm-up (cache hits); the 1000
+#           keys hold 3-byte values (redis-benchmark's default -d)
+#   hit1k   the same with 1024-byte values (-d 1024)
 #   write SET -r 1000 through a proxy with the tier on (writes pay for invalidation)
 #   ttl   SET, INCR, HSET -r 1000 with the tier on and default_ttl = "1h" on every key: SET gains
 #         PX, INCR and HSET become MULTI + command + PEXPIRE NX + EXEC (not in the default SCENARIOS)
 #
 #   benches/compare.sh                      # defaults below
 #   REPS=5 N1=200000 benches/compare.sh     # override any of them
+#
+# The last columns are CPU per request of the server answering (redis-server directly, the proxy
+# otherwise) and how much of one core redis-benchmark itself used in the proxy run: near 100%,
+# redis-benchmark (one thread) is the bottleneck and no server can go faster behind it.
 #
 # Starts its own redis-server, and for each row only the release proxy it needs (tier off or on),
 # on free loopback ports; stops them at exit.
@@ -23,7 +29,7 @@ N1=${N1:-400000}           # requests per test unpipelined (2+ s each on a 2-cor
 N16=${N16:-4000000}        # requests per test at -P 16
 CLIENTS=${CLIENTS:-50}
 PIPELINES=${PIPELINES:-"1 16"}
-SCENARIOS=${SCENARIOS:-"pass hit write"}
+SCENARIOS=${SCENARIOS:-"pass hit hit1k write"}
 CONFIG=${CONFIG:-proxy.toml}   # the proxy configuration (the pass row turns the tier off)
 
 source "$(dirname "$0")/common.sh"
@@ -36,6 +42,7 @@ grep -q '^default_ttl = "1h"' "$work/ttl.toml" || { echo "could not set default_
 stop_proxy() { kill "$PROXY" 2>/dev/null || true; wait "$PROXY" 2>/dev/null || true; }
 
 hz=$(getconf CLK_TCK)
+TIMEFORMAT="%R %U %S"  # bash's time: wall, user, system seconds of redis-benchmark
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # Only the proxy a row needs runs during it (a second proxy's tracking connection would make
@@ -43,19 +50,22 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 scenario_setup() { # name -> starts the proxy, sets TESTS_OF and EXTRA
   case "$1" in
     pass) start_proxy "$work/plain.toml"; TESTS_OF=set,get; EXTRA="" ;;
-    hit | write)
+    hit | hit1k | write)
       start_proxy "$CONFIG"
-      # Warm the tier (and wait for its tracking connection) before measuring.
+      size=3; [ "$1" = hit1k ] && size=1024
+      # The 1000 keys hold values of the row's size (20 draws per key: all are set), and the
+      # tier is warm (its tracking connection up) before measuring.
+      redis-benchmark -p "$RPORT" -t set -r 1000 -n 20000 -d "$size" -c "$CLIENTS" -q >/dev/null
       sleep 1
       redis-benchmark -p "$PPORT" -t get -r 1000 -n 100000 -c "$CLIENTS" -q >/dev/null
       TESTS_OF=get; [ "$1" = write ] && TESTS_OF=set
-      EXTRA="-r 1000" ;;
+      EXTRA="-r 1000 -d $size" ;;
     ttl) start_proxy "$work/ttl.toml"; TESTS_OF=set,incr,hset; EXTRA="-r 1000" ;;
     *) echo "unknown scenario $1" >&2; exit 1 ;;
   esac
 }
 
-# results: scenario pipeline test target rps p50 cpu_us_per_request
+# results: scenario pipeline test target rps p50 cpu_us_per_request bench_core_percent
 results="$work/results"
 for s in $SCENARIOS; do
   scenario_setup "$s"
@@ -69,11 +79,12 @@ for s in $SCENARIOS; do
         [ "$target" = proxy ] && port=$PPORT pid=$PROXY
         before=$(ticks "$pid")
         # shellcheck disable=SC2086
-        out=$(redis-benchmark -p "$port" -t "$TESTS_OF" -c "$CLIENTS" -P "$p" -n "$n" $EXTRA --csv)
+        { time redis-benchmark -p "$port" -t "$TESTS_OF" -c "$CLIENTS" -P "$p" -n "$n" $EXTRA --csv >"$work/out"; } 2>"$work/time"
         after=$(ticks "$pid")
         cpu=$(awk -v d=$((after - before)) -v hz="$hz" -v req=$((n * ntests)) 'BEGIN { printf "%.2f", d / hz * 1e6 / req }')
-        echo "$out" | tr -d '"' | awk -F, -v s="$s" -v t="$target" -v p="$p" -v cpu="$cpu" \
-          'NR > 1 { print s, p, $1, t, $2, $5, cpu }' >> "$results"
+        bench=$(awk '{ printf "%.0f", ($2 + $3) / $1 * 100 }' "$work/time")
+        tr -d '"' <"$work/out" | awk -F, -v s="$s" -v t="$target" -v p="$p" -v cpu="$cpu" -v b="$bench" \
+          'NR > 1 { print s, p, $1, t, $2, $5, cpu, b }' >> "$results"
       done
     done
     echo "$s: rep $rep/$REPS done" >&2
@@ -87,15 +98,16 @@ field() { awk -v s="$1" -v p="$2" -v x="$3" -v t="$4" -v col="$5" '$1 == s && $2
 echo
 echo "redis-benchmark -c $CLIENTS, n=$N1 (-P 1) / $N16 (-P 16), median of $REPS interleaved runs"
 echo
-printf '| %-5s | %-4s | %-3s | %11s | %11s | %6s | %10s | %9s | %8s | %12s | %12s |\n' row test -P "direct rps" "proxy rps" ratio "direct p50" "proxy p50" "Δp50 ms" "redis µs/req" "proxy µs/req"
-printf '|-------|------|-----|-------------|-------------|--------|------------|-----------|----------|--------------|--------------|\n'
+printf '| %-5s | %-4s | %-3s | %11s | %11s | %6s | %10s | %9s | %8s | %12s | %12s | %11s |\n' row test -P "direct rps" "proxy rps" ratio "direct p50" "proxy p50" "Δp50 ms" "redis µs/req" "proxy µs/req" "bench core"
+printf '|-------|------|-----|-------------|-------------|--------|------------|-----------|----------|--------------|--------------|-------------|\n'
 for s in $SCENARIOS; do
   for p in $PIPELINES; do
     for x in $(awk -v s="$s" -v p="$p" '$1 == s && $2 == p { print $3 }' "$results" | awk '!seen[$0]++'); do
       awk -v s="$s" -v x="$x" -v p="$p" -v d="$(field "$s" "$p" "$x" direct 5)" -v q="$(field "$s" "$p" "$x" proxy 5)" \
         -v dl="$(field "$s" "$p" "$x" direct 6)" -v pl="$(field "$s" "$p" "$x" proxy 6)" \
-        -v rcpu="$(field "$s" "$p" "$x" direct 7)" -v cpu="$(field "$s" "$p" "$x" proxy 7)" 'BEGIN {
-        printf "| %-5s | %-4s | %-3s | %11.0f | %11.0f | %5.2fx | %10.3f | %9.3f | %+8.3f | %12s | %12s |\n", s, x, p, d, q, q / d, dl, pl, pl - dl, rcpu, cpu }'
+        -v rcpu="$(field "$s" "$p" "$x" direct 7)" -v cpu="$(field "$s" "$p" "$x" proxy 7)" \
+        -v bench="$(field "$s" "$p" "$x" proxy 8)" 'BEGIN {
+        printf "| %-5s | %-4s | %-3s | %11.0f | %11.0f | %5.2fx | %10.3f | %9.3f | %+8.3f | %12s | %12s | %10s%% |\n", s, x, p, d, q, q / d, dl, pl, pl - dl, rcpu, cpu, bench }'
     done
   done
 done
