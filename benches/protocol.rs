@@ -14,12 +14,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nearcache::breaker::Breaker;
-use nearcache::cache::Tier;
+use nearcache::cache::{Cause, Tier};
 use nearcache::config::Config;
 use nearcache::framing::{CommandView, Limits, Parsed, RequestParser, encode_command};
 use nearcache::policy::Policy;
 use nearcache::proxy::{Env, Route, Session};
 use nearcache::reply::ReplyScanner;
+use nearcache::tracking;
 use nearcache::ttl;
 use nearcache::upstream::ServerInfo;
 
@@ -149,5 +150,36 @@ fn ttl_planning(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, framing, routing, scanning, ttl_planning);
+/// What a write costs the tier: invalidating its key (cached or not, 1000 cached keys around),
+/// and applying Redis's tracking push for one key.
+fn invalidation(c: &mut Criterion) {
+    let tier = Tier::new(64 << 20, 1 << 20, true, std::time::Duration::ZERO);
+    let keys: Vec<Bytes> = (0..1000).map(|i| Bytes::from(format!("key:{i:012}"))).collect();
+    let refill = |key: &Bytes| {
+        let at = nearcache::cache::LookupAt::now();
+        if let nearcache::cache::Lookup::Miss(ticket) = tier.lookup(key, key, std::time::Duration::from_secs(60), at, || {
+            unreachable!()
+        }) {
+            tier.fill(ticket, Bytes::from_static(b"$3\r\nxxx\r\n"), None);
+        }
+    };
+    keys.iter().for_each(refill);
+    c.bench_function("tier: invalidate an uncached key", |b| {
+        b.iter(|| tier.invalidate(black_box(b"other:000000000001"), Cause::Write))
+    });
+    let mut i = 0;
+    c.bench_function("tier: invalidate a cached key, then fill it again", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            tier.invalidate(black_box(&keys[i]), Cause::Write);
+            refill(&keys[i]);
+        })
+    });
+    let push = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$18\r\nother:000000000001\r\n";
+    c.bench_function("tracking: apply an invalidate push for one uncached key", |b| {
+        b.iter(|| tracking::apply(black_box(push), &tier))
+    });
+}
+
+criterion_group!(benches, framing, routing, scanning, ttl_planning, invalidation);
 criterion_main!(benches);

@@ -14,12 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use redis_protocol::resp3::types::{OwnedFrame, Resp3Frame as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
 use crate::cache::{Cause, Tier};
-use crate::framing::encode_command;
+use crate::framing::{CommandView, Limits, Parsed, RequestParser, encode_command};
 use crate::reply::ReplyScanner;
 use crate::upstream::{Backoff, PoolKey, Upstream};
 
@@ -86,19 +85,25 @@ async fn track(upstream: &Upstream, tier: &Tier) -> String {
     }
 }
 
-/// Applies one message from the tracking connection.
-fn apply(frame: &[u8], tier: &Tier) {
-    let Ok(Some((OwnedFrame::Push { data, .. }, _))) = redis_protocol::resp3::decode::complete::decode(frame) else {
-        return;
-    };
-    if data.first().and_then(|kind| kind.as_bytes()) != Some(b"invalidate") {
+/// How an `invalidate` push starts; a null (everything) or an array of keys follows.
+const INVALIDATE: &[u8] = b">2\r\n$10\r\ninvalidate\r\n";
+
+/// Applies one message from the tracking connection (a complete frame): an `invalidate` push
+/// drops its keys, or clears the tier when its key list is null or cannot be read. The key
+/// array has the shape of a request (an array of bulk strings), so the request parser walks it
+/// without allocating.
+pub fn apply(frame: &[u8], tier: &Tier) {
+    let Some(keys) = frame.strip_prefix(INVALIDATE) else { return };
+    if keys == b"*0\r\n" {
         return;
     }
-    match data.get(1) {
-        Some(OwnedFrame::Array { data: keys, .. }) => {
-            keys.iter().filter_map(|key| key.as_bytes()).for_each(|key| tier.invalidate(key, Cause::Tracking));
+    let mut parser = RequestParser::new(Limits { max_request_size: usize::MAX, max_args: usize::MAX });
+    match parser.parse(keys) {
+        Ok(Some(Parsed::Command { len, argc })) if keys[0] == b'*' && len == keys.len() => {
+            CommandView::new(keys, argc).args().for_each(|key| tier.invalidate(key, Cause::Tracking))
         }
-        // A null key list: everything (FLUSHALL, FLUSHDB).
+        // A null key list (`_`: FLUSHALL, FLUSHDB) or one that cannot be read: everything,
+        // rather than keep a stale key.
         _ => tier.clear(),
     }
 }
@@ -136,5 +141,10 @@ mod tests {
         assert!(cached(&tier, b"c"));
         apply(b">3\r\n$7\r\nmessage\r\n$1\r\nx\r\n$1\r\nc\r\n", &tier);
         assert!(cached(&tier, b"c"));
+        // An empty key list changes nothing; a key list that cannot be read clears.
+        apply(b">2\r\n$10\r\ninvalidate\r\n*0\r\n", &tier);
+        assert!(cached(&tier, b"c"));
+        apply(b">2\r\n$10\r\ninvalidate\r\n*1\r\n:1\r\n", &tier);
+        assert!(!cached(&tier, b"c"));
     }
 }
