@@ -4,12 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dashmap::DashMap;
 use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
-use super::{ENTRY_OVERHEAD, KeyEntry, Stats, VARIANT_OVERHEAD};
+use super::{ENTRY_OVERHEAD, KeyEntry, Map, Stats, VARIANT_OVERHEAD};
 use crate::metrics::inc;
 
 /// moka as the tier uses it: LRU (its default is TinyLFU), bounded in weighed bytes, entries
@@ -17,7 +16,7 @@ use crate::metrics::inc;
 pub(super) fn build_lru(
     max_memory: u64,
     serve_stale: Duration,
-    entries: &Arc<DashMap<Bytes, Arc<KeyEntry>>>,
+    entries: &Arc<Map<Arc<KeyEntry>>>,
     stats: &Arc<Stats>,
 ) -> Cache<Bytes, Arc<KeyEntry>> {
     let (evicted, stats) = (Arc::clone(entries), Arc::clone(stats));
