@@ -1,21 +1,19 @@
 #!/usr/bin/env bash
-# Mixed read-heavy load, directly and through the proxy (tier on), interleaved: about 90% GET on a
-# skewed key space and 10% SET, from three redis-benchmark processes running at once:
-#   hot reads:  GET on 100 keys        (35 clients)
-#   cold reads: GET on 100000 keys     (10 clients)
-#   writes:     SET on 100000 keys     ( 5 clients)
-# The three run together for WARMUP + WINDOW seconds; throughput is the GETs and SETs completed
-# during the WINDOW (Redis's INFO commandstats directly, the proxy's PROXY INFO request counters
-# through it), so it is measured while all three run, and the table shows the share of SETs
-# each run achieved (closed-loop clients: slower writes make a smaller share).
+# Mixed read-heavy load, directly and through the proxy (tier on), interleaved: 90% GET on a
+# skewed key space (70% of GETs on 100 hot keys, the rest on 100000) and 10% SET on 100000 keys,
+# 50 connections. The load comes from examples/loadgen.rs: redis-benchmark runs one command per
+# process, and three of them at once make a mix that follows each one's latency; loadgen draws
+# every request from the same mix on each connection, so the mix is the same direct and through
+# the proxy. It counts what completes in a WINDOW after WARMUP seconds.
 #
 #   benches/mixed.sh                      # REPS=3, WINDOW=8 s
-#   REPS=5 WINDOW=15 benches/mixed.sh
+#   REPS=5 WINDOW=15 SET_PERCENT=20 benches/mixed.sh
 REPS=${REPS:-3}
 WARMUP=${WARMUP:-1}
 WINDOW=${WINDOW:-8}
-PIPELINE=${PIPELINE:-1}
+SET_PERCENT=${SET_PERCENT:-10}
 source "$(dirname "$0")/common.sh"
+cargo build --release --quiet --example loadgen
 start_redis
 start_proxy proxy.toml
 # Keys exist and the tier is warm (and its tracking connection up) before measuring.
@@ -23,40 +21,19 @@ redis-benchmark -p "$RPORT" -t set -r 100000 -n 200000 -c 50 -q >/dev/null
 sleep 1
 redis-benchmark -p "$PPORT" -t get -r 100000 -n 300000 -c 50 -q >/dev/null
 
-counts() { # port -> "gets sets" completed so far
-  if [ "$1" = "$RPORT" ]; then
-    redis-cli -p "$1" info commandstats | tr -d '\r' | awk -F'[:=,]' '
-      $1 == "cmdstat_get" { g = $3 } $1 == "cmdstat_set" { s = $3 } END { print g + 0, s + 0 }'
-  else
-    redis-cli -p "$1" proxy info proxy | tr -d '\r' | awk -F'[:,]' '
-      function total(from,  i, n, kv) { n = 0; for (i = from; i <= NF; i++) { split($i, kv, "="); n += kv[2] } return n }
-      $1 == "requests_get" { g = total(2) } $1 == "requests_set" { s = total(2) } END { print g + 0, s + 0 }'
-  fi
+one_run() { # port -> "rps set_share p50_ms"
+  target/release/examples/loadgen --port "$1" --warmup "$WARMUP" --seconds "$WINDOW" --set-percent "$SET_PERCENT" |
+    awk '$8 != 0 { print "errors: " $0 > "/dev/stderr"; exit 1 } { print $2, $4, $6 }'
 }
 
-one_run() { # port -> "rps set_share" over the window
-  local port=$1 n=1000000000 pids=() before after
-  redis-benchmark -p "$port" -c 35 -n $n -r 100 -P "$PIPELINE" -q GET 'key:__rand_int__' >/dev/null & pids+=($!)
-  redis-benchmark -p "$port" -c 10 -n $n -r 100000 -P "$PIPELINE" -q GET 'key:__rand_int__' >/dev/null & pids+=($!)
-  redis-benchmark -p "$port" -c 5 -n $n -r 100000 -P "$PIPELINE" -q SET 'key:__rand_int__' xxx >/dev/null & pids+=($!)
-  sleep "$WARMUP"
-  before=$(counts "$port")
-  sleep "$WINDOW"
-  after=$(counts "$port")
-  kill "${pids[@]}" 2>/dev/null || true
-  wait "${pids[@]}" 2>/dev/null || true
-  echo "$before $after" | awk -v w="$WINDOW" '{ g = $3 - $1; s = $4 - $2; printf "%.0f %.3f\n", (g + s) / w, s / (g + s) }'
-}
-
-direct=() proxied=() dshare=() pshare=()
+direct=() proxied=() dp50=() pp50=()
 for rep in $(seq "$REPS"); do
-  read -r rps share < <(one_run "$RPORT"); direct+=("$rps") dshare+=("$share")
-  read -r rps share < <(one_run "$PPORT"); proxied+=("$rps") pshare+=("$share")
-  echo "rep $rep/$REPS: direct ${direct[-1]} rps (SET ${dshare[-1]}), proxy ${proxied[-1]} rps (SET ${pshare[-1]})" >&2
+  read -r rps share p50 < <(one_run "$RPORT"); direct+=("$rps") dp50+=("$p50")
+  read -r rps share p50 < <(one_run "$PPORT"); proxied+=("$rps") pp50+=("$p50")
+  echo "rep $rep/$REPS: direct ${direct[-1]} rps (p50 ${dp50[-1]} ms), proxy ${proxied[-1]} rps (p50 ${pp50[-1]} ms), SET share $share" >&2
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-d=$(median "${direct[@]}") p=$(median "${proxied[@]}")
 echo
-echo "mixed GET (70% of clients on 100 hot keys) / SET, 50 clients, -P $PIPELINE, median of $REPS ${WINDOW}s windows:"
-awk -v d="$d" -v p="$p" -v ds="$(median "${dshare[@]}")" -v ps="$(median "${pshare[@]}")" \
-  'BEGIN { printf "direct %d rps (%.1f%% SET), proxy %d rps (%.1f%% SET): %.2fx\n", d, ds * 100, p, ps * 100, p / d }'
+echo "mixed $((100 - SET_PERCENT))% GET (70% of them on 100 hot keys) / $SET_PERCENT% SET, 50 connections, median of $REPS ${WINDOW}s windows:"
+awk -v d="$(median "${direct[@]}")" -v p="$(median "${proxied[@]}")" -v dl="$(median "${dp50[@]}")" -v pl="$(median "${pp50[@]}")" \
+  'BEGIN { printf "direct %d rps (p50 %.3f ms), proxy %d rps (p50 %.3f ms): %.2fx\n", d, dl, p, pl, p / d }'

@@ -157,9 +157,9 @@ fn invalidation(c: &mut Criterion) {
     let keys: Vec<Bytes> = (0..1000).map(|i| Bytes::from(format!("key:{i:012}"))).collect();
     let refill = |key: &Bytes| {
         let at = nearcache::cache::LookupAt::now();
-        if let nearcache::cache::Lookup::Miss(ticket) = tier.lookup(key, key, std::time::Duration::from_secs(60), at, || {
-            unreachable!()
-        }) {
+        if let nearcache::cache::Lookup::Miss(ticket) =
+            tier.lookup(key, key, std::time::Duration::from_secs(60), at, || unreachable!())
+        {
             tier.fill(ticket, Bytes::from_static(b"$3\r\nxxx\r\n"), None);
         }
     };
