@@ -19,7 +19,7 @@ redis-benchmark -p "$PPORT" -t get -r 1000 -n 100000 -c 50 -q >/dev/null
 perf record -F 2000 -g -p "$PROXY" -o perf.data.proxy 2>/dev/null &
 rec=$!
 sleep 0.5
-redis-benchmark -p "$PPORT" -t "$TEST" -r 1000 -c 50 -P "$P" -n "$N" -q | tr '\r' '\n' | tail -1
+redis-benchmark -p "$PPORT" -t "$TEST" -r 1000 -c 50 -P "$P" -n "$N" -q | tr '\r' '\n' | grep -a 'requests per second' | tail -1
 kill -INT "$rec"
 wait "$rec" || true
 perf report -i perf.data.proxy --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9.]+%'
