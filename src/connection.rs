@@ -165,6 +165,8 @@ pub struct Client {
     pinned: Option<PinnedConn>,
     /// No more requests are read (QUIT, protocol error, EOF, shutdown); close once answered.
     closing: bool,
+    /// The client closed its side (it may still read: replies in flight are delivered).
+    hung_up: bool,
     /// Space reserved for the next read: [`FIRST_READ`] until a read fills half of it.
     read_chunk: usize,
     /// When the client last sent bytes.
@@ -211,6 +213,7 @@ pub async fn serve(
         pool: None,
         pinned: None,
         closing: false,
+        hung_up: false,
         last_read: Instant::now(),
         partial_since: None,
         deadline: Box::pin(sleep_until(Instant::now().into())),
@@ -228,7 +231,8 @@ impl Client {
             if !self.replies.ready.is_empty() {
                 self.write_replies().await?;
             }
-            if self.closing && self.drained() {
+            // A blocked command's reply may never come: not waited for once the client hung up.
+            if self.closing && (self.drained() || self.hung_up && self.session.is_blocked()) {
                 return Ok(());
             }
             let can_read = !self.closing && self.held.is_none() && self.outstanding() < self.ctx.max_pending;
@@ -240,7 +244,7 @@ impl Client {
                 read = self.rd.read_buf(&mut self.rbuf), if can_read => {
                     let read = read?;
                     if read == 0 {
-                        self.closing = true;
+                        (self.closing, self.hung_up) = (true, true);
                     } else {
                         if read >= self.read_chunk / 2 {
                             self.read_chunk = READ_CHUNK;

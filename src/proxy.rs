@@ -74,6 +74,8 @@ struct Pin {
     in_multi: bool,
     watching: bool,
     sticky: bool,
+    /// A blocking command (outside MULTI) may still be waiting for its reply.
+    blocking: bool,
     /// Redis, not the proxy, knows the session's name, db and protocol (see `route_pinned`).
     delegated: bool,
 }
@@ -184,6 +186,13 @@ impl Session {
     /// Pinned to a connection whose replies are a stream (pub/sub, MONITOR, ...).
     pub fn is_streaming(&self) -> bool {
         self.pin.active && self.pin.stream
+    }
+
+    /// A blocking command may be waiting on the pinned connection for as long as Redis
+    /// holds it (`BLPOP k 0`): a client that closed its side is not waited for (Redis too
+    /// drops a blocked client that disconnects).
+    pub fn is_blocked(&self) -> bool {
+        self.pin.active && self.pin.blocking
     }
 
     pub fn pin_key(&self) -> PoolKey {
@@ -401,13 +410,17 @@ impl Session {
 
     /// Replies arrived on the pinned connection: invalidate what it wrote again; forget the
     /// keys once nothing is outstanding and no transaction is open (queued writes execute at
-    /// EXEC, so a QUEUED reply does not end them).
+    /// EXEC, so a QUEUED reply does not end them). Once nothing is outstanding, no blocking
+    /// command is waiting either.
     pub fn revalidate(&mut self, tier: Option<&Tier>, idle: bool) {
         if let Some(tier) = tier {
             self.dirty.iter().for_each(|key| tier.invalidate(key, Cause::WriteAnswered));
         }
         if idle && !self.pin.in_multi {
             self.dirty.clear();
+        }
+        if idle {
+            self.pin.blocking = false;
         }
     }
 
@@ -426,6 +439,7 @@ impl Session {
             Class::Unwatch if !pin.in_multi => pin.watching = false,
             Class::Stream if !pin.in_multi => pin.stream = true,
             Class::Sticky => pin.sticky = true,
+            Class::Blocking if !pin.in_multi => pin.blocking = true,
             // Queued in a transaction, they apply only if EXEC runs it: only the pinned
             // connection knows the session's db, protocol and name afterwards, so the session
             // stays on it and leaves its session commands to Redis (until RESET).

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{Proxy, Raw, Redis, call, calls, config_for, free_port, wait_for_caching};
+use common::{Proxy, Raw, Redis, call, calls, config_for, free_port, until_reply, wait_for_caching};
 use nearcache::config::Rule;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -61,6 +61,68 @@ async fn setup() -> Setup {
     let mut direct = Raw::connect(redis.addr()).await;
     wait_for_caching(&mut client, &mut direct).await;
     Setup { _redis: redis, _proxy: proxy, client, direct, metrics }
+}
+
+/// A number from `PROXY INFO` (`name:value`).
+fn info_number(info: &str, name: &str) -> i64 {
+    let line = info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':'));
+    line.and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("no {name} in {info}"))
+}
+
+#[tokio::test]
+async fn clients_that_leave_leave_no_tasks_or_connections_behind() {
+    let Setup { _redis, _proxy: proxy, mut client, mut direct, metrics } = setup().await;
+    let info = call(&mut client, &["PROXY", "INFO", "proxy"]).await;
+    let (tasks, before) = (info_number(&info, "tasks_alive"), scrape(&metrics).await);
+    assert!(tasks > 0, "{info}");
+    // Every kind of client: plain reads and writes, a transaction (a pinned connection), a
+    // subscriber, a blocked pop, a pipeline left unread, a half-sent request.
+    for round in 0..5 {
+        let mut kinds = Vec::new();
+        for kind in 0..6 {
+            let mut raw = proxy.raw().await;
+            let key = format!("leak:{round}:{kind}");
+            match kind {
+                0 => {
+                    raw.cmd(&[b"SET", key.as_bytes(), b"v"]).await;
+                    raw.cmd(&[b"GET", key.as_bytes()]).await;
+                    raw.reply().await;
+                    raw.reply().await;
+                }
+                1 => {
+                    for args in
+                        [&[&b"WATCH"[..], key.as_bytes()][..], &[b"MULTI"], &[b"INCR", key.as_bytes()], &[b"EXEC"]]
+                    {
+                        raw.cmd(args).await;
+                        raw.reply().await;
+                    }
+                }
+                2 => {
+                    raw.cmd(&[b"SUBSCRIBE", key.as_bytes()]).await;
+                    raw.reply().await;
+                }
+                3 => raw.cmd(&[b"BLPOP", key.as_bytes(), b"0"]).await,
+                4 => raw.send(&b"*1\r\n$4\r\nPING\r\n".repeat(1000)).await,
+                _ => raw.send(b"*2\r\n$3\r\nGET\r\n$10\r\nleak:").await,
+            }
+            kinds.push(raw);
+        }
+        drop(kinds);
+    }
+    let info = until_reply(&mut client, &["PROXY", "INFO", "proxy"], "back to the tasks at start", |info| {
+        info_number(info, "tasks_alive") == tasks
+    })
+    .await;
+    assert_eq!(info_number(&info, "connected_clients"), 1, "{info}");
+    // Redis let go of the blocked pops with them.
+    until_reply(&mut direct, &["INFO", "clients"], "no blocked client in Redis", |info| {
+        info_number(info, "blocked_clients") == 0
+    })
+    .await;
+    let after = scrape(&metrics).await;
+    assert_eq!(after["nearcache_upstream_connections"], before["nearcache_upstream_connections"]);
+    // A scrape is served by a task of its own, counted in both.
+    assert_eq!(after["nearcache_tasks_alive"], before["nearcache_tasks_alive"]);
 }
 
 #[tokio::test]

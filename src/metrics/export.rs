@@ -38,6 +38,7 @@ impl Collector for Exporter {
             s.requests.iter().map(|(c, o, n)| ([("command", *c), ("outcome", *o)], *n)).collect();
         counters(&mut e, "requests", "Requests by command and how the proxy served them", &requests)?;
         gauge(&mut e, "clients_connected", "Clients connected", s.clients_connected)?;
+        gauge(&mut e, "tasks_alive", "Tasks alive in the proxy's runtime", s.tasks_alive as i64)?;
         counter(&mut e, "clients_accepted", "Client connections accepted", s.clients_accepted)?;
         counter(&mut e, "clients_refused", "Client connections refused at listen.max_clients", s.clients_refused)?;
         counter(&mut e, "protocol_errors", "Client connections closed for a malformed request", s.protocol_errors)?;

@@ -12,6 +12,8 @@ use crate::server::Context;
 pub struct Snapshot {
     pub uptime_seconds: u64,
     pub clients_connected: i64,
+    /// Tasks alive in the runtime (clients, upstream connections, tracking, listeners, timers).
+    pub tasks_alive: u64,
     pub clients_accepted: u64,
     pub clients_refused: u64,
     pub protocol_errors: u64,
@@ -84,6 +86,7 @@ impl Snapshot {
         Snapshot {
             uptime_seconds: m.uptime().as_secs(),
             clients_connected: m.clients_connected.load(Ordering::Relaxed),
+            tasks_alive: tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks() as u64),
             clients_accepted: get(&m.clients_accepted),
             clients_refused: get(&m.clients_refused),
             protocol_errors: get(&m.protocol_errors),
@@ -110,6 +113,7 @@ impl Snapshot {
         out.line("version", &env!("CARGO_PKG_VERSION"));
         out.line("uptime_in_seconds", &self.uptime_seconds);
         out.line("connected_clients", &self.clients_connected);
+        out.line("tasks_alive", &self.tasks_alive);
         out.line("total_connections_received", &self.clients_accepted);
         out.line("rejected_connections", &self.clients_refused);
         out.line("protocol_errors", &self.protocol_errors);
