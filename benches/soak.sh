@@ -25,7 +25,8 @@ rss() { awk '/VmRSS/ { print $2 }' "/proc/$PROXY/status"; }
 fds() { ls "/proc/$PROXY/fd" | wc -l; }
 metric() { curl -s "http://127.0.0.1:$MPORT/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 report() {
-  echo "$1: rss=$(rss) KiB fds=$(fds) clients_connected=$(metric nearcache_clients_connected)" \
+  echo "$1: rss=$(rss) KiB fds=$(fds) tasks_alive=$(metric nearcache_tasks_alive)" \
+    "clients_connected=$(metric nearcache_clients_connected)" \
     "upstream_connections=$(metric nearcache_upstream_connections) breaker_state=$(metric nearcache_breaker_state)"
 }
 report "start"
@@ -53,4 +54,4 @@ redis-cli -p "$PPORT" PROXY CACHE CLEAR >/dev/null
 sleep 1
 report "tier cleared"
 echo "peak rss=$peak KiB; requests refused or failed while Redis was down: $(grep -c 'Error' "$work/bench.log" || true) error lines"
-redis-cli -p "$PPORT" PROXY INFO | grep -E "^(connected_clients|total_connections_received|cache_entries|cache_bytes|breaker_|upstream_connections|ttl_enforced)" | tr -d '\r'
+redis-cli -p "$PPORT" PROXY INFO | grep -E "^(connected_clients|tasks_alive|total_connections_received|cache_entries|cache_bytes|breaker_|upstream_connections|ttl_enforced)" | tr -d '\r'
