@@ -33,3 +33,11 @@ start_proxy() {
   PIDS+=("$PROXY")
   wait_ping "$PPORT"
 }
+
+# warm_tier [SIZE]: the 1000 keys of `redis-benchmark -r 1000` hold SIZE-byte values (default 3;
+# 20 draws per key: all are set), and the proxy's tier has read them, its tracking connection up.
+warm_tier() {
+  redis-benchmark -p "$RPORT" -t set -r 1000 -n 20000 -d "${1:-3}" -c 50 -q >/dev/null
+  sleep 1
+  redis-benchmark -p "$PPORT" -t get -r 1000 -n 100000 -c 50 -q >/dev/null
+}

@@ -53,11 +53,7 @@ scenario_setup() { # name -> starts the proxy, sets TESTS_OF and EXTRA
     hit | hit1k | write)
       start_proxy "$CONFIG"
       size=3; [ "$1" = hit1k ] && size=1024
-      # The 1000 keys hold values of the row's size (20 draws per key: all are set), and the
-      # tier is warm (its tracking connection up) before measuring.
-      redis-benchmark -p "$RPORT" -t set -r 1000 -n 20000 -d "$size" -c "$CLIENTS" -q >/dev/null
-      sleep 1
-      redis-benchmark -p "$PPORT" -t get -r 1000 -n 100000 -c "$CLIENTS" -q >/dev/null
+      warm_tier "$size"
       TESTS_OF=get; [ "$1" = write ] && TESTS_OF=set
       EXTRA="-r 1000 -d $size" ;;
     ttl) start_proxy "$work/ttl.toml"; TESTS_OF=set,incr,hset; EXTRA="-r 1000" ;;

@@ -13,9 +13,7 @@ N=${N:-2000000}
 source "$(dirname "$0")/common.sh"
 start_redis
 start_proxy "$CONFIG"
-sleep 1
-redis-benchmark -p "$RPORT" -t set -r 1000 -n 20000 -c 50 -q >/dev/null
-redis-benchmark -p "$PPORT" -t get -r 1000 -n 100000 -c 50 -q >/dev/null
+warm_tier
 perf record -F 2000 -g -p "$PROXY" -o perf.data.proxy 2>/dev/null &
 rec=$!
 sleep 0.5

@@ -12,9 +12,7 @@ N=${N:-200000}
 source "$(dirname "$0")/common.sh"
 start_redis
 start_proxy "$CONFIG"
-sleep 1
-redis-benchmark -p "$RPORT" -t set -r 1000 -n 20000 -c 50 -q >/dev/null
-redis-benchmark -p "$PPORT" -t get -r 1000 -n 100000 -c 50 -q >/dev/null
+warm_tier
 calls="read write readv writev recvfrom sendto recvmsg sendmsg epoll_wait epoll_pwait futex sched_yield"
 events=$(for c in $calls; do printf 'syscalls:sys_enter_%s,' "$c"; done)context-switches
 echo "redis-benchmark -t $TEST -r 1000 -c 50 -P $P -n $N, per request (proxy: $CONFIG)"
