@@ -2,10 +2,13 @@
 //! slices they arrived in, never copied into one buffer first.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 /// Most slices handed to one `writev` (Linux allows 1024; more gains nothing).
 const MAX_SLICES: usize = 64;
@@ -13,21 +16,29 @@ const MAX_SLICES: usize = 64;
 /// Writes and removes everything in `queue`.
 pub async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, queue: &mut VecDeque<Bytes>) -> io::Result<()> {
     while !queue.is_empty() {
-        let written = {
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let mut n = 0;
-            for (slot, chunk) in slices.iter_mut().zip(queue.iter()) {
-                *slot = IoSlice::new(chunk);
-                n += 1;
-            }
-            writer.write_vectored(&slices[..n]).await?
-        };
+        let written = poll_fn(|cx| write_some(Pin::new(&mut *writer), cx, queue)).await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
         consume(queue, written);
     }
     Ok(())
+}
+
+/// One `writev` of the queue's first slices. The slices live on the stack of this call only,
+/// not in the future that awaits it: every client's task holds that future while connected.
+fn write_some<W: AsyncWrite>(
+    writer: Pin<&mut W>,
+    cx: &mut Context<'_>,
+    queue: &VecDeque<Bytes>,
+) -> Poll<io::Result<usize>> {
+    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+    let mut n = 0;
+    for (slot, chunk) in slices.iter_mut().zip(queue.iter()) {
+        *slot = IoSlice::new(chunk);
+        n += 1;
+    }
+    writer.poll_write_vectored(cx, &slices[..n])
 }
 
 /// Drops the first `n` bytes of the queue.
