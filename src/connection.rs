@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -33,7 +33,6 @@ use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use crate::admin;
-use crate::cache::{FillTicket, SplitGet};
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Parsed, RequestParser};
 use crate::metrics::{self, Metrics, Outcome, command_index};
@@ -41,12 +40,13 @@ use crate::pinned::PinnedConn;
 use crate::proxy::{Env, Route, Session};
 use crate::server::{Context, REFUSAL_TIMEOUT};
 use crate::transport::{Reader, Stream, Writer};
-use crate::ttl::{Rewrite, Shape, Shaped, Shaper};
-use crate::upstream::{Batch, Hooks, Pool, PoolKey, ReplyChunk, ReplySink};
+use crate::upstream::{Pool, PoolKey, ReplyChunk, ReplySink};
 use crate::writev;
 
+mod dispatch;
 mod pinning;
 
+use dispatch::{Dest, Held, Run};
 use pinning::read_pinned;
 
 /// Read buffer space: a client starts small (thousands of idle clients stay cheap) and gets
@@ -80,71 +80,6 @@ impl Replies {
         self.next += u64::from(chunk.count);
         self.ready.push_back(chunk.bytes);
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dest {
-    Shared(PoolKey),
-    Pinned { stream: bool },
-}
-
-impl Dest {
-    /// Whether each request gets one reply (not so for a pub/sub or MONITOR stream).
-    fn counted(self) -> bool {
-        !matches!(self, Dest::Pinned { stream: true })
-    }
-}
-
-/// Parsed requests at the front of the read buffer, all for one destination, not yet sent.
-struct Run {
-    dest: Dest,
-    seq: u64,
-    count: u32,
-    len: usize,
-    /// Some of them are writes (their keys are invalidated again as replies arrive).
-    writes: bool,
-    /// What to send instead of `rbuf[..len]`, once a request of the run is not the client's
-    /// bytes (an inline command re-encoded, a write with its TTL added): the run's requests,
-    /// copied, in order.
-    owned: Option<BytesMut>,
-    /// Requests of the run whose replies are shaped (TTL enforcement), by reply index.
-    shaped: Vec<(u32, Shape)>,
-}
-
-/// A request for a new destination, waiting for the replies of all requests before it.
-struct Held {
-    dest: Dest,
-    bytes: Bytes,
-    seq: u64,
-    work: TierWork,
-}
-
-/// What happens when a batch's replies arrive: the local tier's work, and TTL enforcement's
-/// reply shapes (by the index of the request's reply in the batch).
-#[derive(Default)]
-struct TierWork {
-    fill: Option<FillTicket>,
-    split: Option<SplitGet>,
-    writes: bool,
-    shaped: Vec<(u32, Shape)>,
-}
-
-impl TierWork {
-    /// Whether the request may join a run of others: nothing but forwarding and, on the
-    /// shared pool (whose connections shape each request of a batch), reply shaping.
-    fn joins_runs(&self, dest: Dest) -> bool {
-        self.fill.is_none() && self.split.is_none() && (self.shaped.is_empty() || matches!(dest, Dest::Shared(_)))
-    }
-}
-
-/// TTL enforcement's rewrite of one request: its bytes replace the client's (`inline`), and its
-/// reply shape, if any, is the request's (index 0 of its own batch).
-fn rewritten(rewrite: Option<Rewrite>, inline: &mut Option<Bytes>) -> Vec<(u32, Shape)> {
-    let Some(Rewrite { bytes, shape }) = rewrite else { return Vec::new() };
-    if bytes.is_some() {
-        *inline = bytes;
-    }
-    shape.map(|shape| vec![(0, shape)]).unwrap_or_default()
 }
 
 pub struct Client {
@@ -400,160 +335,6 @@ impl Client {
             }
         }
         self.flush_run().await;
-    }
-
-    /// `len` is the request's length in the read buffer (after the current run); `inline` its
-    /// re-encoded bytes when the client sent an inline command.
-    async fn dispatch(&mut self, route: Route, len: usize, mut inline: Option<Bytes>) {
-        let close = matches!(route, Route::Close(_));
-        let (dest, work) = match route {
-            Route::Admin => unreachable!("answered in process()"),
-            Route::Reply(bytes) | Route::Hit(bytes) | Route::Close(bytes) => {
-                self.closing |= close;
-                self.skip_frame(len).await;
-                self.reply_local(bytes);
-                return;
-            }
-            Route::Joined => {
-                // The reply comes from the read in flight, through the tier.
-                self.skip_frame(len).await;
-                self.next_seq += 1;
-                return;
-            }
-            Route::Shared(key) => (Dest::Shared(key), TierWork::default()),
-            Route::Write(key, rewrite) => {
-                let shaped = rewritten(rewrite, &mut inline);
-                (Dest::Shared(key), TierWork { writes: true, shaped, ..TierWork::default() })
-            }
-            Route::Fill(key, ticket) => (Dest::Shared(key), TierWork { fill: Some(ticket), ..TierWork::default() }),
-            Route::Split(key, split, bytes) => {
-                // The client's MGET is replaced by one for the keys the tier did not have.
-                inline = Some(bytes);
-                (Dest::Shared(key), TierWork { split: Some(split), ..TierWork::default() })
-            }
-            Route::Pinned { stream, rewrite } => {
-                let shaped = rewritten(rewrite, &mut inline);
-                (Dest::Pinned { stream }, TierWork { shaped, ..TierWork::default() })
-            }
-        };
-        let counted = u32::from(dest.counted());
-        // Nothing to do with its replies but deliver them: it may join the run before it.
-        let plain = work.joins_runs(dest);
-        if let (true, Some(run)) = (plain, self.run.as_mut())
-            && run.dest == dest
-        {
-            match (&inline, &mut run.owned) {
-                (None, None) => {}
-                (None, Some(owned)) => owned.extend_from_slice(&self.rbuf[run.len..run.len + len]),
-                (Some(bytes), owned) => {
-                    owned.get_or_insert_with(|| BytesMut::from(&self.rbuf[..run.len])).extend_from_slice(bytes)
-                }
-            }
-            run.len += len;
-            run.shaped.extend(work.shaped.into_iter().map(|(_, shape)| (run.count, shape)));
-            run.count += counted;
-            run.writes |= work.writes;
-            self.next_seq += u64::from(counted);
-            return;
-        }
-        self.flush_run().await;
-        let seq = self.next_seq;
-        self.next_seq += u64::from(counted);
-        let held = self.last_dest != Some(dest) && self.replies.next != seq;
-        if plain && !held {
-            self.last_dest = Some(dest);
-            let owned = inline.map(|bytes| BytesMut::from(&bytes[..]));
-            self.run = Some(Run { dest, seq, count: counted, len, writes: work.writes, owned, shaped: work.shaped });
-            return;
-        }
-        let bytes = match inline {
-            Some(encoded) => {
-                self.rbuf.advance(len);
-                encoded
-            }
-            None => self.rbuf.split_to(len).freeze(),
-        };
-        if held {
-            self.held = Some(Held { dest, bytes, seq, work });
-        } else {
-            self.send(dest, bytes, seq, counted, work).await;
-        }
-    }
-
-    /// Consumes a request that is not forwarded (sending the run before it first).
-    async fn skip_frame(&mut self, len: usize) {
-        self.flush_run().await;
-        self.rbuf.advance(len);
-    }
-
-    fn reply_local(&mut self, bytes: Bytes) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.replies.accept(ReplyChunk { seq, count: 1, bytes });
-    }
-
-    async fn flush_run(&mut self) {
-        if let Some(run) = self.run.take() {
-            let bytes = match run.owned {
-                Some(owned) => {
-                    self.rbuf.advance(run.len);
-                    owned.freeze()
-                }
-                None => self.rbuf.split_to(run.len).freeze(),
-            };
-            let work = TierWork { writes: run.writes, shaped: run.shaped, ..TierWork::default() };
-            self.send(run.dest, bytes, run.seq, run.count, work).await;
-        }
-    }
-
-    async fn send(&mut self, dest: Dest, bytes: Bytes, seq: u64, count: u32, mut work: TierWork) {
-        self.last_dest = Some(dest);
-        match dest {
-            Dest::Shared(key) => {
-                let slot = self.session.id() as usize;
-                let shaped = std::mem::take(&mut work.shaped);
-                let shaped = (!shaped.is_empty()).then(|| {
-                    Box::new(shaped.into_iter().map(|(at, shape)| (at, Shaper::new(shape))).collect::<Shaped>())
-                });
-                let hooks = self.tier_hooks(key, slot, work);
-                let batch = Batch { bytes, seq, count, sink: self.sink.clone(), hooks, shaped };
-                self.pool(key).send(slot, batch);
-            }
-            Dest::Pinned { stream } => {
-                // A shaped request is sent to a pinned connection on its own.
-                let shaper = work.shaped.pop().map(|(_, shape)| Shaper::new(shape));
-                // Boxed: every caller's future (and so every client's task) would hold its
-                // state, the size of a write to the pinned connection, while only pinned
-                // sessions use it.
-                Box::pin(self.send_pinned(bytes, seq, count, stream, shaper)).await
-            }
-        }
-    }
-
-    /// The tier's work for a batch to the shared pool, with the PTTL probe it needs sent first
-    /// (on the same connection, so it is answered just before the batch).
-    fn tier_hooks(&mut self, key: PoolKey, slot: usize, work: TierWork) -> Option<Box<Hooks>> {
-        let tier = Arc::clone(self.ctx.tier.as_ref()?);
-        if work.fill.is_none() && work.split.is_none() && !work.writes {
-            return None;
-        }
-        let keys: Vec<&[u8]> = match (&work.fill, &work.split) {
-            (Some(ticket), _) => vec![&ticket.key()[..]],
-            (None, Some(split)) => split.probe_keys().collect(),
-            (None, None) => vec![],
-        };
-        if !keys.is_empty() {
-            let probe = Batch::probe(&tier, &keys, &self.sink);
-            self.pool(key).send(slot, probe);
-        }
-        Some(Box::new(Hooks { tier, fill: work.fill, split: work.split, writes: work.writes, probe: false }))
-    }
-
-    fn pool(&mut self, key: PoolKey) -> &Pool {
-        if self.pool.as_ref().is_none_or(|(k, _)| *k != key) {
-            self.pool = Some((key, self.ctx.upstream.pool(key)));
-        }
-        &self.pool.as_ref().expect("set above").1
     }
 }
 

@@ -6,6 +6,7 @@
 //! client socket (plain or TLS)                                                (transport.rs)
 //!   -> server      accept under listen.max_clients; one task per client      (server.rs)
 //!   -> connection  framing, backpressure, timeouts, replies in request order  (connection.rs)
+//!        dispatch  runs of requests per destination, held requests, sending   (connection/dispatch.rs)
 //!        framing   find complete commands; size/argument limits; inline       (framing.rs)
 //!   -> command     what a command is: ordinary, local, or stateful            (command.rs)
 //!   -> proxy       the session and the decision for each command              (proxy.rs)
