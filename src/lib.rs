@@ -9,7 +9,7 @@
 //!        dispatch  runs of requests per destination, held requests, sending   (connection/dispatch.rs)
 //!        framing   find complete commands; size/argument limits; inline       (framing.rs)
 //!   -> command     what a command is: ordinary, local, or stateful            (command.rs)
-//!   -> proxy       the session and the decision for each command              (proxy.rs)
+//!   -> proxy       the session and the decision for each command              (proxy.rs, proxy/pinning.rs)
 //!        access    users, NOAUTH, deny_commands                               (access.rs)
 //!        admin     the PROXY commands                                         (admin.rs)
 //!        policy    which rule a key falls under                               (policy.rs)
