@@ -16,7 +16,7 @@
 //!        cache     the local tier: hits, fills, invalidation                  (cache.rs)
 //!        ttl       default_ttl / max_ttl enforced on writes                   (ttl.rs, ttl/shape.rs)
 //!   -> breaker     closed / open / half-open in front of the upstream         (breaker.rs)
-//!   -> upstream    shared pipelined pools per (db, protocol)                  (upstream.rs, upstream/shared.rs)
+//!   -> upstream    shared pipelined pools per (db, protocol)                  (upstream.rs, upstream/shared.rs, upstream/handshake.rs)
 //!      pinned      a session's own connection for MULTI, blocking, pub/sub    (pinned.rs)
 //!      tracking    Redis's invalidations for writes made elsewhere            (tracking.rs)
 //!   <- reply       reply boundaries, replies the proxy builds                 (reply.rs)

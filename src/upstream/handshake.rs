@@ -1,0 +1,129 @@
+//! Opening a connection to the upstream: TCP (and TLS), then `HELLO <proto> [AUTH ...]`, the
+//! server's version and database count, and `SELECT` for another db.
+
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::{OwnedFrame as Resp2Frame, Resp2Frame as _};
+use redis_protocol::resp3::types::{OwnedFrame as Resp3Frame, Resp3Frame as _};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{PoolKey, Upstream};
+use crate::error::ProxyError;
+use crate::framing::encode_command;
+use crate::reply::ReplyScanner;
+use crate::transport::Stream;
+
+impl Upstream {
+    /// A new connection to the upstream, handshake done, in the protocol and db of `key`.
+    pub async fn connect(&self, key: PoolKey) -> Result<Stream, ProxyError> {
+        let tcp =
+            self.within("connect", async { TcpStream::connect(&self.addr).await.map_err(|e| e.to_string()) }).await?;
+        let _ = tcp.set_nodelay(true);
+        let mut stream = match &self.tls {
+            None => Stream::Plain(tcp),
+            Some((connector, name)) => {
+                let handshake = async { connector.connect(name.clone(), tcp).await.map_err(|e| e.to_string()) };
+                Stream::TlsClient(Box::new(self.within("TLS handshake", handshake).await?))
+            }
+        };
+        self.within("handshake", self.handshake(&mut stream, key)).await?;
+        Ok(stream)
+    }
+
+    async fn handshake(&self, stream: &mut Stream, key: PoolKey) -> Result<(), String> {
+        let mut request = BytesMut::new();
+        let proto = if key.resp3 { "3" } else { "2" };
+        match &self.credentials {
+            Some((user, password)) => {
+                request.extend_from_slice(&encode_command(&["HELLO", proto, "AUTH", user, password]))
+            }
+            None => request.extend_from_slice(&encode_command(&["HELLO", proto])),
+        }
+        request.extend_from_slice(&encode_command(&["CONFIG", "GET", "databases"]));
+        if key.db != 0 {
+            request.extend_from_slice(&encode_command(&["SELECT".to_string(), key.db.to_string()]));
+        }
+        stream.write_all(&request).await.map_err(|e| e.to_string())?;
+        let replies = read_replies(stream, if key.db != 0 { 3 } else { 2 }).await?;
+        let hello = &replies[0];
+        if hello.first() == Some(&b'-') {
+            return Err(format!("HELLO failed: {}", String::from_utf8_lossy(hello).trim_end()));
+        }
+        if let Some(version) = field(hello, key.resp3, "version") {
+            *self.info.version.lock().unwrap_or_else(|e| e.into_inner()) = version;
+        }
+        if let Some(n) = field(&replies[1], key.resp3, "databases").and_then(|n| n.parse().ok()) {
+            self.info.databases.store(n, Ordering::Relaxed);
+        }
+        if let Some(select) = replies.get(2).filter(|r| r.first() == Some(&b'-')) {
+            return Err(format!("SELECT {} failed: {}", key.db, String::from_utf8_lossy(select).trim_end()));
+        }
+        Ok(())
+    }
+}
+
+/// Reads exactly `n` complete replies.
+pub(super) async fn read_replies(stream: &mut Stream, n: usize) -> Result<Vec<Bytes>, String> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut scanner = ReplyScanner::default();
+    let mut replies = Vec::with_capacity(n);
+    while replies.len() < n {
+        match scanner.scan(&buf).map_err(|e| e.to_string())? {
+            Some(len) => replies.push(buf.split_to(len).freeze()),
+            None => {
+                if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("connection closed during handshake".into());
+                }
+            }
+        }
+    }
+    Ok(replies)
+}
+
+/// The value of `name` in a map-shaped reply (HELLO's map, CONFIG GET's pairs), decoded with
+/// redis-protocol: handshakes are rare, so here a full decode is the simple choice.
+fn field(reply: &[u8], resp3: bool, name: &str) -> Option<String> {
+    if resp3 {
+        let (frame, _) = redis_protocol::resp3::decode::complete::decode(reply).ok()??;
+        match frame {
+            Resp3Frame::Map { data, .. } => {
+                data.iter().find(|(k, _)| k.as_str() == Some(name)).and_then(|(_, v)| v.to_string())
+            }
+            Resp3Frame::Array { data, .. } => pair_value(data.iter().map(|f| f.to_string()), name),
+            _ => None,
+        }
+    } else {
+        let (frame, _) = redis_protocol::resp2::decode::decode(reply).ok()??;
+        match frame {
+            Resp2Frame::Array(data) => pair_value(data.iter().map(|f| f.to_string()), name),
+            _ => None,
+        }
+    }
+}
+
+fn pair_value(mut items: impl Iterator<Item = Option<String>>, name: &str) -> Option<String> {
+    while let (Some(key), Some(value)) = (items.next(), items.next()) {
+        if key.as_deref() == Some(name) {
+            return value;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_fields_of_both_protocols() {
+        let resp2 = b"*4\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.1\r\n";
+        assert_eq!(field(resp2, false, "version").as_deref(), Some("7.0.1"));
+        let resp3 = b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n";
+        assert_eq!(field(resp3, true, "proto").as_deref(), Some("3"));
+        let config = b"*2\r\n$9\r\ndatabases\r\n$2\r\n16\r\n";
+        assert_eq!(field(config, false, "databases").as_deref(), Some("16"));
+        assert_eq!(field(b"-ERR unknown\r\n", false, "databases"), None);
+    }
+}
