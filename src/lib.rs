@@ -13,7 +13,7 @@
 //!        access    users, NOAUTH, deny_commands                               (access.rs)
 //!        admin     the PROXY commands                                         (admin.rs)
 //!        policy    which rule a key falls under                               (policy.rs)
-//!        cache     the local tier: hits, fills, invalidation                  (cache.rs)
+//!        cache     the local tier: hits, fills, invalidation                  (cache.rs, cache/fill.rs)
 //!        ttl       default_ttl / max_ttl enforced on writes                   (ttl.rs, ttl/shape.rs)
 //!   -> breaker     closed / open / half-open in front of the upstream         (breaker.rs)
 //!   -> upstream    shared pipelined pools per (db, protocol)                  (upstream.rs, upstream/shared.rs, upstream/handshake.rs)

@@ -1,3 +1,4 @@
+use super::fill::lifetime;
 use super::*;
 use tokio::sync::mpsc;
 
