@@ -102,6 +102,8 @@ pub struct Client {
     closing: bool,
     /// The client closed its side (it may still read: replies in flight are delivered).
     hung_up: bool,
+    /// The sequence number of the blocking command the pinned connection may be waiting on.
+    blocked_at: Option<u64>,
     /// Space reserved for the next read: [`FIRST_READ`] until a read fills half of it.
     read_chunk: usize,
     /// When the client last sent bytes.
@@ -149,6 +151,7 @@ pub async fn serve(
         pinned: None,
         closing: false,
         hung_up: false,
+        blocked_at: None,
         last_read: Instant::now(),
         partial_since: None,
         deadline: Box::pin(sleep_until(Instant::now().into())),
@@ -166,8 +169,7 @@ impl Client {
             if !self.replies.ready.is_empty() {
                 self.write_replies().await?;
             }
-            // A blocked command's reply may never come: not waited for once the client hung up.
-            if self.closing && (self.drained() || self.hung_up && self.session.is_blocked()) {
+            if self.closing && (self.drained() || self.left_blocked()) {
                 return Ok(());
             }
             let can_read = !self.closing && self.held.is_none() && self.outstanding() < self.ctx.max_pending;
@@ -260,6 +262,16 @@ impl Client {
     /// Requests sent (or answered locally) whose replies are not yet queued in order.
     fn outstanding(&self) -> usize {
         (self.next_seq - self.replies.next) as usize
+    }
+
+    /// The client hung up and all that is left is a blocking command (and what it sent after
+    /// it): its reply may never come (`BLPOP k 0`), so it is not waited for, as Redis drops a
+    /// blocked client that disconnects. Every reply before it has been delivered.
+    fn left_blocked(&self) -> bool {
+        self.hung_up
+            && self.session.is_blocked()
+            && self.held.is_none()
+            && self.blocked_at.is_some_and(|seq| self.replies.next >= seq)
     }
 
     fn drained(&self) -> bool {

@@ -297,3 +297,24 @@ async fn a_half_closed_client_gets_every_reply_then_is_closed() {
     let mut other = proxy.raw().await;
     assert_eq!(call(&mut other, &["GET", "k0"]).await, "$1\r\nv\r\n");
 }
+
+/// A client that hangs up while its last command blocks is let go (Redis does the same), but
+/// only after the replies to what it sent before that command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_client_blocked_at_the_end_gets_the_replies_before_it() {
+    let redis = Redis::start_with(free_port(), &["--enable-debug-command", "yes"]);
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut raw = proxy.raw().await;
+    // A shared-pool command, then two on the pinned connection: the pop blocks for good.
+    raw.send(b"SET before 1\r\nWATCH w\r\nDEBUG SLEEP 0.2\r\nBLPOP nothing 0\r\n").await;
+    raw.stream.shutdown().await.unwrap();
+    assert_eq!(raw.reply().await, "+OK\r\n");
+    assert_eq!(raw.reply().await, "+OK\r\n");
+    assert_eq!(raw.reply().await, "+OK\r\n", "DEBUG SLEEP's reply, sent 200 ms after the hang-up");
+    assert!(raw.closed().await);
+    let mut direct = Raw::connect(redis.addr()).await;
+    until_reply(&mut direct, &["INFO", "clients"], "no blocked client in Redis", |info| {
+        info.contains("blocked_clients:0\r\n")
+    })
+    .await;
+}
