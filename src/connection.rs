@@ -102,8 +102,6 @@ pub struct Client {
     closing: bool,
     /// The client closed its side (it may still read: replies in flight are delivered).
     hung_up: bool,
-    /// The sequence number of the blocking command the pinned connection may be waiting on.
-    blocked_at: Option<u64>,
     /// Space reserved for the next read: [`FIRST_READ`] until a read fills half of it.
     read_chunk: usize,
     /// When the client last sent bytes.
@@ -151,7 +149,6 @@ pub async fn serve(
         pinned: None,
         closing: false,
         hung_up: false,
-        blocked_at: None,
         last_read: Instant::now(),
         partial_since: None,
         deadline: Box::pin(sleep_until(Instant::now().into())),
@@ -268,10 +265,7 @@ impl Client {
     /// it): its reply may never come (`BLPOP k 0`), so it is not waited for, as Redis drops a
     /// blocked client that disconnects. Every reply before it has been delivered.
     fn left_blocked(&self) -> bool {
-        self.hung_up
-            && self.session.is_blocked()
-            && self.held.is_none()
-            && self.blocked_at.is_some_and(|seq| self.replies.next >= seq)
+        self.hung_up && self.held.is_none() && self.session.blocked_at().is_some_and(|seq| self.replies.next >= seq)
     }
 
     fn drained(&self) -> bool {

@@ -109,9 +109,6 @@ impl Client {
                 (Dest::Shared(key), TierWork { split: Some(split), ..TierWork::default() })
             }
             Route::Pinned { stream, rewrite } => {
-                if self.session.is_blocked() {
-                    self.blocked_at.get_or_insert(self.next_seq);
-                }
                 let shaped = rewritten(rewrite, &mut inline);
                 (Dest::Pinned { stream }, TierWork { shaped, ..TierWork::default() })
             }

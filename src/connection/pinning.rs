@@ -40,7 +40,6 @@ impl Client {
                         self.replies.accept(ReplyChunk { seq, count, bytes: err.to_replies(count as usize) });
                     }
                     self.session.pinned_lost();
-                    self.blocked_at = None;
                     return;
                 }
             }
@@ -70,9 +69,6 @@ impl Client {
         }
         let idle = conn.is_idle();
         self.session.revalidate(self.ctx.tier.as_deref(), idle);
-        if !self.session.is_blocked() {
-            self.blocked_at = None;
-        }
         if idle && self.session.is_pinned() && self.session.try_unpin() {
             // The connection stays open for the next pin, in the state it is now in.
             conn.end_pin(self.session.pool_key(), self.session.identity());
@@ -92,7 +88,6 @@ impl Client {
             debug!(client = self.session.id(), error = %err, "pinned upstream connection lost");
             self.session.pinned_lost();
         }
-        self.blocked_at = None;
     }
 
     fn lost(&self, reason: impl ToString) -> ProxyError {

@@ -19,8 +19,9 @@ pub(super) struct Pin {
     pub(super) in_multi: bool,
     pub(super) watching: bool,
     pub(super) sticky: bool,
-    /// A blocking command (outside MULTI) may still be waiting for its reply.
-    pub(super) blocking: bool,
+    /// The sequence number of the first blocking command (outside MULTI) that may still be
+    /// waiting for its reply.
+    pub(super) blocked_at: Option<u64>,
     /// Redis, not the proxy, knows the session's name, db and protocol (see `route_pinned`).
     pub(super) delegated: bool,
 }
@@ -35,11 +36,11 @@ impl Session {
         self.pin.active && self.pin.stream
     }
 
-    /// A blocking command may be waiting on the pinned connection for as long as Redis
-    /// holds it (`BLPOP k 0`): a client that closed its side is not waited for (Redis too
-    /// drops a blocked client that disconnects).
-    pub fn is_blocked(&self) -> bool {
-        self.pin.active && self.pin.blocking
+    /// The sequence number of a blocking command that may be waiting on the pinned connection
+    /// for as long as Redis holds it (`BLPOP k 0`): a client that closed its side is not
+    /// waited for past it (Redis too drops a blocked client that disconnects).
+    pub fn blocked_at(&self) -> Option<u64> {
+        self.pin.blocked_at.filter(|_| self.pin.active)
     }
 
     pub fn pin_key(&self) -> PoolKey {
@@ -96,7 +97,7 @@ impl Session {
             self.dirty.clear();
         }
         if idle {
-            self.pin.blocking = false;
+            self.pin.blocked_at = None;
         }
     }
 
@@ -115,7 +116,7 @@ impl Session {
             Class::Unwatch if !pin.in_multi => pin.watching = false,
             Class::Stream if !pin.in_multi => pin.stream = true,
             Class::Sticky => pin.sticky = true,
-            Class::Blocking if !pin.in_multi => pin.blocking = true,
+            Class::Blocking if !pin.in_multi => _ = pin.blocked_at.get_or_insert(env.seq),
             // Queued in a transaction, they apply only if EXEC runs it: only the pinned
             // connection knows the session's db, protocol and name afterwards, so the session
             // stays on it and leaves its session commands to Redis (until RESET).
