@@ -26,6 +26,12 @@ pub struct Limits {
     pub max_args: usize,
 }
 
+impl Limits {
+    /// For bytes a client did not send: requests already framed under the client's limits,
+    /// or a key list in Redis's own invalidation push.
+    pub const NONE: Limits = Limits { max_request_size: usize::MAX, max_args: usize::MAX };
+}
+
 /// Why a client's byte stream cannot be framed. The connection replies
 /// `-ERR Protocol error: <this>` and closes, as Redis does.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -97,7 +97,7 @@ pub fn apply(frame: &[u8], tier: &Tier) {
     if keys == b"*0\r\n" {
         return;
     }
-    let mut parser = RequestParser::new(Limits { max_request_size: usize::MAX, max_args: usize::MAX });
+    let mut parser = RequestParser::new(Limits::NONE);
     match parser.parse(keys) {
         Ok(Some(Parsed::Command { len, argc })) if keys[0] == b'*' && len == keys.len() => {
             CommandView::new(keys, argc).args().for_each(|key| tier.invalidate(key, Cause::Tracking))

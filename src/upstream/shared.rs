@@ -112,7 +112,7 @@ impl Route {
     /// With `hooks.writes`: invalidates the keys the next `commands` requests wrote.
     fn invalidate_writes(&mut self, commands: usize) {
         let Some(hooks) = self.hooks.as_ref().filter(|h| h.writes) else { return };
-        let mut parser = RequestParser::new(Limits { max_request_size: usize::MAX, max_args: usize::MAX });
+        let mut parser = RequestParser::new(Limits::NONE);
         for _ in 0..commands {
             let rest = &self.request[self.request_pos..];
             let Ok(Some(Parsed::Command { len, argc })) = parser.parse(rest) else { return };
