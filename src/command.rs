@@ -33,6 +33,10 @@ pub enum Class {
     Stream,
     /// Sets per-connection flags with no end command (CLIENT NO-EVICT, READONLY): pinned for good.
     Sticky,
+    /// (P|S)UNSUBSCRIBE: outside a subscription Redis answers once per channel argument (at
+    /// least once), as pushes in RESP3. Never on a shared connection, whose replies are matched
+    /// one per request: the extra replies would reach other clients.
+    Unsubscribe,
 }
 
 /// Longest command or subcommand name we need to recognise.
@@ -70,7 +74,9 @@ pub fn classify(cmd: &CommandView<'_>) -> Class {
         b"BLPOP" | b"BRPOP" | b"BRPOPLPUSH" | b"BLMOVE" | b"BLMPOP" | b"BZPOPMIN" | b"BZPOPMAX" | b"BZMPOP"
         | b"WAIT" | b"WAITAOF" => Class::Blocking,
         b"XREAD" | b"XREADGROUP" => classify_xread(args),
-        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"MONITOR" | b"SYNC" | b"PSYNC" => Class::Stream,
+        // REPLCONF: `REPLCONF ACK` gets no reply at all; replication commands stream.
+        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"MONITOR" | b"SYNC" | b"PSYNC" | b"REPLCONF" => Class::Stream,
+        b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => Class::Unsubscribe,
         b"READONLY" | b"READWRITE" => Class::Sticky,
         _ => Class::Ordinary,
     }
@@ -253,6 +259,14 @@ mod tests {
         assert_eq!(class_of(&["get", "k"]), Class::Ordinary);
         assert_eq!(class_of(&["mUlTi"]), Class::Multi);
         assert_eq!(class_of(&["blpop", "q", "0"]), Class::Blocking);
+    }
+
+    #[test]
+    fn commands_without_one_reply_each_never_go_shared() {
+        for cmd in [&["UNSUBSCRIBE"][..], &["punsubscribe", "a", "b"], &["SUNSUBSCRIBE", "x"]] {
+            assert_eq!(class_of(cmd), Class::Unsubscribe, "{cmd:?}");
+        }
+        assert_eq!(class_of(&["REPLCONF", "ACK", "0"]), Class::Stream);
     }
 
     #[test]

@@ -17,10 +17,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::debug;
 
 use crate::error::ProxyError;
+use crate::proxy::{Confirm, Expect};
 use crate::reply::{self, ReplyScanner, ScanError};
 use crate::transport::{Reader, Writer};
 use crate::ttl::Shaper;
-use crate::upstream::{ConnectionUp, PoolKey, ReplyChunk, Upstream};
+use crate::upstream::{ConnectionUp, PoolKey, Upstream};
 
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -49,6 +50,10 @@ struct Expected {
     left: u32,
     /// One request whose upstream replies make one reply of the client's (TTL enforcement).
     shaper: Option<Shaper>,
+    /// Its replies may be pushes ((P|S)UNSUBSCRIBE outside a subscription, in RESP3).
+    pushes: bool,
+    /// A session change that its reply confirms or refuses.
+    confirm: Option<Confirm>,
 }
 
 impl PinnedConn {
@@ -99,9 +104,15 @@ impl PinnedConn {
         count: u32,
         stream: bool,
         shaper: Option<Shaper>,
+        expect: Expect,
     ) -> io::Result<()> {
         if !stream {
-            self.fifo.push_back(Expected { seq, left: count, shaper });
+            let pushes = matches!(expect, Expect::Pushes(_));
+            let confirm = match expect {
+                Expect::Confirm(confirm) => Some(confirm),
+                _ => None,
+            };
+            self.fifo.push_back(Expected { seq, left: count, shaper, pushes, confirm });
         }
         self.wr.write_all(bytes).await
     }
@@ -114,23 +125,33 @@ impl PinnedConn {
         self.rd.read_buf(&mut self.buf).await
     }
 
-    /// Hands over what was read: every complete reply matched to its request (counted mode), or
-    /// every complete reply as it is (stream mode, `None` for the sequence number).
-    pub fn take_replies(&mut self, stream: bool, mut out: impl FnMut(Option<u64>, Bytes)) -> Result<(), ScanError> {
+    /// Hands over what was read: every complete reply matched to its request while counted
+    /// requests wait, then (`stream`) every further complete reply as it is, `None` for its
+    /// sequence number. A counted reply comes with the session change it confirms, if any.
+    pub fn take_replies(
+        &mut self,
+        stream: bool,
+        mut out: impl FnMut(Option<u64>, Bytes, Option<Confirm>),
+    ) -> Result<(), ScanError> {
         let mut scanned = 0;
         while let Some(len) = self.scanner.scan(&self.buf[scanned..])? {
-            if stream {
-                scanned += len;
-                continue;
-            }
+            let Some(expected) = self.fifo.front_mut() else {
+                if stream {
+                    scanned += len;
+                    continue;
+                }
+                let bytes = self.buf.split_to(len);
+                if reply::is_push(&bytes) {
+                    debug!("dropping a push on a pinned connection in counted mode");
+                    continue;
+                }
+                return Err(ScanError::unexpected());
+            };
             let bytes = self.buf.split_to(len).freeze();
-            if reply::is_push(&bytes) {
+            if reply::is_push(&bytes) && !expected.pushes {
                 debug!("dropping a push on a pinned connection in counted mode");
                 continue;
             }
-            let Some(expected) = self.fifo.front_mut() else {
-                return Err(ScanError::unexpected());
-            };
             let bytes = match expected.shaper.as_mut() {
                 Some(shaper) => match shaper.feed(&bytes) {
                     Some(reply) => reply,
@@ -138,7 +159,7 @@ impl PinnedConn {
                 },
                 None => bytes,
             };
-            out(Some(expected.seq), bytes);
+            out(Some(expected.seq), bytes, expected.confirm.take());
             expected.seq += 1;
             expected.left -= 1;
             if expected.left == 0 {
@@ -146,16 +167,13 @@ impl PinnedConn {
             }
         }
         if scanned > 0 {
-            out(None, self.buf.split_to(scanned).freeze());
+            out(None, self.buf.split_to(scanned).freeze(), None);
         }
         Ok(())
     }
 
-    /// The connection is gone: one error reply per counted request still waiting.
-    pub fn fail(self, err: &ProxyError) -> Vec<ReplyChunk> {
-        self.fifo
-            .into_iter()
-            .map(|e| ReplyChunk { seq: e.seq, count: e.left, bytes: err.to_replies(e.left as usize) })
-            .collect()
+    /// The first request still waiting for a reply, if any.
+    pub fn first_unanswered(&self) -> Option<u64> {
+        self.fifo.front().map(|e| e.seq)
     }
 }

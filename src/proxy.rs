@@ -59,8 +59,8 @@ pub enum Route {
     Split(PoolKey, SplitGet, Bytes),
     /// Forwarded on the session's pinned connection; `stream` once replies are no longer one
     /// per request. With a rewrite, TTL enforcement changed what is sent or how EXEC's reply
-    /// reaches the client.
-    Pinned { stream: bool, rewrite: Option<Rewrite> },
+    /// reaches the client. `expect`: what comes back beyond one plain reply.
+    Pinned { stream: bool, rewrite: Option<Rewrite>, expect: Expect },
     /// Answer, then close the connection (QUIT).
     Close(Bytes),
 }
@@ -214,7 +214,7 @@ impl Session {
             // Redis agrees should a transaction later leave the name to it.
             if matches!(class, Class::ClientSetName | Class::ClientSetInfo) {
                 return match self.answer(class, cmd, env) {
-                    Ok(_) => Route::Pinned { stream: false, rewrite: None },
+                    Ok(_) => Route::Pinned { stream: false, rewrite: None, expect: Expect::One },
                     Err(err) => Route::Reply(err.to_reply()),
                 };
             }
@@ -223,7 +223,7 @@ impl Session {
             Class::Ordinary if env.upstream_down && is_ping(cmd) => Route::Reply(self.ping(cmd)),
             Class::Ordinary => self.route_ordinary(cmd, env),
             Class::Exec | Class::Discard | Class::Unwatch => Route::Shared(self.pool_key()),
-            Class::Multi | Class::Watch | Class::Blocking | Class::Stream | Class::Sticky => {
+            Class::Multi | Class::Watch | Class::Blocking | Class::Stream | Class::Sticky | Class::Unsubscribe => {
                 self.pin = Pin { active: true, key: self.pool_key(), ..Pin::default() };
                 self.pin_identity = self.identity();
                 self.invalidate_pinned_write(cmd, env.tier);
@@ -375,6 +375,7 @@ mod pinning;
 
 use enforce::enforce_ttl;
 use pinning::Pin;
+pub use pinning::{Confirm, Expect};
 
 #[cfg(test)]
 mod tests;

@@ -71,6 +71,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let upstream = Upstream::new(&config, password, upstream_tls, Arc::clone(&metrics));
     // Dial the default pool now, so an unreachable upstream is reported at start.
     upstream.pool(PoolKey::default());
+    // Clients are served once the first handshake told Redis's version (HELLO's reply has it),
+    // or after connect_timeout without it.
+    upstream.info().learned(upstream.connect_timeout()).await;
     let cache = &config.cache;
     let tier = cache
         .enabled

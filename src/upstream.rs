@@ -169,11 +169,39 @@ impl Drop for ConnectionUp {
 pub struct ServerInfo {
     version: Mutex<String>,
     databases: AtomicU32,
+    /// Told when a handshake has filled in the version.
+    learned: tokio::sync::Notify,
 }
 
 impl ServerInfo {
     pub fn new(version: &str, databases: u32) -> ServerInfo {
-        ServerInfo { version: Mutex::new(version.into()), databases: AtomicU32::new(databases) }
+        ServerInfo {
+            version: Mutex::new(version.into()),
+            databases: AtomicU32::new(databases),
+            learned: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn set_version(&self, version: String) {
+        *self.version.lock().unwrap_or_else(|e| e.into_inner()) = version;
+        self.learned.notify_waiters();
+    }
+
+    /// Waits (at most `limit`) until a handshake has told the server's version: the proxy
+    /// answers HELLO itself, with Redis's version in it.
+    pub async fn learned(&self, limit: Duration) {
+        let _ = timeout(limit, async {
+            loop {
+                let learned = self.learned.notified();
+                tokio::pin!(learned);
+                learned.as_mut().enable();
+                if self.version() != "unknown" {
+                    return;
+                }
+                learned.await;
+            }
+        })
+        .await;
     }
 
     pub fn version(&self) -> String {
@@ -318,6 +346,10 @@ impl Upstream {
 
     fn unavailable(&self, reason: String) -> ProxyError {
         ProxyError::UpstreamUnavailable { addr: self.addr.clone(), reason }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
     }
 
     fn command_timeout(&self) -> Duration {

@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::Client;
 use crate::cache::{FillTicket, SplitGet};
-use crate::proxy::Route;
+use crate::proxy::{Expect, Route};
 use crate::ttl::{Rewrite, Shape, Shaped, Shaper};
 use crate::upstream::{Batch, Hooks, Pool, PoolKey, ReplyChunk};
 
@@ -58,13 +58,26 @@ pub(super) struct TierWork {
     pub(super) split: Option<SplitGet>,
     writes: bool,
     shaped: Vec<(u32, Shape)>,
+    /// On the pinned connection: what comes back beyond one plain reply.
+    pub(super) expect: Expect,
 }
 
 impl TierWork {
     /// Whether the request may join a run of others: nothing but forwarding and, on the
     /// shared pool (whose connections shape each request of a batch), reply shaping.
     fn joins_runs(&self, dest: Dest) -> bool {
-        self.fill.is_none() && self.split.is_none() && (self.shaped.is_empty() || matches!(dest, Dest::Shared(_)))
+        self.fill.is_none()
+            && self.split.is_none()
+            && self.expect == Expect::One
+            && (self.shaped.is_empty() || matches!(dest, Dest::Shared(_)))
+    }
+
+    /// How many replies the request gets (on a destination whose replies are counted).
+    pub(super) fn replies(&self) -> u32 {
+        match self.expect {
+            Expect::Pushes(n) => n,
+            _ => 1,
+        }
     }
 }
 
@@ -108,12 +121,16 @@ impl Client {
                 inline = Some(bytes);
                 (Dest::Shared(key), TierWork { split: Some(split), ..TierWork::default() })
             }
-            Route::Pinned { stream, rewrite } => {
+            Route::Pinned { stream, rewrite, expect } => {
                 let shaped = rewritten(rewrite, &mut inline);
-                (Dest::Pinned { stream }, TierWork { shaped, ..TierWork::default() })
+                if expect == Expect::Quit {
+                    // Redis answers QUIT and closes; the client is closed once that happened.
+                    (self.closing, self.quitting) = (true, true);
+                }
+                (Dest::Pinned { stream }, TierWork { shaped, expect, ..TierWork::default() })
             }
         };
-        let counted = u32::from(dest.counted());
+        let counted = u32::from(dest.counted()) * work.replies();
         // Nothing to do with its replies but deliver them: it may join the run before it.
         let plain = work.joins_runs(dest);
         if let (true, Some(run)) = (plain, self.run.as_mut())
@@ -202,7 +219,7 @@ impl Client {
                 // Boxed: every caller's future (and so every client's task) would hold its
                 // state, the size of a write to the pinned connection, while only pinned
                 // sessions use it.
-                Box::pin(self.send_pinned(bytes, seq, count, stream, shaper)).await
+                Box::pin(self.send_pinned(bytes, seq, count, stream, shaper, work.expect)).await
             }
         }
     }

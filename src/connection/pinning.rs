@@ -9,6 +9,7 @@ use tracing::debug;
 use super::Client;
 use crate::error::ProxyError;
 use crate::pinned::PinnedConn;
+use crate::proxy::Expect;
 use crate::ttl::Shaper;
 use crate::upstream::ReplyChunk;
 
@@ -21,6 +22,7 @@ impl Client {
         count: u32,
         stream: bool,
         shaper: Option<Shaper>,
+        expect: Expect,
     ) {
         let key = self.session.pin_key();
         let identity = self.session.pin_identity().to_vec();
@@ -34,11 +36,16 @@ impl Client {
             match Box::pin(PinnedConn::open(&self.ctx.upstream, key, identity)).await {
                 Ok(conn) => self.pinned = Some(conn),
                 Err(err) => {
+                    // What the session was to start cannot: the requests get the error, and the
+                    // client is closed after them (commands it pipelined behind a MULTI must
+                    // not run outside the transaction).
                     if stream {
                         self.replies.ready.push_back(err.to_reply());
                     } else {
                         self.replies.accept(ReplyChunk { seq, count, bytes: err.to_replies(count as usize) });
                     }
+                    self.lost_at = Some(self.lost_at.unwrap_or(seq + u64::from(count)));
+                    self.closing = true;
                     self.session.pinned_lost();
                     return;
                 }
@@ -46,7 +53,7 @@ impl Client {
         }
         let conn = self.pinned.as_mut().expect("opened above");
         conn.begin_pin();
-        if let Err(e) = conn.send(&bytes, seq, count, stream, shaper).await {
+        if let Err(e) = conn.send(&bytes, seq, count, stream, shaper, expect).await {
             self.pinned_failed(self.lost(e));
         }
     }
@@ -59,10 +66,15 @@ impl Client {
         }
         let stream = self.session.is_streaming();
         let Some(conn) = self.pinned.as_mut() else { return };
-        let replies = &mut self.replies;
-        let taken = conn.take_replies(stream, |seq, bytes| match seq {
-            Some(seq) => replies.accept(ReplyChunk { seq, count: 1, bytes }),
-            None => replies.ready.push_back(bytes),
+        let (replies, session) = (&mut self.replies, &mut self.session);
+        let taken = conn.take_replies(stream, |seq, bytes, confirm| {
+            if let Some(confirm) = confirm {
+                session.confirm(confirm, &bytes);
+            }
+            match seq {
+                Some(seq) => replies.accept(ReplyChunk { seq, count: 1, bytes }),
+                None => replies.ready.push_back(bytes),
+            }
         });
         if let Err(e) = taken {
             return self.pinned_failed(self.lost(e));
@@ -75,19 +87,25 @@ impl Client {
         }
     }
 
-    /// The pinned connection broke: its waiting requests get errors; the session goes on unpinned.
+    /// The pinned connection broke. If the session had state on it (a transaction, WATCHed
+    /// keys, a subscription, a blocking command waiting, ...), the client's connection is
+    /// closed once every reply before the first unanswered request is written: that state is
+    /// gone, and only a closed connection makes the client's library notice and rebuild it,
+    /// as it would had Redis dropped it. A connection kept idle between pins just goes.
     pub(super) fn pinned_failed(&mut self, err: ProxyError) {
         let Some(conn) = self.pinned.take() else { return };
-        for chunk in conn.fail(&err) {
-            self.replies.accept(chunk);
+        if !self.session.is_pinned() {
+            return;
         }
-        if self.session.is_streaming() {
-            self.replies.ready.push_back(err.to_reply());
+        if self.quitting {
+            // Redis closed it after answering QUIT, as asked.
+            return;
         }
-        if self.session.is_pinned() {
-            debug!(client = self.session.id(), error = %err, "pinned upstream connection lost");
-            self.session.pinned_lost();
-        }
+        debug!(client = self.session.id(), error = %err, "pinned upstream connection lost: closing the client");
+        let unanswered = conn.first_unanswered();
+        self.lost_at = Some(unanswered.unwrap_or(self.next_seq));
+        self.closing = true;
+        self.session.pinned_lost();
     }
 
     fn lost(&self, reason: impl ToString) -> ProxyError {

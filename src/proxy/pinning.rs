@@ -7,7 +7,6 @@ use super::{Env, Route, Session};
 use crate::cache::{Cause, Tier};
 use crate::command::{Class, Effect, effect, written_keys};
 use crate::framing::{CommandView, parse_int};
-use crate::reply;
 use crate::upstream::PoolKey;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -24,6 +23,37 @@ pub(super) struct Pin {
     pub(super) blocked_at: Option<u64>,
     /// Redis, not the proxy, knows the session's name, db and protocol (see `route_pinned`).
     pub(super) delegated: bool,
+    /// The sequence number of the MULTI that opened the transaction (to undo it if refused).
+    pub(super) multi_seq: u64,
+    /// A SUBSCRIBE/MONITOR/... is queued in the transaction: after EXEC the connection may
+    /// stream, so it is treated as streaming from EXEC on.
+    pub(super) stream_at_exec: bool,
+}
+
+/// What a request sent on the pinned connection gets back, beyond one plain reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Expect {
+    #[default]
+    One,
+    /// (P|S)UNSUBSCRIBE outside a subscription: this many replies, which RESP3 sends as pushes.
+    Pushes(u32),
+    /// The session changes only once Redis accepts the command (its reply is not an error).
+    Confirm(Confirm),
+    /// QUIT: Redis answers and closes the connection; the client's is closed after that.
+    Quit,
+}
+
+/// A change of the session that Redis's reply decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirm {
+    Select(u32),
+    /// HELLO: the protocol (if given) and the name (if SETNAME was given; empty clears).
+    /// Boxed: rare, and every client's task holds room for a route.
+    Hello(Box<(Option<bool>, Option<Option<Bytes>>)>),
+    /// The MULTI with this sequence number: refused (-BUSY, -NOPERM), no transaction is open.
+    Multi(u64),
+    /// RESET: db 0, RESP2, no name.
+    Reset,
 }
 
 impl Session {
@@ -61,6 +91,27 @@ impl Session {
             self.pin.active = false;
         }
         !self.pin.active
+    }
+
+    /// Redis answered a request that carried a [`Confirm`]: apply it if Redis accepted it.
+    pub fn confirm(&mut self, confirm: Confirm, reply: &[u8]) {
+        let accepted = !matches!(reply.first(), Some(b'-' | b'!'));
+        match confirm {
+            Confirm::Select(db) if accepted => self.db = db,
+            Confirm::Hello(change) if accepted => {
+                let (resp3, name) = *change;
+                self.resp3 = resp3.unwrap_or(self.resp3);
+                if let Some(name) = name {
+                    self.name = name;
+                }
+            }
+            Confirm::Reset => (self.db, self.resp3, self.name) = (0, false, None),
+            Confirm::Multi(seq) if !accepted && self.pin.in_multi && self.pin.multi_seq == seq => {
+                (self.pin.in_multi, self.pin.stream_at_exec) = (false, false);
+                self.forget_transaction();
+            }
+            _ => {}
+        }
     }
 
     /// The pinned connection was lost, and with it whatever state it held in Redis.
@@ -107,14 +158,25 @@ impl Session {
             Err(refused) => return Route::Reply(refused),
         };
         let pin = &mut self.pin;
+        let mut expect = Expect::One;
         match class {
-            Class::Quit => return Route::Close(Bytes::from_static(reply::OK)),
-            Class::Multi => pin.in_multi = true,
+            Class::Quit => expect = Expect::Quit,
+            Class::Multi if !pin.in_multi => {
+                (pin.in_multi, pin.multi_seq) = (true, env.seq);
+                expect = Expect::Confirm(Confirm::Multi(env.seq));
+            }
             // Without MULTI they are errors, and the WATCHed keys stay watched.
-            Class::Exec | Class::Discard if pin.in_multi => (pin.in_multi, pin.watching) = (false, false),
+            Class::Exec | Class::Discard if pin.in_multi => {
+                pin.stream |= class == Class::Exec && pin.stream_at_exec;
+                (pin.in_multi, pin.watching, pin.stream_at_exec) = (false, false, false);
+            }
             Class::Watch if !pin.in_multi => pin.watching = true,
             Class::Unwatch if !pin.in_multi => pin.watching = false,
             Class::Stream if !pin.in_multi => pin.stream = true,
+            Class::Stream => pin.stream_at_exec = true,
+            Class::Unsubscribe if !pin.in_multi && !pin.stream => {
+                expect = Expect::Pushes(cmd.argc().saturating_sub(1).max(1) as u32);
+            }
             Class::Sticky => pin.sticky = true,
             Class::Blocking if !pin.in_multi => _ = pin.blocked_at.get_or_insert(env.seq),
             // Queued in a transaction, they apply only if EXEC runs it: only the pinned
@@ -125,24 +187,46 @@ impl Session {
             }
             Class::Reset => {
                 // Redis resets the pinned connection itself; the pin ends but a stream
-                // connection stays pinned (its replies are not counted any more).
+                // connection stays pinned (its replies are not counted any more). The db,
+                // protocol and name follow its reply, in order with the SELECT/HELLO before it.
+                // (A stream's replies are not counted: there it applies at once.)
                 *pin = Pin { active: true, stream: pin.stream, key: pin.key, ..Pin::default() };
-                (self.db, self.resp3, self.name, self.admin) = (0, false, None, false);
+                self.admin = false;
                 self.user = env.access.initial_user();
-            }
-            // Redis applies these on the pinned connection; follow them for when the pin ends.
-            Class::Select if !pin.in_multi => {
-                if let Some(db) = cmd.arg(1).and_then(parse_int).and_then(|n| u32::try_from(n).ok()) {
-                    self.db = db;
+                if self.pin.stream {
+                    self.confirm(Confirm::Reset, b"+RESET\r\n");
+                } else {
+                    expect = Expect::Confirm(Confirm::Reset);
                 }
             }
-            Class::Hello if !pin.in_multi => match cmd.arg(1).and_then(parse_int) {
-                Some(2) => self.resp3 = false,
-                Some(3) => self.resp3 = true,
-                _ => {}
-            },
+            // Redis applies these on the pinned connection; the session follows once it has.
+            Class::Select => {
+                if let Some(db) = cmd.arg(1).and_then(parse_int).and_then(|n| u32::try_from(n).ok()) {
+                    expect = Expect::Confirm(Confirm::Select(db));
+                }
+            }
+            Class::Hello => expect = Expect::Confirm(hello_change(cmd)),
             _ => {}
         }
-        Route::Pinned { stream: self.pin.stream, rewrite }
+        Route::Pinned { stream: self.pin.stream, rewrite, expect }
     }
+}
+
+/// What `HELLO [protover [AUTH user pass] [SETNAME name]]` changes when Redis accepts it.
+fn hello_change(cmd: &CommandView<'_>) -> Confirm {
+    let resp3 = match cmd.arg(1).and_then(parse_int) {
+        Some(2) => Some(false),
+        Some(3) => Some(true),
+        _ => None,
+    };
+    let mut name = None;
+    let mut args = cmd.args().skip(2);
+    while let Some(option) = args.next() {
+        if option.eq_ignore_ascii_case(b"AUTH") {
+            args.nth(1);
+        } else if option.eq_ignore_ascii_case(b"SETNAME") {
+            name = args.next().map(|n| (!n.is_empty()).then(|| Bytes::copy_from_slice(n)));
+        }
+    }
+    Confirm::Hello(Box::new((resp3, name)))
 }

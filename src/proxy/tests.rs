@@ -33,8 +33,10 @@ fn reply(session: &mut Session, args: &[&str]) -> String {
 }
 
 const SHARED_DB0: Route = Route::Shared(PoolKey { db: 0, resp3: false });
-const PINNED: Route = Route::Pinned { stream: false, rewrite: None };
-const STREAM: Route = Route::Pinned { stream: true, rewrite: None };
+const PINNED: Route = Route::Pinned { stream: false, rewrite: None, expect: Expect::One };
+/// MULTI opening a transaction (its sequence number is 0 in these tests).
+const MULTI_OPENED: Route = Route::Pinned { stream: false, rewrite: None, expect: Expect::Confirm(Confirm::Multi(0)) };
+const STREAM: Route = Route::Pinned { stream: true, rewrite: None, expect: Expect::One };
 
 #[test]
 fn ordinary_commands_use_the_shared_pool_of_the_session() {
@@ -79,7 +81,7 @@ fn hello_switches_protocol_and_answers_in_it() {
 fn proxy_commands_are_the_proxys_even_when_pinned() {
     let mut s = session();
     assert_eq!(route(&mut s, &["proxy", "breaker", "status"]), Route::Admin);
-    assert_eq!(route(&mut s, &["MULTI"]), PINNED);
+    assert_eq!(route(&mut s, &["MULTI"]), MULTI_OPENED);
     assert_eq!(route(&mut s, &["PROXY", "INFO"]), Route::Admin);
 }
 
@@ -105,7 +107,7 @@ fn client_session_commands() {
 fn transactions_pin_until_exec() {
     let mut s = session();
     assert_eq!(route(&mut s, &["WATCH", "k"]), PINNED);
-    assert_eq!(route(&mut s, &["MULTI"]), PINNED);
+    assert_eq!(route(&mut s, &["MULTI"]), MULTI_OPENED);
     assert_eq!(route(&mut s, &["SET", "k", "v"]), PINNED);
     assert!(!s.try_unpin());
     assert_eq!(route(&mut s, &["EXEC"]), PINNED);
@@ -113,7 +115,7 @@ fn transactions_pin_until_exec() {
     assert_eq!(route(&mut s, &["GET", "k"]), SHARED_DB0);
     // SELECT or HELLO queued in MULTI: their effect depends on EXEC, so the session stays on
     // its pinned connection, which knows the outcome.
-    assert_eq!(route(&mut s, &["MULTI"]), PINNED);
+    assert_eq!(route(&mut s, &["MULTI"]), MULTI_OPENED);
     assert_eq!(route(&mut s, &["SELECT", "1"]), PINNED);
     assert_eq!(route(&mut s, &["EXEC"]), PINNED);
     assert!(!s.try_unpin());
@@ -127,7 +129,7 @@ fn the_client_name_is_the_sessions_while_pinned_outside_multi() {
     // Applied here and forwarded, so that the pinned connection agrees.
     assert_eq!(route(&mut s, &["CLIENT", "SETNAME", "w"]), PINNED);
     assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), "$1\r\nw\r\n");
-    assert_eq!(route(&mut s, &["MULTI"]), PINNED);
+    assert_eq!(route(&mut s, &["MULTI"]), MULTI_OPENED);
     // Inside MULTI, Redis queues it.
     assert_eq!(route(&mut s, &["CLIENT", "GETNAME"]), PINNED);
     assert_eq!(route(&mut s, &["EXEC"]), PINNED);
@@ -159,7 +161,8 @@ fn streams_and_sticky_flags_pin_for_good() {
     assert_eq!(route(&mut s, &["SUBSCRIBE", "c"]), STREAM);
     assert_eq!(route(&mut s, &["RESET"]), STREAM);
     assert!(!s.try_unpin());
-    assert!(matches!(route(&mut s, &["QUIT"]), Route::Close(_)));
+    // Redis answers QUIT after what it streamed before it, then closes.
+    assert_eq!(route(&mut s, &["QUIT"]), Route::Pinned { stream: true, rewrite: None, expect: Expect::Quit });
     let mut s = session();
     assert_eq!(route(&mut s, &["CLIENT", "NO-EVICT", "on"]), PINNED);
     assert!(!s.try_unpin());
@@ -232,7 +235,7 @@ fn ttl_enforcement_on_the_shared_pool_is_a_transaction_of_its_own() {
 #[test]
 fn in_a_transaction_the_proxys_commands_are_queued_and_dropped_from_exec() {
     let (mut s, policy) = (session(), ttl_policy());
-    assert_eq!(route_with(&mut s, &["MULTI"], None, &policy), PINNED);
+    assert_eq!(route_with(&mut s, &["MULTI"], None, &policy), MULTI_OPENED);
     let hset = rewrite_of(route_with(&mut s, &["HSET", "s:1", "f", "v"], None, &policy)).unwrap();
     assert_eq!(hset.shape, Some(Shape::Trailing { hidden: 1 }));
     assert_eq!(route_with(&mut s, &["GET", "s:1"], None, &policy), PINNED);
@@ -241,7 +244,7 @@ fn in_a_transaction_the_proxys_commands_are_queued_and_dropped_from_exec() {
     let exec = rewrite_of(route_with(&mut s, &["EXEC"], None, &policy)).unwrap();
     assert_eq!(exec, Rewrite { bytes: None, shape: Some(Shape::Exec(vec![true, false, true, true])) });
     // A transaction without enforced writes keeps EXEC as it is.
-    assert_eq!(route_with(&mut s, &["MULTI"], None, &policy), PINNED);
+    assert_eq!(route_with(&mut s, &["MULTI"], None, &policy), MULTI_OPENED);
     assert_eq!(route_with(&mut s, &["SET", "x", "v"], None, &policy), PINNED);
     assert_eq!(route_with(&mut s, &["EXEC"], None, &policy), PINNED);
 }
@@ -249,12 +252,12 @@ fn in_a_transaction_the_proxys_commands_are_queued_and_dropped_from_exec() {
 #[test]
 fn a_refused_command_in_a_transaction_aborts_it() {
     let (mut s, policy) = (session(), ttl_policy());
-    assert_eq!(route_with(&mut s, &["MULTI"], None, &policy), PINNED);
+    assert_eq!(route_with(&mut s, &["MULTI"], None, &policy), MULTI_OPENED);
     assert!(matches!(route_with(&mut s, &["PERSIST", "s:1"], None, &policy), Route::Reply(_)));
     let exec = rewrite_of(route_with(&mut s, &["EXEC"], None, &policy)).unwrap();
     assert_eq!(exec.shape, Some(Shape::Discarded));
     assert_eq!(exec.bytes.as_deref(), Some(&b"*1\r\n$7\r\nDISCARD\r\n"[..]));
     // The next transaction starts clean.
-    assert_eq!(route_with(&mut s, &["MULTI"], None, &policy), PINNED);
+    assert_eq!(route_with(&mut s, &["MULTI"], None, &policy), MULTI_OPENED);
     assert_eq!(route_with(&mut s, &["EXEC"], None, &policy), PINNED);
 }

@@ -52,7 +52,7 @@ impl Upstream {
             return Err(format!("HELLO failed: {}", String::from_utf8_lossy(hello).trim_end()));
         }
         if let Some(version) = field(hello, key.resp3, "version") {
-            *self.info.version.lock().unwrap_or_else(|e| e.into_inner()) = version;
+            self.info.set_version(version);
         }
         if let Some(n) = field(&replies[1], key.resp3, "databases").and_then(|n| n.parse().ok()) {
             self.info.databases.store(n, Ordering::Relaxed);

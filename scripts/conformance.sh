@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Redis's own test suite (7.0.15, ../shared/redis-suite) against the proxy: starts a private
+# redis-server and the proxy in front of it (default configuration: tier on), runs
+# PROFILE=proxy UNIT_SET=extended against that ONE proxy and ONE redis-server, and prints the
+# runner's per-unit lines and total ("N passed, M failed").
+#
+#   scripts/conformance.sh                      # the whole extended set, tier on
+#   CACHE=off scripts/conformance.sh            # the same with cache.enabled = false
+#   scripts/conformance.sh unit/pubsub unit/multi   # single units
+#
+# Knobs: SUITE_DIR (default ../shared/redis-suite), MIN_PASSED (exit non-zero when fewer tests
+# pass; default 0 = only report), BUILD (release|debug, default release), LOG_DIR (per-unit logs),
+# UNIT_TIMEOUT (seconds per unit, default 300).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+SUITE_DIR=${SUITE_DIR:-$root/../shared/redis-suite}
+BUILD=${BUILD:-release}
+CACHE=${CACHE:-on}
+MIN_PASSED=${MIN_PASSED:-0}
+
+scripts/ensure-redis.sh
+if ! command -v tclsh8.6 >/dev/null && ! command -v tclsh >/dev/null; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq tcl8.6 >/dev/null
+fi
+if [ "$BUILD" = release ]; then
+  cargo build --release --quiet --bin nearcache
+else
+  cargo build --quiet --bin nearcache
+fi
+bin=$root/target/$BUILD/nearcache
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null ||
+  echo $((20000 + RANDOM % 20000)); }
+
+work=$(mktemp -d -t nearcache-conformance.XXXXXX)
+redis_pid=""; proxy_pid=""
+cleanup() {
+  [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null
+  [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_for() { # $1 = port: until it answers PING (bounded)
+  for _ in $(seq 600); do
+    [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ] && return 0
+    sleep 0.1
+  done
+  echo "nothing answers on port $1" >&2; return 1
+}
+
+for attempt in 1 2 3; do
+  rport=$(free_port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
+    --logfile "$work/redis.log" &
+  redis_pid=$!
+  wait_for "$rport" && break
+  kill "$redis_pid" 2>/dev/null; redis_pid=""
+done
+[ -n "$redis_pid" ] || { echo "redis-server did not start" >&2; exit 1; }
+
+enabled=true; [ "$CACHE" = off ] && enabled=false
+cat >"$work/proxy.toml" <<EOF
+[cache]
+enabled = $enabled
+EOF
+for attempt in 1 2 3; do
+  pport=$(free_port)
+  RUST_LOG=${RUST_LOG:-warn} "$bin" --config "$work/proxy.toml" --listen "127.0.0.1:$pport" \
+    --upstream "127.0.0.1:$rport" 2>"$work/proxy.log" &
+  proxy_pid=$!
+  wait_for "$pport" && break
+  kill "$proxy_pid" 2>/dev/null; proxy_pid=""
+done
+[ -n "$proxy_pid" ] || { echo "the proxy did not start:" >&2; cat "$work/proxy.log" >&2; exit 1; }
+echo "# redis-server on $rport, nearcache ($BUILD, cache $CACHE) on $pport" >&2
+
+status=0
+out=$(REDIS_TESTS_DIR="$SUITE_DIR/redis-7.0.15" HOST=127.0.0.1 PORT=$pport PROFILE=proxy \
+  UNIT_SET=${UNIT_SET:-extended} "$SUITE_DIR/run.sh" "$@") || status=$?
+echo "$out"
+if ! kill -0 "$proxy_pid" 2>/dev/null; then
+  echo "the proxy died during the run:" >&2; tail -50 "$work/proxy.log" >&2; exit 1
+fi
+passed=$(echo "$out" | awk '/ passed, .* failed$/ {print $1}' | tail -1)
+if [ "${passed:-0}" -lt "$MIN_PASSED" ]; then
+  echo "conformance: ${passed:-0} passed, fewer than MIN_PASSED=$MIN_PASSED" >&2
+  exit 1
+fi
+[ "$MIN_PASSED" -gt 0 ] || exit 0
+exit 0
