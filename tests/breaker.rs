@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, Proxy, Raw, Redis, call, calls, config_for, free_port, until_reply, wait_for_caching};
+use common::{Proxy, Raw, Redis, call, calls, config_for, free_port, until_reply, wait_for_caching};
 use nearcache::config::{Config, Span};
 
 /// A breaker that reacts within a test's patience.
@@ -188,36 +188,4 @@ async fn every_acknowledged_write_survives_an_upstream_restart() {
     proxy.stop().await;
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pinned_session_whose_connection_dies_gets_an_error_and_goes_on() {
-    let redis = Redis::start();
-    let proxy = Proxy::in_front_of(&redis).await;
-    let mut raw = proxy.raw().await;
-    raw.cmd(&[b"BLPOP", b"queue", b"0"]).await;
-    // Its own upstream connection, blocked in BLPOP: kill it in Redis.
-    let mut direct = Raw::connect(redis.addr()).await;
-    let deadline = Instant::now() + PATIENCE;
-    let id = loop {
-        let clients = call(&mut direct, &["CLIENT", "LIST"]).await;
-        if let Some(id) = clients
-            .lines()
-            .find(|l| l.contains("cmd=blpop"))
-            .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-        {
-            break id.to_owned();
-        }
-        assert!(Instant::now() < deadline, "the BLPOP never reached Redis");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert_eq!(call(&mut direct, &["CLIENT", "KILL", "ID", &id]).await, ":1\r\n");
-    let reply = String::from_utf8_lossy(&raw.reply().await).into_owned();
-    assert!(reply.starts_with(&format!("-ERR upstream {} connection lost", redis.addr())), "{reply}");
-    // The session goes on, shared and pinned.
-    assert_eq!(call(&mut raw, &["SET", "a", "1"]).await, "+OK\r\n");
-    assert_eq!(call(&mut raw, &["MULTI"]).await, "+OK\r\n");
-    assert_eq!(call(&mut raw, &["INCR", "a"]).await, "+QUEUED\r\n");
-    assert_eq!(call(&mut raw, &["EXEC"]).await, "*1\r\n:2\r\n");
-    proxy.stop().await;
 }
