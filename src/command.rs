@@ -37,6 +37,10 @@ pub enum Class {
     /// least once), as pushes in RESP3. Never on a shared connection, whose replies are matched
     /// one per request: the extra replies would reach other clients.
     Unsubscribe,
+    /// SCRIPT KILL, FUNCTION KILL, SHUTDOWN: what ends a busy Redis. Sent on a connection of the
+    /// session's own (in db 0, which a busy Redis can open), pinned until answered: on a shared
+    /// connection they could wait behind the very script they are meant to stop.
+    Interrupt,
 }
 
 /// Longest command or subcommand name we need to recognise.
@@ -78,6 +82,8 @@ pub fn classify(cmd: &CommandView<'_>) -> Class {
         b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"MONITOR" | b"SYNC" | b"PSYNC" | b"REPLCONF" => Class::Stream,
         b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => Class::Unsubscribe,
         b"READONLY" | b"READWRITE" => Class::Sticky,
+        b"SHUTDOWN" => Class::Interrupt,
+        b"SCRIPT" | b"FUNCTION" if args.next().is_some_and(|sub| sub.eq_ignore_ascii_case(b"KILL")) => Class::Interrupt,
         _ => Class::Ordinary,
     }
 }
@@ -267,6 +273,10 @@ mod tests {
             assert_eq!(class_of(cmd), Class::Unsubscribe, "{cmd:?}");
         }
         assert_eq!(class_of(&["REPLCONF", "ACK", "0"]), Class::Stream);
+        assert_eq!(class_of(&["script", "kill"]), Class::Interrupt);
+        assert_eq!(class_of(&["FUNCTION", "KILL"]), Class::Interrupt);
+        assert_eq!(class_of(&["FUNCTION", "LIST"]), Class::Ordinary);
+        assert_eq!(class_of(&["SHUTDOWN", "NOSAVE"]), Class::Interrupt);
     }
 
     #[test]

@@ -91,6 +91,12 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// A connection attempt that Redis answered with -BUSY (a long script runs): Redis is
+    /// there, so it is no connection failure for the circuit breaker.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, ProxyError::UpstreamUnavailable { reason, .. } if reason.contains(": -BUSY"))
+    }
+
     /// The RESP reply a client receives for this error.
     pub fn to_reply(&self) -> Bytes {
         reply::error(&self.reply_text())

@@ -229,6 +229,14 @@ impl Session {
                 self.invalidate_pinned_write(cmd, env.tier);
                 self.route_pinned(class, cmd, env)
             }
+            Class::Interrupt => {
+                // db 0: a busy Redis refuses SELECT, and these commands do not depend on the db.
+                let key = PoolKey { db: 0, ..self.pool_key() };
+                self.pin = Pin { active: true, key, ..Pin::default() };
+                self.pin_identity = self.identity();
+                self.invalidate_pinned_write(cmd, env.tier);
+                self.route_pinned(class, cmd, env)
+            }
             Class::Quit => Route::Close(Bytes::from_static(reply::OK)),
             local => Route::Reply(self.answer(local, cmd, env).unwrap_or_else(|e| e.to_reply())),
         }

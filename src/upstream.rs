@@ -295,7 +295,11 @@ impl Upstream {
             return Err(ProxyError::BreakerOpen { addr: self.addr.clone(), retry_in });
         }
         let connected = self.connect(key).await;
-        self.breaker.record(if connected.is_ok() { Outcome::Connected } else { Outcome::ConnectFailed });
+        match &connected {
+            Ok(_) => self.breaker.record(Outcome::Connected),
+            Err(err) if !err.is_busy() => self.breaker.record(Outcome::ConnectFailed),
+            Err(_) => {}
+        }
         let mut stream = connected?;
         if !setup.is_empty() {
             self.within("setup", async {

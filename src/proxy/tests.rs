@@ -261,3 +261,44 @@ fn a_refused_command_in_a_transaction_aborts_it() {
     assert_eq!(route_with(&mut s, &["MULTI"], None, &policy), MULTI_OPENED);
     assert_eq!(route_with(&mut s, &["EXEC"], None, &policy), PINNED);
 }
+
+#[test]
+fn session_state_follows_what_redis_accepted_on_the_pinned_connection() {
+    let mut s = session();
+    assert_eq!(route(&mut s, &["WATCH", "k"]), PINNED);
+    // Refused by Redis: the db stays.
+    let select = route(&mut s, &["SELECT", "99"]);
+    assert_eq!(select, Route::Pinned { stream: false, rewrite: None, expect: Expect::Confirm(Confirm::Select(99)) });
+    s.confirm(Confirm::Select(99), b"-ERR DB index is out of range\r\n");
+    assert_eq!(s.pin_key().db, 0);
+    s.confirm(Confirm::Select(2), b"+OK\r\n");
+    // A SELECT answered after a RESET sent behind it does not outlive the RESET.
+    let Route::Pinned { expect: Expect::Confirm(reset), .. } = route(&mut s, &["RESET"]) else { panic!() };
+    s.confirm(reset, b"+RESET\r\n");
+    assert_eq!(s.pool_key().db, 0);
+    // A MULTI refused (-BUSY) opens no transaction: the pin can end.
+    assert_eq!(route(&mut s, &["MULTI"]), MULTI_OPENED);
+    assert!(!s.try_unpin());
+    s.confirm(Confirm::Multi(0), b"-BUSY Redis is busy running a script.\r\n");
+    assert!(s.try_unpin());
+    // HELLO while pinned: protocol and name once Redis said yes.
+    let mut s = session();
+    route(&mut s, &["WATCH", "k"]);
+    let Route::Pinned { expect: Expect::Confirm(hello), .. } = route(&mut s, &["HELLO", "3", "SETNAME", "n"]) else {
+        panic!()
+    };
+    s.confirm(hello.clone(), b"-NOPROTO\r\n");
+    assert!(!s.pool_key().resp3);
+    s.confirm(hello, b"%7\r\n");
+    assert!(s.pool_key().resp3);
+    assert_eq!(s.identity(), vec![encode_command(&["CLIENT", "SETNAME", "n"])]);
+}
+
+#[test]
+fn unsubscribing_outside_a_subscription_expects_a_reply_per_channel() {
+    let mut s = session();
+    let expect = |n| Route::Pinned { stream: false, rewrite: None, expect: Expect::Pushes(n) };
+    assert_eq!(route(&mut s, &["UNSUBSCRIBE"]), expect(1));
+    assert_eq!(route(&mut s, &["PUNSUBSCRIBE", "a", "b", "c"]), expect(3));
+    assert!(s.try_unpin(), "pinned only until answered");
+}

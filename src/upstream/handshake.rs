@@ -6,8 +6,10 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::{OwnedFrame as Resp2Frame, Resp2Frame as _};
 use redis_protocol::resp3::types::{OwnedFrame as Resp3Frame, Resp3Frame as _};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::timeout;
 
 use super::{PoolKey, Upstream};
 use crate::error::ProxyError;
@@ -18,18 +20,35 @@ use crate::transport::Stream;
 impl Upstream {
     /// A new connection to the upstream, handshake done, in the protocol and db of `key`.
     pub async fn connect(&self, key: PoolKey) -> Result<Stream, ProxyError> {
+        let mut stream = self.open().await?;
+        self.within("handshake", self.handshake(&mut stream, key)).await?;
+        Ok(stream)
+    }
+
+    /// TCP (and TLS), no handshake.
+    async fn open(&self) -> Result<Stream, ProxyError> {
         let tcp =
             self.within("connect", async { TcpStream::connect(&self.addr).await.map_err(|e| e.to_string()) }).await?;
         let _ = tcp.set_nodelay(true);
-        let mut stream = match &self.tls {
+        Ok(match &self.tls {
             None => Stream::Plain(tcp),
             Some((connector, name)) => {
                 let handshake = async { connector.connect(name.clone(), tcp).await.map_err(|e| e.to_string()) };
                 Stream::TlsClient(Box::new(self.within("TLS handshake", handshake).await?))
             }
+        })
+    }
+
+    /// Whether Redis answers a `PING` on a new connection within `limit`: any reply counts
+    /// (`-BUSY` from a long script, `-NOAUTH`, `-LOADING`: a server that is there). Tells a busy
+    /// Redis, which other clients would simply wait for, from one that is gone.
+    pub async fn answers_ping(&self, limit: Duration) -> Option<Bytes> {
+        let ping = async {
+            let mut stream = self.open().await.ok()?;
+            stream.write_all(b"*1\r\n$4\r\nPING\r\n").await.ok()?;
+            read_replies(&mut stream, 1).await.ok()?.pop()
         };
-        self.within("handshake", self.handshake(&mut stream, key)).await?;
-        Ok(stream)
+        timeout(limit, ping).await.ok().flatten()
     }
 
     async fn handshake(&self, stream: &mut Stream, key: PoolKey) -> Result<(), String> {

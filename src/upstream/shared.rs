@@ -7,8 +7,10 @@
 //! in order), and sends each client the run of its replies as one slice of the read buffer.
 //!
 //! # Failure
-//! If the connection breaks or its oldest request waits longer than `upstream.command_timeout`,
-//! every request sent and not answered gets an error saying its outcome is unknown (it may have
+//! If the connection breaks, or its oldest request waits longer than `upstream.command_timeout`
+//! and a PING on a new connection is not answered within as long either (a busy Redis, running
+//! a long script, answers it; a gone one does not), every request sent and not answered gets
+//! an error saying its outcome is unknown (it may have
 //! executed: it is never retried), the socket is dropped and a new one is dialled with backoff.
 //! While there is no connection, batches are refused at once with an error naming the upstream.
 
@@ -147,7 +149,9 @@ pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batche
                 }
             }
             Err(err) => {
-                up.breaker.record(Outcome::ConnectFailed);
+                if !err.is_busy() {
+                    up.breaker.record(Outcome::ConnectFailed);
+                }
                 failures += 1;
                 if failures == 1 {
                     warn!(upstream = %up.addr, slot, error = %err, "cannot connect to upstream; retrying with backoff");
@@ -172,7 +176,10 @@ async fn refuse_for(up: &Upstream, batches: &mut UnboundedReceiver<Batch>, wait:
             batch = batches.recv() => match batch {
                 Some(batch) => {
                     // A failed call: a half-open probe must not wait for an answer that never comes.
-                    up.breaker.record(Outcome::Failed);
+                    // (Not when Redis answered -BUSY: it is there.)
+                    if !err.is_busy() {
+                        up.breaker.record(Outcome::Failed);
+                    }
                     batch.fail(err);
                 }
                 None => return false,
@@ -243,12 +250,15 @@ async fn read_loop(
     let deadline = sleep_until(Instant::now());
     tokio::pin!(deadline);
     let mut armed: Option<Instant> = None;
+    // Redis answered a PING on another connection at this time: it is busy, not gone.
+    let mut alive_at: Option<Instant> = None;
     loop {
         if current.is_none() {
             *current = routes.try_recv().ok();
         }
-        // The oldest unanswered request bounds how long we wait for the next byte.
-        let due = current.as_ref().map(|r| r.sent_at + up.command_timeout());
+        // The oldest unanswered request bounds how long we wait for the next byte, unless Redis
+        // showed since that it is there.
+        let due = current.as_ref().map(|r| r.sent_at.max(alive_at.unwrap_or(r.sent_at)) + up.command_timeout());
         if due != armed {
             if let Some(due) = due {
                 deadline.as_mut().reset(due);
@@ -269,6 +279,14 @@ async fn read_loop(
                 continue;
             }
             _ = &mut deadline, if armed.is_some() => {
+                // Busy is not dead: a long script or DEBUG SLEEP holds every connection, and other
+                // clients of Redis would wait. Only when a new connection's PING is not answered
+                // within another command_timeout either is this one given up.
+                if up.answers_ping(up.command_timeout()).await.is_some() {
+                    debug!(upstream = %up.addr, "no reply within command_timeout, but Redis answers: waiting on");
+                    alive_at = Some(Instant::now());
+                    continue;
+                }
                 return ProxyError::UpstreamTimeout { addr: up.addr.clone(), after: up.command_timeout() };
             }
         }

@@ -1,0 +1,63 @@
+//! Busy is not dead: while Redis runs a long script or DEBUG SLEEP, other clients wait as they
+//! would directly (their requests are not failed at command_timeout), and SCRIPT KILL gets
+//! through even from a client whose shared connection waits behind the script.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PATIENCE, Proxy, Raw, Redis, call, config_for, free_port, until_reply};
+use nearcache::config::Span;
+
+/// One shared connection (everything waits behind the busy command on it), a short
+/// command_timeout (what used to fail the waiting requests).
+async fn proxy(redis: &Redis, command_timeout: Duration) -> Proxy {
+    let mut config = config_for(&redis.addr());
+    config.upstream.connections = 1;
+    config.upstream.command_timeout = Span(command_timeout);
+    Proxy::start(config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_script_makes_others_wait_and_script_kill_gets_through() {
+    let redis = Redis::start();
+    let mut direct = Raw::connect(redis.addr()).await;
+    // Redis answers -BUSY to other clients after 200 ms of script (default 5 s).
+    assert_eq!(call(&mut direct, &["CONFIG", "SET", "busy-reply-threshold", "200"]).await, "+OK\r\n");
+    assert_eq!(call(&mut direct, &["SET", "k", "v"]).await, "+OK\r\n");
+    let proxy = proxy(&redis, Duration::from_millis(500)).await;
+    let mut script = proxy.raw().await;
+    let mut reader = proxy.raw().await;
+    let mut killer = proxy.raw().await;
+    script.cmd(&[b"EVAL", b"while true do end", b"0"]).await;
+    // Queued behind the script on the one shared connection.
+    until_reply(&mut direct, &["PING"], "Redis busy", |r| r.starts_with("-BUSY")).await;
+    reader.cmd(&[b"GET", b"k"]).await;
+    // Past command_timeout, the reader is still waiting, not failed.
+    assert_eq!(reader.try_reply(Duration::from_millis(1500)).await, None, "the reader was failed while Redis was busy");
+    assert_eq!(call(&mut killer, &["SCRIPT", "KILL"]).await, "+OK\r\n");
+    let killed = String::from_utf8_lossy(&script.reply().await).into_owned();
+    assert!(killed.starts_with("-ERR Script killed by user with SCRIPT KILL"), "{killed}");
+    assert_eq!(reader.reply().await, "$1\r\nv\r\n");
+    // Nothing was tripped: everyone goes on.
+    assert_eq!(call(&mut killer, &["GET", "k"]).await, "$1\r\nv\r\n");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_sleep_makes_others_wait() {
+    let redis = Redis::start_with(free_port(), &["--enable-debug-command", "yes"]);
+    let mut direct = Raw::connect(redis.addr()).await;
+    assert_eq!(call(&mut direct, &["SET", "k", "v"]).await, "+OK\r\n");
+    let proxy = proxy(&redis, Duration::from_secs(1)).await;
+    let mut sleeper = proxy.raw().await;
+    let mut reader = proxy.raw().await;
+    // Longer than command_timeout; shorter than twice that, by when a new connection's PING
+    // (the sign of a Redis that is there) is answered.
+    sleeper.cmd(&[b"DEBUG", b"SLEEP", b"1.5"]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    reader.cmd(&[b"GET", b"k"]).await;
+    assert_eq!(sleeper.try_reply(PATIENCE).await.as_deref(), Some(&b"+OK\r\n"[..]));
+    assert_eq!(reader.reply().await, "$1\r\nv\r\n");
+    proxy.stop().await;
+}
