@@ -14,6 +14,10 @@
 //! 3. When the period is over, the next `half_open_probes` requests go through as probes and
 //!    the rest are refused. If all probes succeed it closes (and the doubling starts over);
 //!    the first failure opens it again.
+//! 4. Whatever the period, it closes as soon as the upstream shows it is back: a connection
+//!    to it completes its handshake, or the proxy's own PING (sent every 100 ms while it is
+//!    not closed, see `upstream::recover`) is answered ([`Breaker::recovered`]). Clients are
+//!    never kept out of a Redis that answers.
 //!
 //! What counts as a failure is decided by the caller ([`Outcome`]): connection and I/O errors,
 //! timeouts, and replies meaning "server unusable" ([`is_unusable`]). Ordinary error replies
@@ -86,6 +90,8 @@ pub struct Breaker {
     inner: Mutex<Inner>,
     /// False while closed: the common case answers without the lock.
     not_closed: AtomicBool,
+    /// Told whenever it opens (the recovery probe waits for it).
+    opened: tokio::sync::Notify,
     pub stats: Stats,
 }
 
@@ -133,6 +139,7 @@ impl Breaker {
                 probes_passed: 0,
             }),
             not_closed: AtomicBool::new(false),
+            opened: tokio::sync::Notify::new(),
             stats: Stats::default(),
         }
     }
@@ -228,10 +235,36 @@ impl Breaker {
         }
     }
 
+    /// Waits until it is not closed.
+    pub async fn until_open(&self) {
+        loop {
+            let opened = self.opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if self.not_closed.load(Ordering::Acquire) {
+                return;
+            }
+            opened.await;
+        }
+    }
+
+    /// Step 4: the upstream answered the proxy's own probe: close.
+    pub fn recovered(&self) {
+        let mut inner = self.lock();
+        if inner.state != State::Closed {
+            self.close(&mut inner);
+        }
+    }
+
     pub fn record(&self, outcome: Outcome) {
         let mut inner = self.lock();
         match (inner.state, outcome) {
-            (_, Outcome::Connected) => inner.connect_failures = 0,
+            (State::Closed, Outcome::Connected) => inner.connect_failures = 0,
+            // Step 4: a connection's handshake was answered.
+            (_, Outcome::Connected) => {
+                inner.connect_failures = 0;
+                self.close(&mut inner);
+            }
             (State::Closed, Outcome::ConnectFailed) => {
                 inner.connect_failures += 1;
                 if inner.connect_failures >= inner.settings.connect_failures {
@@ -289,6 +322,7 @@ impl Breaker {
         inner.open_until = Instant::now() + period + jitter;
         inner.window.clear();
         (inner.failures, inner.slow, inner.connect_failures) = (0, 0, 0);
+        self.opened.notify_waiters();
         warn!(
             upstream = %self.upstream, state = "open", reason = ?reason, open_ms = (period + jitter).as_millis() as u64,
             "circuit breaker opened: requests are refused at once"

@@ -78,6 +78,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let tier = cache
         .enabled
         .then(|| Arc::new(Tier::new(cache.max_memory.0, cache.max_entry_size.0 as usize, false, cache.serve_stale.0)));
+    let recovery = tokio::spawn(crate::upstream::recover(Arc::clone(&upstream)));
     let tracking = match (&tier, cache.tracking) {
         (Some(tier), Tracking::Bcast) => Some(tokio::spawn(tracking::run(Arc::clone(&upstream), Arc::clone(tier)))),
         _ => None,
@@ -140,7 +141,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         warn!(clients = clients.len(), "drain timeout: closing the remaining clients");
         clients.shutdown().await;
     }
-    for task in [tracking, exporter, Some(hangups)].into_iter().flatten() {
+    for task in [tracking, exporter, Some(hangups), Some(recovery)].into_iter().flatten() {
         task.abort();
     }
     upstream.close();

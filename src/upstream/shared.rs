@@ -173,6 +173,7 @@ async fn refuse_for(up: &Upstream, batches: &mut UnboundedReceiver<Batch>, wait:
     loop {
         tokio::select! {
             _ = &mut until => return true,
+            _ = up.back.notified() => return true,
             batch = batches.recv() => match batch {
                 Some(batch) => {
                     // A failed call: a half-open probe must not wait for an answer that never comes.
