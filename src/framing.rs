@@ -38,11 +38,12 @@ impl Limits {
 pub enum FrameError {
     #[error("invalid multibulk length")]
     InvalidMultibulkLength,
-    #[error("too many arguments: {count} > listen.max_args {limit}")]
+    // Redis's own words first (clients and Redis's test suite match them), the proxy's limit after.
+    #[error("invalid multibulk length ({count} arguments > listen.max_args {limit})")]
     TooManyArgs { count: u64, limit: usize },
     #[error("invalid bulk length")]
     InvalidBulkLength,
-    #[error("bulk length {len} exceeds listen.max_request_size {limit}")]
+    #[error("invalid bulk length ({len} > listen.max_request_size {limit})")]
     BulkTooLarge { len: u64, limit: usize },
     #[error("request exceeds listen.max_request_size {limit}")]
     RequestTooLarge { limit: usize },
