@@ -48,8 +48,7 @@ fn framing(c: &mut Criterion) {
 }
 
 fn routing(c: &mut Criterion) {
-    let addr = "127.0.0.1:1".parse().unwrap();
-    let mut session = Session::new(1, addr, addr);
+    let mut session = Session::new(1);
     let info = ServerInfo::new("7.0.0", 16);
     let policy = Policy::new(&Config::default());
     let breaker = Breaker::new(&Config::default().breaker, "127.0.0.1:6379");

@@ -126,7 +126,7 @@ pub async fn serve(
     ctx: Arc<Context>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
+    let Ok(peer) = stream.peer_addr() else { return };
     let _ = stream.set_nodelay(true);
     let stream = match Box::pin(Stream::accept(stream, tls.as_ref())).await {
         Ok(stream) => stream,
@@ -138,7 +138,7 @@ pub async fn serve(
     let mut client = Client {
         parser: RequestParser::new(ctx.limits),
         ctx,
-        session: Session::new(id, peer, local).with_user(user),
+        session: Session::new(id).with_user(user),
         rd,
         wr,
         rbuf: BytesMut::with_capacity(FIRST_READ),

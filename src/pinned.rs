@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::debug;
 
 use crate::error::ProxyError;
+use crate::framing::encode_command;
 use crate::proxy::{Confirm, Expect};
 use crate::reply::{self, ReplyScanner, ScanError};
 use crate::transport::{Reader, Writer};
@@ -54,7 +55,12 @@ struct Expected {
     pushes: bool,
     /// A session change that its reply confirms or refuses.
     confirm: Option<Confirm>,
+    /// The proxy's own commands (see `begin_pin`): their replies are dropped.
+    hidden: bool,
 }
+
+/// How `CLIENT SETNAME` starts, encoded (see `Session::identity`).
+const SETNAME: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n";
 
 impl PinnedConn {
     /// `identity`: the session's CLIENT SETNAME/SETINFO, so that Redis agrees with the proxy.
@@ -75,14 +81,37 @@ impl PinnedConn {
         })
     }
 
-    /// Whether a pin may start on it: kept from an earlier pin, in `key` with `identity`. A
-    /// connection a pin is using always fits that pin.
-    pub fn fits(&self, key: PoolKey, identity: &[Bytes]) -> bool {
-        self.in_pin || (self.key == key && self.identity == identity)
-    }
-
-    pub fn begin_pin(&mut self) {
+    /// A pin starts on it (opened for it, or kept from an earlier pin). A kept connection is
+    /// first brought to the session's protocol, db and name (`key`, `identity`) with commands
+    /// of the proxy's own, whose replies nobody sees: the session keeps one upstream
+    /// connection, so the id it was shown (CLIENT ID) stays its own.
+    pub async fn begin_pin(&mut self, key: PoolKey, identity: &[Bytes]) -> io::Result<()> {
+        if self.in_pin {
+            return Ok(());
+        }
         self.in_pin = true;
+        let mut sync: Vec<Bytes> = Vec::new();
+        if key.resp3 != self.key.resp3 {
+            sync.push(encode_command(&["HELLO", if key.resp3 { "3" } else { "2" }]));
+        }
+        if key.db != self.key.db {
+            sync.push(encode_command(&["SELECT".to_string(), key.db.to_string()]));
+        }
+        if identity != self.identity {
+            let named = |commands: &[Bytes]| commands.iter().any(|c| c.starts_with(SETNAME));
+            if named(&self.identity) && !named(identity) {
+                sync.push(encode_command(&["CLIENT", "SETNAME", ""]));
+            }
+            sync.extend(identity.iter().cloned());
+        }
+        (self.key, self.identity) = (key, identity.to_vec());
+        if sync.is_empty() {
+            return Ok(());
+        }
+        let hidden =
+            Expected { seq: 0, left: sync.len() as u32, shaper: None, pushes: false, confirm: None, hidden: true };
+        self.fifo.push_back(hidden);
+        self.wr.write_all(&sync.concat()).await
     }
 
     /// The pin ended; the connection is in the session's state (`key`, `identity`).
@@ -112,7 +141,7 @@ impl PinnedConn {
                 Expect::Confirm(confirm) => Some(confirm),
                 _ => None,
             };
-            self.fifo.push_back(Expected { seq, left: count, shaper, pushes, confirm });
+            self.fifo.push_back(Expected { seq, left: count, shaper, pushes, confirm, hidden: false });
         }
         self.wr.write_all(bytes).await
     }
@@ -148,6 +177,13 @@ impl PinnedConn {
                 return Err(ScanError::unexpected());
             };
             let bytes = self.buf.split_to(len).freeze();
+            if expected.hidden && !reply::is_push(&bytes) {
+                expected.left -= 1;
+                if expected.left == 0 {
+                    self.fifo.pop_front();
+                }
+                continue;
+            }
             if reply::is_push(&bytes) && !expected.pushes {
                 debug!("dropping a push on a pinned connection in counted mode");
                 continue;
@@ -174,6 +210,6 @@ impl PinnedConn {
 
     /// The first request still waiting for a reply, if any.
     pub fn first_unanswered(&self) -> Option<u64> {
-        self.fifo.front().map(|e| e.seq)
+        self.fifo.iter().find(|e| !e.hidden).map(|e| e.seq)
     }
 }

@@ -18,7 +18,6 @@
 //! flags (CLIENT NO-EVICT) pin for the rest of the session. While pinned, every command goes
 //! to the pinned connection, so Redis itself answers it in that state (e.g. QUEUED in MULTI).
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -93,8 +92,6 @@ impl Env<'_> {
 #[derive(Debug)]
 pub struct Session {
     id: u64,
-    peer: SocketAddr,
-    local: SocketAddr,
     db: u32,
     resp3: bool,
     name: Option<Bytes>,
@@ -109,6 +106,9 @@ pub struct Session {
     variant: Vec<u8>,
     /// `PROXY AUTH` succeeded.
     admin: bool,
+    /// The client was told its upstream connection's id (CLIENT ID, CLIENT INFO): that
+    /// connection is the client's, and losing it loses the client.
+    id_shown: bool,
     /// Who the client authenticated as; `None` until it does (when the proxy has users).
     user: Option<UserId>,
     /// The open transaction's queued commands: whether each is the client's (or a PEXPIRE
@@ -119,11 +119,9 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(id: u64, peer: SocketAddr, local: SocketAddr) -> Session {
+    pub fn new(id: u64) -> Session {
         Session {
             id,
-            peer,
-            local,
             db: 0,
             resp3: false,
             name: None,
@@ -134,6 +132,7 @@ impl Session {
             pin_identity: Vec::new(),
             variant: Vec::new(),
             admin: false,
+            id_shown: false,
             user: Some(0),
             queued: Vec::new(),
             refused_in_multi: false,
@@ -142,6 +141,11 @@ impl Session {
 
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The client knows its upstream connection's id (see `id_shown`).
+    pub fn id_shown(&self) -> bool {
+        self.id_shown
     }
 
     /// `PROXY AUTH` succeeded on this connection.
@@ -195,17 +199,15 @@ impl Session {
             Class::Auth => return Route::Reply(self.answer(class, cmd, env).unwrap_or_else(|e| e.to_reply())),
             _ => {}
         }
+        if matches!(class, Class::ClientId | Class::ClientInfo) {
+            // The id of the session's own upstream connection, which it keeps from now on: one
+            // it can use (CLIENT UNBLOCK, CLIENT KILL ID, CLIENT TRACKING ... REDIRECT).
+            self.id_shown = true;
+        }
         if self.pin.active {
             // Session-only CLIENT subcommands stay the proxy's while pinned, unless Redis would
             // queue them (MULTI) or refuse them (RESP2 pub/sub): the name must not depend on it.
-            let session_only = matches!(
-                class,
-                Class::ClientSetName
-                    | Class::ClientGetName
-                    | Class::ClientId
-                    | Class::ClientInfo
-                    | Class::ClientSetInfo
-            );
+            let session_only = matches!(class, Class::ClientSetName | Class::ClientGetName | Class::ClientSetInfo);
             if !(session_only && !self.pin.in_multi && !self.pin.stream && !self.pin.delegated) {
                 self.invalidate_pinned_write(cmd, env.tier);
                 return self.route_pinned(class, cmd, env);
@@ -223,7 +225,14 @@ impl Session {
             Class::Ordinary if env.upstream_down && is_ping(cmd) => Route::Reply(self.ping(cmd)),
             Class::Ordinary => self.route_ordinary(cmd, env),
             Class::Exec | Class::Discard | Class::Unwatch => Route::Shared(self.pool_key()),
-            Class::Multi | Class::Watch | Class::Blocking | Class::Stream | Class::Sticky | Class::Unsubscribe => {
+            Class::Multi
+            | Class::Watch
+            | Class::Blocking
+            | Class::Stream
+            | Class::Sticky
+            | Class::Unsubscribe
+            | Class::ClientId
+            | Class::ClientInfo => {
                 self.pin = Pin { active: true, key: self.pool_key(), ..Pin::default() };
                 self.pin_identity = self.identity();
                 self.invalidate_pinned_write(cmd, env.tier);

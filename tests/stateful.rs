@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, Proxy, Raw, Redis, call, config_for};
+use common::{PATIENCE, Proxy, Raw, Redis, call, config_for, until_reply};
 
 /// One shared connection, so that anything blocking it would be seen by other clients.
 async fn proxy_with_one_connection(redis: &Redis) -> Proxy {
@@ -247,5 +247,43 @@ async fn clients_doing_their_own_caching_get_their_invalidations() {
     assert_eq!(call(&mut writer, &["SET", "tracked", "2"]).await, "+OK\r\n");
     assert_eq!(tracker.reply().await, ">2\r\n$10\r\ninvalidate\r\n*1\r\n$7\r\ntracked\r\n");
     assert_eq!(call(&mut tracker, &["GET", "tracked"]).await, "$1\r\n2\r\n");
+    proxy.stop().await;
+}
+
+/// A client id the proxy shows is one the client can use: it is the id of the session's own
+/// upstream connection, which the session keeps (in whatever db it moves to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ids_are_usable_for_unblock_redirect_and_kill() {
+    let redis = Redis::start();
+    let proxy = proxy_with_one_connection(&redis).await;
+    let mut blocked = proxy.raw().await;
+    let mut other = proxy.raw().await;
+    let id = call(&mut blocked, &["CLIENT", "ID"]).await;
+    let id = id.trim_start_matches(':').trim_end().to_owned();
+    // In another db, the same connection (and id).
+    assert_eq!(call(&mut blocked, &["SELECT", "2"]).await, "+OK\r\n");
+    blocked.cmd(&[b"BLPOP", b"q", b"0"]).await;
+    until_reply(&mut other, &["CLIENT", "UNBLOCK", &id], "unblocked", |r| r == ":1\r\n").await;
+    assert_eq!(blocked.reply().await, "*-1\r\n");
+    assert_eq!(call(&mut blocked, &["CLIENT", "ID"]).await, format!(":{id}\r\n"));
+    let info = call(&mut blocked, &["CLIENT", "INFO"]).await;
+    assert!(info.contains(&format!("id={id} ")) && info.contains(" db=2 "), "{info}");
+
+    // Tracking redirected to a client that subscribed to the invalidation channel.
+    let mut redirect = proxy.raw().await;
+    let rid = call(&mut redirect, &["CLIENT", "ID"]).await;
+    let rid = rid.trim_start_matches(':').trim_end().to_owned();
+    redirect.cmd(&[b"SUBSCRIBE", b"__redis__:invalidate"]).await;
+    assert!(String::from_utf8_lossy(&redirect.reply().await).contains("subscribe"));
+    let mut tracked = proxy.raw().await;
+    assert_eq!(call(&mut tracked, &["CLIENT", "TRACKING", "on", "REDIRECT", &rid]).await, "+OK\r\n");
+    call(&mut tracked, &["GET", "watched"]).await;
+    assert_eq!(call(&mut other, &["SET", "watched", "1"]).await, "+OK\r\n");
+    let message = String::from_utf8_lossy(&redirect.reply().await).into_owned();
+    assert!(message.contains("invalidate") && message.contains("watched"), "{message}");
+
+    // CLIENT KILL ID closes that client, as it would directly.
+    assert_eq!(call(&mut other, &["CLIENT", "KILL", "ID", &id]).await, ":1\r\n");
+    assert!(blocked.closed().await);
     proxy.stop().await;
 }

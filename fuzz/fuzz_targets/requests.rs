@@ -88,8 +88,7 @@ fuzz_target!(|data: &[u8]| {
 
     let tier = Tier::new(1 << 20, 1 << 16, true, Duration::from_secs(1));
     let (sink, _replies) = tokio::sync::mpsc::unbounded_channel();
-    let addr = "127.0.0.1:1".parse().unwrap();
-    let mut session = Session::new(1, addr, addr);
+    let mut session = Session::new(1);
     let mut parser = RequestParser::new(LIMITS);
     let mut at = 0;
     while at < data.len() {

@@ -26,14 +26,9 @@ impl Client {
     ) {
         let key = self.session.pin_key();
         let identity = self.session.pin_identity().to_vec();
-        // A connection kept from an earlier pin is reused only if it is in the session's
-        // db/protocol and has its name.
-        if self.pinned.as_ref().is_some_and(|conn| !conn.fits(key, &identity)) {
-            self.pinned = None;
-        }
         if self.pinned.is_none() {
             // Boxed: connecting (TLS, handshake) is a large future, rare next to the rest.
-            match Box::pin(PinnedConn::open(&self.ctx.upstream, key, identity)).await {
+            match Box::pin(PinnedConn::open(&self.ctx.upstream, key, identity.clone())).await {
                 Ok(conn) => self.pinned = Some(conn),
                 Err(err) => {
                     // What the session was to start cannot: the requests get the error, and the
@@ -52,8 +47,11 @@ impl Client {
             }
         }
         let conn = self.pinned.as_mut().expect("opened above");
-        conn.begin_pin();
-        if let Err(e) = conn.send(&bytes, seq, count, stream, shaper, expect).await {
+        let sent = match conn.begin_pin(key, &identity).await {
+            Ok(()) => conn.send(&bytes, seq, count, stream, shaper, expect).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
             self.pinned_failed(self.lost(e));
         }
     }
@@ -91,10 +89,12 @@ impl Client {
     /// keys, a subscription, a blocking command waiting, ...), the client's connection is
     /// closed once every reply before the first unanswered request is written: that state is
     /// gone, and only a closed connection makes the client's library notice and rebuild it,
-    /// as it would had Redis dropped it. A connection kept idle between pins just goes.
+    /// as it would had Redis dropped it. So is a client that was told the connection's id (it
+    /// is that connection to Redis: CLIENT KILL ID closes it). Otherwise a connection kept
+    /// idle between pins just goes.
     pub(super) fn pinned_failed(&mut self, err: ProxyError) {
         let Some(conn) = self.pinned.take() else { return };
-        if !self.session.is_pinned() {
+        if !self.session.is_pinned() && !self.session.id_shown() {
             return;
         }
         if self.quitting {

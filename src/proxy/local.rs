@@ -1,5 +1,5 @@
 //! The commands the proxy answers itself, for the client's own session: HELLO, AUTH, SELECT,
-//! RESET and CLIENT SETNAME/GETNAME/ID/INFO/SETINFO. Replies follow Redis's, errors included.
+//! RESET and CLIENT SETNAME/GETNAME/SETINFO. Replies follow Redis's, errors included.
 
 use bytes::Bytes;
 
@@ -47,18 +47,6 @@ impl Session {
                     Some(name) => w.bulk(name),
                     None => w.null(),
                 };
-                Ok(w.finish())
-            }
-            Class::ClientId => {
-                arity(argc == 2, "client|id")?;
-                let mut w = ReplyWriter::new(self.resp3);
-                w.int(self.id as i64);
-                Ok(w.finish())
-            }
-            Class::ClientInfo => {
-                arity(argc == 2, "client|info")?;
-                let mut w = ReplyWriter::new(self.resp3);
-                w.verbatim(self.client_info().as_bytes());
                 Ok(w.finish())
             }
             Class::ClientSetInfo => {
@@ -147,22 +135,6 @@ impl Session {
         w.bulk(b"role").bulk(b"master");
         w.bulk(b"modules").array(0);
         Ok(w.finish())
-    }
-
-    fn client_info(&self) -> String {
-        let text = |v: &Option<Bytes>| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-        format!(
-            "id={} addr={} laddr={} fd=-1 name={} db={} multi={} resp={} lib-name={} lib-ver={}\n",
-            self.id,
-            self.peer,
-            self.local,
-            text(&self.name),
-            self.db,
-            if self.pin.in_multi { 0 } else { -1 },
-            if self.resp3 { 3 } else { 2 },
-            text(&self.lib_name),
-            text(&self.lib_ver),
-        )
     }
 }
 
