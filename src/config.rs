@@ -263,6 +263,9 @@ pub struct Upstream {
     pub address: String,
     /// Shared, pipelined connections per (db, protocol) in use.
     pub connections: usize,
+    /// Connected, idle connections kept ready per (db, protocol) in use for sessions that
+    /// need one of their own (MULTI, blocking commands, pub/sub).
+    pub spare_connections: usize,
     pub connect_timeout: Span,
     /// A shared connection whose oldest request has no reply after this long is dropped.
     pub command_timeout: Span,
@@ -323,6 +326,7 @@ impl Default for Upstream {
         Upstream {
             address: "127.0.0.1:6379".into(),
             connections: 4,
+            spare_connections: 2,
             connect_timeout: Span(Duration::from_secs(1)),
             command_timeout: Span(Duration::from_secs(5)),
             username: String::new(),

@@ -91,10 +91,13 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// A connection attempt that Redis answered with -BUSY (a long script runs): Redis is
-    /// there, so it is no connection failure for the circuit breaker.
-    pub fn is_busy(&self) -> bool {
-        matches!(self, ProxyError::UpstreamUnavailable { reason, .. } if reason.contains(": -BUSY"))
+    /// A connection attempt that Redis answered with an error: -BUSY (a long script runs), or
+    /// -WRONGPASS/-NOAUTH/-NOPERM (the credentials in `[upstream]` are not, or no longer,
+    /// accepted). Redis is there, so it is no connection failure for the circuit breaker:
+    /// connections already open keep serving, and the error names the cause.
+    pub fn is_answered_refusal(&self) -> bool {
+        matches!(self, ProxyError::UpstreamUnavailable { reason, .. }
+            if [": -BUSY", ": -WRONGPASS", ": -NOAUTH", ": -NOPERM"].iter().any(|code| reason.contains(code)))
     }
 
     /// The RESP reply a client receives for this error.

@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -64,7 +65,7 @@ const SETNAME: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n";
 
 impl PinnedConn {
     /// `identity`: the session's CLIENT SETNAME/SETINFO, so that Redis agrees with the proxy.
-    pub async fn open(upstream: &Upstream, key: PoolKey, identity: Vec<Bytes>) -> Result<PinnedConn, ProxyError> {
+    pub async fn open(upstream: &Arc<Upstream>, key: PoolKey, identity: Vec<Bytes>) -> Result<PinnedConn, ProxyError> {
         let (rd, wr) = upstream.connect_pinned(key, &identity).await?.into_split();
         let up = upstream.connection_up();
         debug!(db = key.db, resp3 = key.resp3, "pinned upstream connection opened");

@@ -205,21 +205,10 @@ impl Session {
             self.id_shown = true;
         }
         if self.pin.active {
-            // Session-only CLIENT subcommands stay the proxy's while pinned, unless Redis would
-            // queue them (MULTI) or refuse them (RESP2 pub/sub): the name must not depend on it.
-            let session_only = matches!(class, Class::ClientSetName | Class::ClientGetName | Class::ClientSetInfo);
-            if !(session_only && !self.pin.in_multi && !self.pin.stream && !self.pin.delegated) {
-                self.invalidate_pinned_write(cmd, env.tier);
-                return self.route_pinned(class, cmd, env);
-            }
-            // Setting the name while pinned: here, and on the pinned connection too, so that
-            // Redis agrees should a transaction later leave the name to it.
-            if matches!(class, Class::ClientSetName | Class::ClientSetInfo) {
-                return match self.answer(class, cmd, env) {
-                    Ok(_) => Route::Pinned { stream: false, rewrite: None, expect: Expect::One },
-                    Err(err) => Route::Reply(err.to_reply()),
-                };
-            }
+            // While pinned, Redis answers everything (the session's name included: its reply
+            // must come in order with, and agree with, what is queued before it).
+            self.invalidate_pinned_write(cmd, env.tier);
+            return self.route_pinned(class, cmd, env);
         }
         match class {
             Class::Ordinary if env.upstream_down && is_ping(cmd) => Route::Reply(self.ping(cmd)),

@@ -13,6 +13,7 @@
 
 mod handshake;
 mod shared;
+mod spares;
 
 use handshake::read_replies;
 
@@ -251,6 +252,8 @@ pub struct Upstream {
     info: ServerInfo,
     /// Told when the recovery probe found the upstream back.
     back: tokio::sync::Notify,
+    spares: spares::Spares,
+    spare_connections: usize,
 }
 
 /// A shared pool: the senders of its connection tasks.
@@ -298,6 +301,8 @@ impl Upstream {
             pools: Mutex::new(HashMap::new()),
             info: ServerInfo::new("unknown", 16),
             back: tokio::sync::Notify::new(),
+            spares: spares::Spares::default(),
+            spare_connections: config.spare_connections,
         })
     }
 
@@ -315,17 +320,25 @@ impl Upstream {
 
     /// A connection of a session's own (pinned), unless the breaker is refusing calls, with
     /// `setup` (the session's CLIENT SETNAME/SETINFO) applied; their error replies are ignored.
-    pub async fn connect_pinned(&self, key: PoolKey, setup: &[Bytes]) -> Result<Stream, ProxyError> {
+    /// A spare connection is taken when one is ready (and another is opened for the next).
+    pub async fn connect_pinned(self: &Arc<Self>, key: PoolKey, setup: &[Bytes]) -> Result<Stream, ProxyError> {
         if let Some(retry_in) = self.breaker.refusal() {
             return Err(ProxyError::BreakerOpen { addr: self.addr.clone(), retry_in });
         }
-        let connected = self.connect(key).await;
-        match &connected {
-            Ok(_) => self.breaker.record(Outcome::Connected),
-            Err(err) if !err.is_busy() => self.breaker.record(Outcome::ConnectFailed),
-            Err(_) => {}
-        }
-        let mut stream = connected?;
+        let spare = self.take_spare(key);
+        self.refill_spares(key);
+        let mut stream = match spare {
+            Some(stream) => stream,
+            None => {
+                let connected = self.connect(key).await;
+                match &connected {
+                    Ok(_) => self.breaker.record(Outcome::Connected),
+                    Err(err) if !err.is_answered_refusal() => self.breaker.record(Outcome::ConnectFailed),
+                    Err(_) => {}
+                }
+                connected?
+            }
+        };
         if !setup.is_empty() {
             self.within("setup", async {
                 stream.write_all(&setup.concat()).await.map_err(|e| e.to_string())?;
@@ -346,10 +359,11 @@ impl Upstream {
             .map_err(|reason| self.unavailable(reason))
     }
 
-    /// The shared pool for `key`, started on first use.
+    /// The shared pool for `key`, started on first use (with spare pinned connections).
     pub fn pool(self: &Arc<Self>, key: PoolKey) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let pool = pools.entry(key).or_insert_with(|| {
+            self.refill_spares(key);
             let conns = (0..self.connections)
                 .map(|slot| {
                     let (tx, rx) = mpsc::unbounded_channel();
@@ -371,6 +385,7 @@ impl Upstream {
     /// Drops every pool; their connections close once the batches they hold are answered.
     pub fn close(&self) {
         self.pools.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.drop_spares();
     }
 
     fn unavailable(&self, reason: String) -> ProxyError {

@@ -21,6 +21,7 @@ impl Config {
         check_range("listen.max_args", self.listen.max_args, 1, i32::MAX as usize)?;
         check_range("listen.max_pending_replies", self.listen.max_pending_replies, 1, 1 << 20)?;
         check_range("upstream.connections", self.upstream.connections, 1, 256)?;
+        check_range("upstream.spare_connections", self.upstream.spare_connections, 0, 256)?;
         check_range("runtime.threads", self.runtime.threads, 0, 1024)?;
         let b = &self.breaker;
         for (key, rate) in [("breaker.failure_rate", b.failure_rate), ("breaker.slow_call_rate", b.slow_call_rate)] {

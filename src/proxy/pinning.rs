@@ -157,6 +157,10 @@ impl Session {
             Ok(rewrite) => rewrite,
             Err(refused) => return Route::Reply(refused),
         };
+        if class == Class::ClientSetInfo && !self.pin.in_multi {
+            // Redis answers; the proxy keeps the library info for connections opened later.
+            let _ = self.answer(class, cmd, env);
+        }
         let pin = &mut self.pin;
         let mut expect = Expect::One;
         match class {
@@ -206,6 +210,10 @@ impl Session {
                 }
             }
             Class::Hello => expect = Expect::Confirm(hello_change(cmd)),
+            Class::ClientSetName if cmd.argc() == 3 => {
+                let name = cmd.arg(2).filter(|n| !n.is_empty()).map(Bytes::copy_from_slice);
+                expect = Expect::Confirm(Confirm::Hello(Box::new((None, Some(name)))));
+            }
             _ => {}
         }
         Route::Pinned { stream: self.pin.stream, rewrite, expect }

@@ -149,7 +149,7 @@ pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batche
                 }
             }
             Err(err) => {
-                if !err.is_busy() {
+                if !err.is_answered_refusal() {
                     up.breaker.record(Outcome::ConnectFailed);
                 }
                 failures += 1;
@@ -177,8 +177,8 @@ async fn refuse_for(up: &Upstream, batches: &mut UnboundedReceiver<Batch>, wait:
             batch = batches.recv() => match batch {
                 Some(batch) => {
                     // A failed call: a half-open probe must not wait for an answer that never comes.
-                    // (Not when Redis answered -BUSY: it is there.)
-                    if !err.is_busy() {
+                    // (Not when Redis answered the handshake with an error: it is there.)
+                    if !err.is_answered_refusal() {
                         up.breaker.record(Outcome::Failed);
                     }
                     batch.fail(err);
