@@ -194,10 +194,19 @@ impl Session {
             return Route::Reply(ProxyError::NoAuth.to_reply());
         }
         match class {
-            // The proxy's own, pinned or not: Redis does not know them (AUTH: the proxy's users).
+            // The proxy's own, pinned or not: Redis does not know them.
             Class::Proxy => return Route::Admin,
-            Class::Auth => return Route::Reply(self.answer(class, cmd, env).unwrap_or_else(|e| e.to_reply())),
+            // The proxy's users, when it has some.
+            Class::Auth if env.access.required() => {
+                return Route::Reply(self.answer(class, cmd, env).unwrap_or_else(|e| e.to_reply()));
+            }
             _ => {}
+        }
+        // Without them, AUTH is Redis's: the login the shared connections already have changes
+        // nothing; any other (an ACL user of Redis's) needs a connection of the session's own.
+        let redis_login = !env.access.required() && logs_in(class, cmd, env);
+        if class == Class::Auth && !redis_login && !self.pin.active {
+            return Route::Reply(Bytes::from_static(reply::OK));
         }
         if matches!(class, Class::ClientId | Class::ClientInfo) {
             // The id of the session's own upstream connection, which it keeps from now on: one
@@ -221,7 +230,8 @@ impl Session {
             | Class::Sticky
             | Class::Unsubscribe
             | Class::ClientId
-            | Class::ClientInfo => {
+            | Class::ClientInfo
+            | Class::Auth => {
                 self.pin = Pin { active: true, key: self.pool_key(), ..Pin::default() };
                 self.pin_identity = self.identity();
                 self.invalidate_pinned_write(cmd, env.tier);
@@ -233,6 +243,11 @@ impl Session {
                 self.pin = Pin { active: true, key, ..Pin::default() };
                 self.pin_identity = self.identity();
                 self.invalidate_pinned_write(cmd, env.tier);
+                self.route_pinned(class, cmd, env)
+            }
+            Class::Hello if redis_login => {
+                self.pin = Pin { active: true, key: self.pool_key(), ..Pin::default() };
+                self.pin_identity = self.identity();
                 self.route_pinned(class, cmd, env)
             }
             Class::Quit => Route::Close(Bytes::from_static(reply::OK)),
@@ -340,6 +355,23 @@ impl Session {
             }
         }
     }
+}
+
+/// AUTH, or HELLO with its AUTH option, with credentials other than the proxy's own upstream
+/// login (which every shared connection has already).
+fn logs_in(class: Class, cmd: &CommandView<'_>, env: &Env<'_>) -> bool {
+    let (user, password) = match (class, cmd.argc()) {
+        (Class::Auth, 2) => (&b"default"[..], cmd.arg(1)),
+        (Class::Auth, 3) => (cmd.arg(1).unwrap_or_default(), cmd.arg(2)),
+        (Class::Auth, _) => return true,
+        (Class::Hello, _) => {
+            let mut args = cmd.args().skip(2);
+            let Some(_) = args.by_ref().find(|a| a.eq_ignore_ascii_case(b"AUTH")) else { return false };
+            (args.next().unwrap_or_default(), args.next())
+        }
+        _ => return false,
+    };
+    !env.server.is_upstream_login(user, password.unwrap_or_default())
 }
 
 fn is_ping(cmd: &CommandView<'_>) -> bool {

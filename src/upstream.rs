@@ -194,6 +194,8 @@ pub struct ServerInfo {
     databases: AtomicU32,
     /// Told when a handshake has filled in the version.
     learned: tokio::sync::Notify,
+    /// The user and password every upstream connection logs in with (`[upstream]`).
+    login: Option<(String, String)>,
 }
 
 impl ServerInfo {
@@ -202,7 +204,19 @@ impl ServerInfo {
             version: Mutex::new(version.into()),
             databases: AtomicU32::new(databases),
             learned: tokio::sync::Notify::new(),
+            login: None,
         }
+    }
+
+    fn with_login(mut self, login: Option<(String, String)>) -> ServerInfo {
+        self.login = login;
+        self
+    }
+
+    /// Whether `user`/`password` are what the proxy's upstream connections already logged in
+    /// with: a client's AUTH with them changes nothing on a shared connection.
+    pub fn is_upstream_login(&self, user: &[u8], password: &[u8]) -> bool {
+        self.login.as_ref().is_some_and(|(u, p)| u.as_bytes() == user && p.as_bytes() == password)
     }
 
     fn set_version(&self, version: String) {
@@ -291,7 +305,7 @@ impl Upstream {
         let user = if config.username.is_empty() { "default".to_owned() } else { config.username.clone() };
         Arc::new(Upstream {
             addr: config.address.clone(),
-            credentials: password.map(|password| (user, password)),
+            credentials: password.clone().map(|password| (user.clone(), password)),
             tls,
             metrics,
             breaker: Arc::new(Breaker::new(breaker, &config.address)),
@@ -299,7 +313,7 @@ impl Upstream {
             connect_timeout: config.connect_timeout.0,
             command_timeout: config.command_timeout.0,
             pools: Mutex::new(HashMap::new()),
-            info: ServerInfo::new("unknown", 16),
+            info: ServerInfo::new("unknown", 16).with_login(password.map(|password| (user, password))),
             back: tokio::sync::Notify::new(),
             spares: spares::Spares::default(),
             spare_connections: config.spare_connections,

@@ -123,6 +123,9 @@ async fn the_proxy_authenticates_to_a_redis_that_requires_a_password() {
     assert_eq!(call(&mut client, &["MULTI"]).await, "+OK\r\n", "a pinned connection authenticates too");
     assert_eq!(call(&mut client, &["GET", "k"]).await, "+QUEUED\r\n");
     assert_eq!(call(&mut client, &["EXEC"]).await, "*1\r\n$1\r\nv\r\n");
+    // A client that sends the password the proxy uses upstream changes nothing.
+    assert_eq!(call(&mut client, &["AUTH", "upstream-pw"]).await, "+OK\r\n");
+    assert_eq!(call(&mut client, &["GET", "k"]).await, "$1\r\nv\r\n");
 
     let mut config = config_for(&redis.addr());
     config.upstream.password = "wrong".into();
@@ -130,4 +133,30 @@ async fn the_proxy_authenticates_to_a_redis_that_requires_a_password() {
     let mut client = proxy.raw().await;
     let reply = call(&mut client, &["GET", "k"]).await;
     assert!(reply.contains("WRONGPASS") && reply.contains(&redis.addr()), "{reply}");
+}
+
+/// Without proxy-side users, AUTH is Redis's: an ACL user of Redis's works through the proxy,
+/// for that client only, and Redis's own errors come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_acl_users_work_through_the_proxy() {
+    let redis = Redis::start();
+    let mut direct = Raw::connect(redis.addr()).await;
+    assert_eq!(call(&mut direct, &["ACL", "SETUSER", "bob", "on", ">pw", "~bob:*", "+@all"]).await, "+OK\r\n");
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut bob = proxy.raw().await;
+    let mut other = proxy.raw().await;
+    let wrong = call(&mut bob, &["AUTH", "bob", "nope"]).await;
+    assert!(wrong.starts_with("-WRONGPASS"), "{wrong}");
+    assert_eq!(call(&mut bob, &["AUTH", "bob", "pw"]).await, "+OK\r\n");
+    assert_eq!(call(&mut bob, &["ACL", "WHOAMI"]).await, "$3\r\nbob\r\n");
+    assert_eq!(call(&mut other, &["ACL", "WHOAMI"]).await, "$7\r\ndefault\r\n");
+    // Redis enforces bob's key pattern; the tier never answers for him.
+    assert_eq!(call(&mut other, &["SET", "secret", "x"]).await, "+OK\r\n");
+    call(&mut other, &["GET", "secret"]).await;
+    assert!(call(&mut bob, &["GET", "secret"]).await.starts_with("-NOPERM"));
+    assert_eq!(call(&mut bob, &["SET", "bob:k", "1"]).await, "+OK\r\n");
+    let hello = call(&mut other, &["HELLO", "3", "AUTH", "bob", "pw"]).await;
+    assert!(hello.starts_with('%'), "{hello}");
+    assert_eq!(call(&mut other, &["ACL", "WHOAMI"]).await, "$3\r\nbob\r\n");
+    proxy.stop().await;
 }

@@ -54,6 +54,9 @@ pub enum Confirm {
     Multi(u64),
     /// RESET: db 0, RESP2, no name.
     Reset,
+    /// AUTH (or HELLO ... AUTH, with its changes) as a Redis user other than the proxy's: once
+    /// Redis accepts it, the connection is that user's, and the session stays on it.
+    Login(Option<Box<(Option<bool>, Option<Option<Bytes>>)>>),
 }
 
 impl Session {
@@ -106,6 +109,12 @@ impl Session {
                 }
             }
             Confirm::Reset => (self.db, self.resp3, self.name) = (0, false, None),
+            Confirm::Login(hello) if accepted => {
+                self.pin.sticky = true;
+                if let Some(change) = hello {
+                    self.confirm(Confirm::Hello(change), reply);
+                }
+            }
             Confirm::Multi(seq) if !accepted && self.pin.in_multi && self.pin.multi_seq == seq => {
                 (self.pin.in_multi, self.pin.stream_at_exec) = (false, false);
                 self.forget_transaction();
@@ -209,7 +218,11 @@ impl Session {
                     expect = Expect::Confirm(Confirm::Select(db));
                 }
             }
-            Class::Hello => expect = Expect::Confirm(hello_change(cmd)),
+            Class::Hello if !env.access.required() && super::logs_in(class, cmd, env) => {
+                expect = Expect::Confirm(Confirm::Login(Some(hello_change(cmd))));
+            }
+            Class::Hello => expect = Expect::Confirm(Confirm::Hello(hello_change(cmd))),
+            Class::Auth => expect = Expect::Confirm(Confirm::Login(None)),
             Class::ClientSetName if cmd.argc() == 3 => {
                 let name = cmd.arg(2).filter(|n| !n.is_empty()).map(Bytes::copy_from_slice);
                 expect = Expect::Confirm(Confirm::Hello(Box::new((None, Some(name)))));
@@ -221,7 +234,7 @@ impl Session {
 }
 
 /// What `HELLO [protover [AUTH user pass] [SETNAME name]]` changes when Redis accepts it.
-fn hello_change(cmd: &CommandView<'_>) -> Confirm {
+fn hello_change(cmd: &CommandView<'_>) -> Box<(Option<bool>, Option<Option<Bytes>>)> {
     let resp3 = match cmd.arg(1).and_then(parse_int) {
         Some(2) => Some(false),
         Some(3) => Some(true),
@@ -236,5 +249,5 @@ fn hello_change(cmd: &CommandView<'_>) -> Confirm {
             name = args.next().map(|n| (!n.is_empty()).then(|| Bytes::copy_from_slice(n)));
         }
     }
-    Confirm::Hello(Box::new((resp3, name)))
+    Box::new((resp3, name))
 }

@@ -67,10 +67,6 @@ fn hello_switches_protocol_and_answers_in_it() {
     assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), "$3\r\napp\r\n");
     assert!(reply(&mut s, &["HELLO", "2"]).starts_with("*14\r\n"));
     assert_eq!(reply(&mut s, &["HELLO", "4"]), "-NOPROTO unsupported protocol version\r\n");
-    assert_eq!(
-        reply(&mut s, &["HELLO", "3", "AUTH", "bob", "pw"]),
-        "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
-    );
     assert_eq!(reply(&mut s, &["HELLO", "3", "FOO"]), "-ERR Syntax error in HELLO option 'FOO'\r\n");
     // A failed HELLO changes nothing.
     assert!(!s.pool_key().resp3);
@@ -306,4 +302,30 @@ fn unsubscribing_outside_a_subscription_expects_a_reply_per_channel() {
     assert_eq!(route(&mut s, &["UNSUBSCRIBE"]), expect(1));
     assert_eq!(route(&mut s, &["PUNSUBSCRIBE", "a", "b", "c"]), expect(3));
     assert!(s.try_unpin(), "pinned only until answered");
+}
+
+#[test]
+fn without_proxy_users_auth_is_redis_to_answer() {
+    let mut s = session();
+    // An ACL user of Redis's: Redis answers on the session's own connection...
+    let Route::Pinned { expect: Expect::Confirm(login), .. } = route(&mut s, &["AUTH", "bob", "pw"]) else {
+        panic!("AUTH goes to Redis")
+    };
+    // ... refused: nothing changes, the pin ends.
+    s.confirm(login.clone(), b"-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    assert!(s.try_unpin());
+    // Accepted: the connection is bob's; the session stays on it (never the shared pool or tier).
+    route(&mut s, &["AUTH", "bob", "pw"]);
+    s.confirm(login, b"+OK\r\n");
+    assert!(!s.try_unpin());
+    assert_eq!(route(&mut s, &["GET", "k"]), PINNED);
+    // HELLO with AUTH too, its protocol following Redis's answer.
+    let mut s = session();
+    let Route::Pinned { expect: Expect::Confirm(login), .. } = route(&mut s, &["HELLO", "3", "AUTH", "bob", "pw"])
+    else {
+        panic!("HELLO AUTH goes to Redis")
+    };
+    s.confirm(login, b"%7\r\n");
+    assert!(s.pool_key().resp3);
+    assert!(!s.try_unpin());
 }
