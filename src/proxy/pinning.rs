@@ -47,16 +47,22 @@ pub enum Expect {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Confirm {
     Select(u32),
-    /// HELLO: the protocol (if given) and the name (if SETNAME was given; empty clears).
-    /// Boxed: rare, and every client's task holds room for a route.
-    Hello(Box<(Option<bool>, Option<Option<Bytes>>)>),
+    /// HELLO (or CLIENT SETNAME). Boxed: rare, and every client's task holds room for a route.
+    Hello(Box<HelloChange>),
     /// The MULTI with this sequence number: refused (-BUSY, -NOPERM), no transaction is open.
     Multi(u64),
     /// RESET: db 0, RESP2, no name.
     Reset,
     /// AUTH (or HELLO ... AUTH, with its changes) as a Redis user other than the proxy's: once
     /// Redis accepts it, the connection is that user's, and the session stays on it.
-    Login(Option<Box<(Option<bool>, Option<Option<Bytes>>)>>),
+    Login(Option<Box<HelloChange>>),
+}
+
+/// What HELLO changes: the protocol (if given) and the name (if SETNAME was given; empty clears).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloChange {
+    pub resp3: Option<bool>,
+    pub name: Option<Option<Bytes>>,
 }
 
 impl Session {
@@ -102,7 +108,7 @@ impl Session {
         match confirm {
             Confirm::Select(db) if accepted => self.db = db,
             Confirm::Hello(change) if accepted => {
-                let (resp3, name) = *change;
+                let HelloChange { resp3, name } = *change;
                 self.resp3 = resp3.unwrap_or(self.resp3);
                 if let Some(name) = name {
                     self.name = name;
@@ -225,7 +231,7 @@ impl Session {
             Class::Auth => expect = Expect::Confirm(Confirm::Login(None)),
             Class::ClientSetName if cmd.argc() == 3 => {
                 let name = cmd.arg(2).filter(|n| !n.is_empty()).map(Bytes::copy_from_slice);
-                expect = Expect::Confirm(Confirm::Hello(Box::new((None, Some(name)))));
+                expect = Expect::Confirm(Confirm::Hello(Box::new(HelloChange { resp3: None, name: Some(name) })));
             }
             _ => {}
         }
@@ -234,7 +240,7 @@ impl Session {
 }
 
 /// What `HELLO [protover [AUTH user pass] [SETNAME name]]` changes when Redis accepts it.
-fn hello_change(cmd: &CommandView<'_>) -> Box<(Option<bool>, Option<Option<Bytes>>)> {
+fn hello_change(cmd: &CommandView<'_>) -> Box<HelloChange> {
     let resp3 = match cmd.arg(1).and_then(parse_int) {
         Some(2) => Some(false),
         Some(3) => Some(true),
@@ -249,5 +255,5 @@ fn hello_change(cmd: &CommandView<'_>) -> Box<(Option<bool>, Option<Option<Bytes
             name = args.next().map(|n| (!n.is_empty()).then(|| Bytes::copy_from_slice(n)));
         }
     }
-    Box::new((resp3, name))
+    Box::new(HelloChange { resp3, name })
 }
