@@ -187,6 +187,8 @@ impl Session {
         if env.access.denies_any()
             && let Some(name) = cmd.arg(0).filter(|name| env.access.denied(name))
         {
+            // Inside MULTI, like a command Redis refuses to queue: EXEC aborts the transaction.
+            self.refused_in_multi |= self.pin.active && self.pin.in_multi;
             return Route::Reply(ProxyError::Denied(String::from_utf8_lossy(name).to_uppercase()).to_reply());
         }
         let exempt = matches!(class, Class::Auth | Class::Hello | Class::Quit | Class::Reset);

@@ -19,7 +19,17 @@ impl Session {
         cmd: &CommandView<'_>,
         env: &Env<'_>,
     ) -> Result<Option<Rewrite>, Bytes> {
-        if self.pin.stream || !env.policy.enforces_ttl() {
+        if self.pin.stream {
+            return Ok(None);
+        }
+        if self.pin.in_multi && class == Class::Exec && self.refused_in_multi {
+            // The proxy refused a command of the transaction (deny_commands, TTL enforcement):
+            // Redis would abort it at EXEC.
+            self.forget_transaction();
+            let discard = Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n");
+            return Ok(Some(Rewrite { bytes: Some(discard), shape: Some(Shape::Discarded) }));
+        }
+        if !env.policy.enforces_ttl() {
             return Ok(None);
         }
         if !self.pin.in_multi {
@@ -37,12 +47,7 @@ impl Session {
             }
             Class::Exec => {
                 let visible = std::mem::take(&mut self.queued);
-                if std::mem::take(&mut self.refused_in_multi) {
-                    let discard = Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n");
-                    Some(Rewrite { bytes: Some(discard), shape: Some(Shape::Discarded) })
-                } else {
-                    visible.contains(&false).then_some(Rewrite { bytes: None, shape: Some(Shape::Exec(visible)) })
-                }
+                visible.contains(&false).then_some(Rewrite { bytes: None, shape: Some(Shape::Exec(visible)) })
             }
             _ => {
                 let plan = enforce_ttl(cmd, effect(cmd), env).inspect_err(|_| self.refused_in_multi = true)?;
