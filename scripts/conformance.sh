@@ -9,8 +9,9 @@
 #   scripts/conformance.sh unit/pubsub unit/multi   # single units
 #
 # Knobs: SUITE_DIR (default ../shared/redis-suite), MIN_PASSED (exit non-zero when fewer tests
-# pass; default 0 = only report), BUILD (release|debug, default release), LOG_DIR (per-unit logs),
-# UNIT_TIMEOUT (seconds per unit, default 300).
+# pass; default 0 = only report), BUILD (release|debug, default release), SKIP_BUILD=1 (use the
+# binary already in target/$BUILD), LOG_DIR (per-unit logs), UNIT_TIMEOUT (seconds per unit,
+# default 300).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -24,7 +25,9 @@ if ! command -v tclsh8.6 >/dev/null && ! command -v tclsh >/dev/null; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq tcl8.6 >/dev/null
 fi
-if [ "$BUILD" = release ]; then
+if [ "${SKIP_BUILD:-0}" = 1 ]; then
+  :
+elif [ "$BUILD" = release ]; then
   cargo build --release --quiet --bin nearcache
 else
   cargo build --quiet --bin nearcache
@@ -89,5 +92,7 @@ if [ "${passed:-0}" -lt "$MIN_PASSED" ]; then
   echo "conformance: ${passed:-0} passed, fewer than MIN_PASSED=$MIN_PASSED" >&2
   exit 1
 fi
-[ "$MIN_PASSED" -gt 0 ] || exit 0
+# The runner's own exit status says whether anything failed: reported, not fatal (MIN_PASSED is
+# the bar), so that one unit's failure does not hide the others' numbers from CI.
+[ "$status" -eq 0 ] || echo "conformance: some tests failed (runner status $status)" >&2
 exit 0
