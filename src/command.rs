@@ -26,7 +26,8 @@ pub enum Class {
     Discard,
     Watch,
     Unwatch,
-    /// May block the connection for a long time: pinned until its reply arrives.
+    /// May block the connection for a long time (blocking commands, scripts): pinned until
+    /// its reply arrives.
     Blocking,
     /// Turns the connection into a stream that is not one reply per request (pub/sub,
     /// MONITOR, CLIENT REPLY OFF|SKIP, CLIENT TRACKING ON, replication): pinned for good.
@@ -78,6 +79,9 @@ pub fn classify(cmd: &CommandView<'_>) -> Class {
         b"BLPOP" | b"BRPOP" | b"BRPOPLPUSH" | b"BLMOVE" | b"BLMPOP" | b"BZPOPMIN" | b"BZPOPMAX" | b"BZMPOP"
         | b"WAIT" | b"WAITAOF" => Class::Blocking,
         b"XREAD" | b"XREADGROUP" => classify_xread(args),
+        // A script may run long, and while it does Redis answers other clients -BUSY: on a
+        // shared connection they would instead wait behind it (and SCRIPT KILL's caller too).
+        b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO" => Class::Blocking,
         // REPLCONF: `REPLCONF ACK` gets no reply at all; replication commands stream.
         b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"MONITOR" | b"SYNC" | b"PSYNC" | b"REPLCONF" => Class::Stream,
         b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" => Class::Unsubscribe,
@@ -277,6 +281,8 @@ mod tests {
         assert_eq!(class_of(&["FUNCTION", "KILL"]), Class::Interrupt);
         assert_eq!(class_of(&["FUNCTION", "LIST"]), Class::Ordinary);
         assert_eq!(class_of(&["SHUTDOWN", "NOSAVE"]), Class::Interrupt);
+        assert_eq!(class_of(&["EVAL", "return 1", "0"]), Class::Blocking);
+        assert_eq!(class_of(&["fcall_ro", "f", "0"]), Class::Blocking);
     }
 
     #[test]
