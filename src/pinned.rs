@@ -179,6 +179,10 @@ impl PinnedConn {
             };
             let bytes = self.buf.split_to(len).freeze();
             if expected.hidden && !reply::is_push(&bytes) {
+                if bytes.first() == Some(&b'-') {
+                    // The connection is not in the state the session needs (-BUSY to SELECT).
+                    return Err(ScanError::state_refused());
+                }
                 expected.left -= 1;
                 if expected.left == 0 {
                     self.fifo.pop_front();

@@ -242,7 +242,7 @@ impl Session {
             Class::Interrupt => {
                 // db 0: a busy Redis refuses SELECT, and these commands do not depend on the db.
                 let key = PoolKey { db: 0, ..self.pool_key() };
-                self.pin = Pin { active: true, key, ..Pin::default() };
+                self.pin = Pin { active: true, key, interrupt: true, ..Pin::default() };
                 self.pin_identity = self.identity();
                 self.invalidate_pinned_write(cmd, env.tier);
                 self.route_pinned(class, cmd, env)

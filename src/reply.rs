@@ -21,6 +21,11 @@ impl ScanError {
     pub fn unexpected() -> ScanError {
         ScanError("a reply arrived with no request waiting for it")
     }
+
+    /// Redis refused a command the proxy sent to bring a connection to a session's state.
+    pub fn state_refused() -> ScanError {
+        ScanError("Redis refused to move the connection to the session's db, protocol or name")
+    }
 }
 
 /// Resumable boundary scanner for one reply at the front of a buffer.

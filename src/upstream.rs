@@ -334,14 +334,13 @@ impl Upstream {
 
     /// A connection of a session's own (pinned), unless the breaker is refusing calls, with
     /// `setup` (the session's CLIENT SETNAME/SETINFO) applied; their error replies are ignored.
-    /// A spare connection is taken when one is ready (and another is opened for the next).
+    /// A spare connection is taken when one is ready (see `refill_spares` for when they are
+    /// replaced).
     pub async fn connect_pinned(self: &Arc<Self>, key: PoolKey, setup: &[Bytes]) -> Result<Stream, ProxyError> {
         if let Some(retry_in) = self.breaker.refusal() {
             return Err(ProxyError::BreakerOpen { addr: self.addr.clone(), retry_in });
         }
-        let spare = self.take_spare(key);
-        self.refill_spares(key);
-        let mut stream = match spare {
+        let mut stream = match self.take_spare(key) {
             Some(stream) => stream,
             None => {
                 let connected = self.connect(key).await;

@@ -66,3 +66,18 @@ async fn debug_sleep_makes_others_wait() {
     assert_eq!(reader.reply().await, "$1\r\nv\r\n");
     proxy.stop().await;
 }
+
+/// SCRIPT KILL runs in db 0 (which a busy Redis can open); the session's own connection goes
+/// back to the session's db for what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_script_kill_the_session_is_still_in_its_db() {
+    let redis = Redis::start();
+    let proxy = proxy(&redis, Duration::from_secs(5)).await;
+    let mut raw = proxy.raw().await;
+    assert_eq!(call(&mut raw, &["SELECT", "2"]).await, "+OK\r\n");
+    assert_eq!(call(&mut raw, &["SET", "k", "in-2"]).await, "+OK\r\n");
+    assert!(call(&mut raw, &["SCRIPT", "KILL"]).await.starts_with("-NOTBUSY"));
+    assert_eq!(call(&mut raw, &["EVAL", "return redis.call('get', KEYS[1])", "1", "k"]).await, "$4\r\nin-2\r\n");
+    assert_eq!(call(&mut raw, &["GET", "k"]).await, "$4\r\nin-2\r\n");
+    proxy.stop().await;
+}

@@ -81,7 +81,10 @@ impl Client {
         self.session.revalidate(self.ctx.tier.as_deref(), idle);
         if idle && self.session.is_pinned() && self.session.try_unpin() {
             // The connection stays open for the next pin, in the state it is now in.
-            conn.end_pin(self.session.pool_key(), self.session.identity());
+            let (key, identity) = self.session.unpinned_conn_state();
+            conn.end_pin(key, identity);
+            // The next session's pin finds a spare ready.
+            self.ctx.upstream.refill_spares(self.session.pin_key());
         }
     }
 

@@ -28,6 +28,8 @@ pub(super) struct Pin {
     /// A SUBSCRIBE/MONITOR/... is queued in the transaction: after EXEC the connection may
     /// stream, so it is treated as streaming from EXEC on.
     pub(super) stream_at_exec: bool,
+    /// SCRIPT KILL and the like, sent in db 0 whatever the session's db (see `Class::Interrupt`).
+    pub(super) interrupt: bool,
 }
 
 /// What a request sent on the pinned connection gets back, beyond one plain reply.
@@ -127,6 +129,16 @@ impl Session {
             }
             _ => {}
         }
+    }
+
+    /// The db/protocol and name the pinned connection is in once its pin ended: the session's
+    /// (every change made on it during the pin was confirmed to the session), except after an
+    /// interrupt, which ran it in db 0.
+    pub fn unpinned_conn_state(&self) -> (PoolKey, Vec<Bytes>) {
+        if self.pin.interrupt {
+            return (self.pin.key, self.pin_identity.clone());
+        }
+        (self.pool_key(), self.identity())
     }
 
     /// The pinned connection was lost, and with it whatever state it held in Redis.
