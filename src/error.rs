@@ -35,6 +35,9 @@ pub enum ProxyError {
     HelloSyntax(String),
     #[error("Unrecognized option '{0}'")]
     UnknownOption(String),
+    /// What Redis answers a CLIENT subcommand it does not have (CLIENT SETINFO before 7.2).
+    #[error("unknown subcommand '{0}'. Try CLIENT HELP.")]
+    UnknownClientSubcommand(String),
     #[error(
         "unknown PROXY subcommand '{0}' (try PROXY INFO, PROXY CACHE INSPECT|INVALIDATE|CLEAR, PROXY CONFIG GET, PROXY BREAKER STATUS, PROXY AUTH)"
     )]

@@ -245,6 +245,16 @@ impl ServerInfo {
         self.version.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether the upstream is Redis `major.minor` or newer (true while the version is unknown).
+    pub fn at_least(&self, major: u32, minor: u32) -> bool {
+        let version = self.version();
+        let mut parts = version.split('.').map(|p| p.parse::<u32>());
+        match (parts.next(), parts.next()) {
+            (Some(Ok(ma)), Some(Ok(mi))) => (ma, mi) >= (major, minor),
+            _ => true,
+        }
+    }
+
     /// `CONFIG GET databases`, or Redis's default of 16 if it could not be read.
     pub fn databases(&self) -> u32 {
         self.databases.load(Ordering::Relaxed)

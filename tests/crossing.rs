@@ -45,7 +45,7 @@ fn pipeline(rng: &mut Rng, c: usize, marker: &str) -> (Vec<u8>, bool) {
     let key = |rng: &mut Rng| format!("c{c}:k{}", rng.below(4));
     let mut out = Vec::new();
     for _ in 0..1 + rng.below(6) {
-        match rng.below(17) {
+        match rng.below(18) {
             0..=2 => cmd(&mut out, &["SET", &key(rng), &format!("v{}", rng.below(100))]),
             3..=4 => cmd(&mut out, &["GET", &key(rng)]),
             5 => cmd(&mut out, &["MGET", &key(rng), &key(rng), &key(rng)]),
@@ -83,6 +83,11 @@ fn pipeline(rng: &mut Rng, c: usize, marker: &str) -> (Vec<u8>, bool) {
                 }
             }
             14 => cmd(&mut out, &["RESET"]),
+            16 => match rng.below(3) {
+                0 => cmd(&mut out, &["CLIENT", "SETNAME", &format!("client-{c}")]),
+                1 => cmd(&mut out, &["CLIENT", "GETNAME"]),
+                _ => cmd(&mut out, &["CLIENT", "SETINFO", "LIB-NAME", "crossing"]),
+            },
             15 => {
                 cmd(&mut out, &["SUBSCRIBE", &format!("c{c}:sub")]);
                 cmd(&mut out, &["PING", "inside"]);

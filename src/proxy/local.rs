@@ -50,6 +50,11 @@ impl Session {
                 Ok(w.finish())
             }
             Class::ClientSetInfo => {
+                if !env.server.at_least(7, 2) {
+                    // The upstream has no CLIENT SETINFO: answer as it would.
+                    let sub = String::from_utf8_lossy(cmd.arg(1).unwrap_or_default()).into_owned();
+                    return Err(ProxyError::UnknownClientSubcommand(sub));
+                }
                 arity(argc == 4, "client|setinfo")?;
                 let attr = cmd.arg(2).unwrap_or_default();
                 let value = Bytes::copy_from_slice(cmd.arg(3).unwrap_or_default());
