@@ -49,8 +49,6 @@ pub enum FrameError {
     RequestTooLarge { limit: usize },
     #[error("expected '$', got '{}'", char::from(*.0))]
     ExpectedBulk(u8),
-    #[error("expected CRLF after bulk payload")]
-    MissingCrlf,
     #[error("too big inline request")]
     InlineTooLarge,
     #[error("unbalanced quotes in request")]
@@ -146,9 +144,7 @@ impl RequestParser {
         if buf.len() < frame_end {
             return Ok(false);
         }
-        if &buf[frame_end - 2..frame_end] != b"\r\n" {
-            return Err(FrameError::MissingCrlf);
-        }
+        // The two bytes after the payload are not checked: Redis skips them too.
         self.pos = frame_end;
         self.seen += 1;
         Ok(true)
