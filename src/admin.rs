@@ -75,7 +75,7 @@ fn run(ctx: &Context, session: &mut Session, cmd: &CommandView<'_>) -> Result<By
         ("CONFIG", "GET") => {
             let pattern = args.get(2).copied().unwrap_or(b"*");
             let pairs: Vec<(String, String)> =
-                config_pairs(&live.config).into_iter().filter(|(key, _)| glob_match(pattern, key.as_bytes())).collect();
+                live.effective.iter().filter(|(key, _)| glob_match(pattern, key.as_bytes())).cloned().collect();
             w.map(pairs.len());
             for (key, value) in pairs {
                 w.bulk(key.as_bytes()).bulk(value.as_bytes());

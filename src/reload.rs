@@ -29,6 +29,9 @@ pub struct Live {
     pub access: Access,
     /// From `[admin] password_env`; `None`: admin commands need no password.
     pub admin_password: Option<String>,
+    /// `PROXY CONFIG GET`'s pairs: the values in effect (a key that needs a restart keeps the
+    /// value the proxy started with until then).
+    pub effective: Vec<(String, String)>,
 }
 
 impl Live {
@@ -37,6 +40,7 @@ impl Live {
             policy: Policy::new(&config),
             access: Access::new(&config)?,
             admin_password: config.admin_password()?,
+            effective: config_pairs(&config),
             config,
         })
     }
@@ -53,18 +57,23 @@ pub fn reload(ctx: &Context) -> Result<String, String> {
         None => return Err("the proxy was started without --config: there is no file to re-read".into()),
         Some(read) => read.map_err(|e| e.to_string())?,
     };
-    let live = Live::new(config).map_err(|(key, message)| format!("{key}: {message}"))?;
-    let (old, new) = (config_pairs(&current.config), config_pairs(&live.config));
+    let mut live = Live::new(config).map_err(|(key, message)| format!("{key}: {message}"))?;
+    let (old, new) = (&current.effective, config_pairs(&live.config));
     let changed: Vec<&str> = new
         .iter()
         .filter(|pair| !old.contains(pair))
         .chain(old.iter().filter(|(key, _)| !new.iter().any(|(k, _)| k == key)))
         .map(|(key, _)| key.as_str())
         .collect();
-    let restart: Vec<&str> = changed
+    let needs_restart = |key: &str| !LIVE_KEYS.iter().any(|p| key.starts_with(p)) && !LIVE_EXACT.contains(&key);
+    let restart: Vec<String> = changed.iter().copied().filter(|key| needs_restart(key)).map(str::to_owned).collect();
+    // In effect: the new values of what a reload applies, the running ones of the rest.
+    live.effective = new
         .iter()
-        .copied()
-        .filter(|key| !LIVE_KEYS.iter().any(|p| key.starts_with(p)) && !LIVE_EXACT.contains(key))
+        .map(|(key, value)| match old.iter().find(|(k, _)| k == key) {
+            Some(running) if needs_restart(key) => running.clone(),
+            _ => (key.clone(), value.clone()),
+        })
         .collect();
     let rules_changed = changed.iter().any(|key| key.starts_with("default.") || key.starts_with("rule."));
     ctx.upstream.breaker().reconfigure(&live.config.breaker);

@@ -156,8 +156,15 @@ async fn an_invalid_file_is_refused_and_the_running_configuration_stays() {
     assert!(summary.contains("needs a restart to take effect: upstream.address"), "{summary}");
     let info = call(&mut admin, &["PROXY", "INFO", "cache"]).await;
     assert!(info.contains(&format!("cache_max_bytes:{}\r\n", 2 << 20)), "{info}");
-    // Still serving through the old upstream.
+    // Still serving through the old upstream, and PROXY CONFIG GET says so: it shows the values
+    // in effect, the new cache size and the running address.
     assert_eq!(call(&mut admin, &["SET", "k", "v"]).await, "+OK\r\n");
+    let running = call(&mut admin, &["PROXY", "CONFIG", "GET", "upstream.address"]).await;
+    assert!(running.contains(&redis.addr()) && !running.contains("127.0.0.1:1\r\n"), "{running}");
+    assert!(call(&mut admin, &["PROXY", "CONFIG", "GET", "cache.max_memory"]).await.contains("2MiB"));
+    // Reloading the same file again still reports what waits for a restart.
+    let summary = call(&mut admin, &["PROXY", "CONFIG", "RELOAD"]).await;
+    assert!(summary.contains("needs a restart to take effect: upstream.address"), "{summary}");
 }
 
 #[test]
