@@ -21,10 +21,6 @@ CACHE=${CACHE:-on}
 MIN_PASSED=${MIN_PASSED:-0}
 
 scripts/ensure-redis.sh
-if ! command -v tclsh8.6 >/dev/null && ! command -v tclsh >/dev/null; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq tcl8.6 >/dev/null
-fi
 if [ "${SKIP_BUILD:-0}" = 1 ]; then
   :
 elif [ "$BUILD" = release ]; then

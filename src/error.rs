@@ -118,6 +118,12 @@ impl ProxyError {
             ProxyError::NoProto => "NOPROTO",
             ProxyError::WrongPass | ProxyError::AdminWrongPass => "WRONGPASS",
             ProxyError::AdminAuthRequired | ProxyError::NoAuth | ProxyError::HelloNoAuth => "NOAUTH",
+            // Nothing was sent: like Redis's own LOADING, a refusal that ran nothing and may be
+            // retried as is. Client libraries classify it so (redis-py: BusyLoadingError, a
+            // ConnectionError; go-redis and rustis retry it; Lettuce: RedisLoadingException;
+            // ioredis users retry it with reconnectOnError), so their "Redis is down" handling
+            // runs instead of treating it as a bug in the command.
+            ProxyError::UpstreamUnavailable { .. } | ProxyError::BreakerOpen { .. } => "LOADING",
             _ => "ERR",
         };
         format!("{code} {self}")
@@ -144,7 +150,7 @@ mod tests {
         let err = ProxyError::UpstreamUnavailable { addr: "10.0.0.1:6379".into(), reason: "Connection refused".into() };
         assert_eq!(
             &err.to_replies(2)[..],
-            b"-ERR upstream 10.0.0.1:6379 unavailable: Connection refused\r\n".repeat(2)
+            b"-LOADING upstream 10.0.0.1:6379 unavailable: Connection refused\r\n".repeat(2)
         );
     }
 }
