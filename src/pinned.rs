@@ -65,8 +65,14 @@ const SETNAME: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n";
 
 impl PinnedConn {
     /// `identity`: the session's CLIENT SETNAME/SETINFO, so that Redis agrees with the proxy.
-    pub async fn open(upstream: &Arc<Upstream>, key: PoolKey, identity: Vec<Bytes>) -> Result<PinnedConn, ProxyError> {
-        let (rd, wr) = upstream.connect_pinned(key, &identity).await?.into_split();
+    /// `stream`: the pin starts a stream (see `Upstream::connect_pinned`).
+    pub async fn open(
+        upstream: &Arc<Upstream>,
+        key: PoolKey,
+        identity: Vec<Bytes>,
+        stream: bool,
+    ) -> Result<PinnedConn, ProxyError> {
+        let (rd, wr) = upstream.connect_pinned(key, &identity, !stream).await?.into_split();
         let up = upstream.connection_up();
         debug!(db = key.db, resp3 = key.resp3, "pinned upstream connection opened");
         Ok(PinnedConn {
@@ -82,15 +88,16 @@ impl PinnedConn {
         })
     }
 
-    /// A pin starts on it (opened for it, or kept from an earlier pin). A kept connection is
-    /// first brought to the session's protocol, db and name (`key`, `identity`) with commands
-    /// of the proxy's own, whose replies nobody sees: the session keeps one upstream
-    /// connection, so the id it was shown (CLIENT ID) stays its own.
-    pub async fn begin_pin(&mut self, key: PoolKey, identity: &[Bytes]) -> io::Result<()> {
+    /// A pin starts on it (opened for it, or kept from an earlier pin). With `state`, a kept
+    /// connection is first brought to the session's protocol, db and name with commands of the
+    /// proxy's own, whose replies nobody sees: the session keeps one upstream connection, so the
+    /// id it was shown (CLIENT ID) stays its own.
+    pub async fn begin_pin(&mut self, state: Option<(PoolKey, &[Bytes])>) -> io::Result<()> {
         if self.in_pin {
             return Ok(());
         }
         self.in_pin = true;
+        let Some((key, identity)) = state else { return Ok(()) };
         let mut sync: Vec<Bytes> = Vec::new();
         if key.resp3 != self.key.resp3 {
             sync.push(encode_command(&["HELLO", if key.resp3 { "3" } else { "2" }]));
@@ -115,9 +122,13 @@ impl PinnedConn {
         self.wr.write_all(&sync.concat()).await
     }
 
-    /// The pin ended; the connection is in the session's state (`key`, `identity`).
-    pub fn end_pin(&mut self, key: PoolKey, identity: Vec<Bytes>) {
-        (self.key, self.identity, self.in_pin) = (key, identity, false);
+    /// The pin ended; the connection is in the session's state (`key`, `identity`), or, with
+    /// `None`, in the state it was in before the pin.
+    pub fn end_pin(&mut self, state: Option<(PoolKey, Vec<Bytes>)>) {
+        if let Some((key, identity)) = state {
+            (self.key, self.identity) = (key, identity);
+        }
+        self.in_pin = false;
     }
 
     /// No counted reply is outstanding.

@@ -344,13 +344,24 @@ impl Upstream {
 
     /// A connection of a session's own (pinned), unless the breaker is refusing calls, with
     /// `setup` (the session's CLIENT SETNAME/SETINFO) applied; their error replies are ignored.
-    /// A spare connection is taken when one is ready (see `refill_spares` for when they are
-    /// replaced).
-    pub async fn connect_pinned(self: &Arc<Self>, key: PoolKey, setup: &[Bytes]) -> Result<Stream, ProxyError> {
+    /// A spare connection is taken when one is ready.
+    /// `refill`: open a spare for the next session at once (not for a session that starts a
+    /// stream: a new MONITOR must not see the proxy's handshakes as the first thing it is shown;
+    /// its spare is replaced when another session's pin ends).
+    pub async fn connect_pinned(
+        self: &Arc<Self>,
+        key: PoolKey,
+        setup: &[Bytes],
+        refill: bool,
+    ) -> Result<Stream, ProxyError> {
         if let Some(retry_in) = self.breaker.refusal() {
             return Err(ProxyError::BreakerOpen { addr: self.addr.clone(), retry_in });
         }
-        let mut stream = match self.take_spare(key) {
+        let spare = self.take_spare(key);
+        if refill {
+            self.refill_spares(key);
+        }
+        let mut stream = match spare {
             Some(stream) => stream,
             None => {
                 let connected = self.connect(key).await;

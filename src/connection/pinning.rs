@@ -28,7 +28,7 @@ impl Client {
         let identity = self.session.pin_identity().to_vec();
         if self.pinned.is_none() {
             // Boxed: connecting (TLS, handshake) is a large future, rare next to the rest.
-            match Box::pin(PinnedConn::open(&self.ctx.upstream, key, identity.clone())).await {
+            match Box::pin(PinnedConn::open(&self.ctx.upstream, key, identity.clone(), stream)).await {
                 Ok(conn) => self.pinned = Some(conn),
                 Err(err) => {
                     // What the session was to start cannot: the requests get the error, and the
@@ -47,7 +47,8 @@ impl Client {
             }
         }
         let conn = self.pinned.as_mut().expect("opened above");
-        let sent = match conn.begin_pin(key, &identity).await {
+        let state = self.session.pin_needs_state().then_some((key, &identity[..]));
+        let sent = match conn.begin_pin(state).await {
             Ok(()) => conn.send(&bytes, seq, count, stream, shaper, expect).await,
             Err(e) => Err(e),
         };
@@ -81,8 +82,7 @@ impl Client {
         self.session.revalidate(self.ctx.tier.as_deref(), idle);
         if idle && self.session.is_pinned() && self.session.try_unpin() {
             // The connection stays open for the next pin, in the state it is now in.
-            let (key, identity) = self.session.unpinned_conn_state();
-            conn.end_pin(key, identity);
+            conn.end_pin(self.session.unpinned_conn_state());
             // The next session's pin finds a spare ready.
             self.ctx.upstream.refill_spares(self.session.pin_key());
         }

@@ -131,14 +131,18 @@ impl Session {
         }
     }
 
+    /// Whether the session's pinned connection must be in the session's db, protocol and name
+    /// for this pin. Not for an interrupt (SCRIPT KILL, ...): it runs in whatever db the
+    /// connection is in (a busy Redis would refuse the SELECT), or in db 0 on a new one.
+    pub fn pin_needs_state(&self) -> bool {
+        !self.pin.interrupt
+    }
+
     /// The db/protocol and name the pinned connection is in once its pin ended: the session's
-    /// (every change made on it during the pin was confirmed to the session), except after an
-    /// interrupt, which ran it in db 0.
-    pub fn unpinned_conn_state(&self) -> (PoolKey, Vec<Bytes>) {
-        if self.pin.interrupt {
-            return (self.pin.key, self.pin_identity.clone());
-        }
-        (self.pool_key(), self.identity())
+    /// (every change made on it during the pin was confirmed to the session); `None` after an
+    /// interrupt, which left it as it was.
+    pub fn unpinned_conn_state(&self) -> Option<(PoolKey, Vec<Bytes>)> {
+        (!self.pin.interrupt).then(|| (self.pool_key(), self.identity()))
     }
 
     /// The pinned connection was lost, and with it whatever state it held in Redis.

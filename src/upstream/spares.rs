@@ -47,8 +47,8 @@ impl Upstream {
     }
 
     /// Opens connections in `key` in the background until `upstream.spare_connections` wait.
-    /// Called when a pool starts and when a pin ends, not when a spare is taken: a client that
-    /// just started MONITOR must not see the proxy's handshakes as the first thing it is shown.
+    /// Called when a pool starts, when a spare is taken (except by a session starting a stream,
+    /// see `connect_pinned`) and when a pin ends.
     pub fn refill_spares(self: &Arc<Self>, key: PoolKey) {
         let missing = {
             let mut spares = self.spares.lock();
