@@ -8,7 +8,7 @@
 //!   -> connection  framing, backpressure, timeouts, replies in request order  (connection.rs)
 //!        dispatch  runs of requests per destination, held requests, sending   (connection/dispatch.rs)
 //!        framing   find complete commands; size/argument limits; inline       (framing.rs)
-//!   -> command     what a command is: ordinary, local, or stateful            (command.rs)
+//!   -> command     what a command is: ordinary, local, stateful; its tier effect  (command.rs)
 //!   -> proxy       the session and the decision for each command              (proxy.rs, proxy/pinning.rs)
 //!        access    users, NOAUTH, deny_commands                               (access.rs)
 //!        admin     the PROXY commands                                         (admin.rs)
@@ -17,7 +17,10 @@
 //!        ttl       default_ttl / max_ttl enforced on writes                   (ttl.rs, ttl/shape.rs)
 //!   -> breaker     closed / open / half-open in front of the upstream         (breaker.rs)
 //!   -> upstream    shared pipelined pools per (db, protocol)                  (upstream.rs, upstream/shared.rs, upstream/handshake.rs)
-//!      pinned      a session's own connection for MULTI, blocking, pub/sub    (pinned.rs)
+//!        spares    connected spares for sessions that need their own         (upstream/spares.rs)
+//!        recovery  closing the breaker as soon as Redis answers              (upstream/recovery.rs)
+//!      pinned      a session's own connection for MULTI, blocking, pub/sub;   (pinned.rs)
+//!                  state changes Redis confirms, hidden commands that move it
 //!      tracking    Redis's invalidations for writes made elsewhere            (tracking.rs)
 //!   <- reply       reply boundaries, replies the proxy builds                 (reply.rs)
 //! ```

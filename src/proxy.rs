@@ -233,28 +233,25 @@ impl Session {
             | Class::Unsubscribe
             | Class::ClientId
             | Class::ClientInfo
-            | Class::Auth => {
-                self.pin = Pin { active: true, key: self.pool_key(), ..Pin::default() };
-                self.pin_identity = self.identity();
-                self.invalidate_pinned_write(cmd, env.tier);
-                self.route_pinned(class, cmd, env)
-            }
+            | Class::Auth => self.pin_and_route(Pin::new(self.pool_key()), class, cmd, env),
+            Class::Hello if redis_login => self.pin_and_route(Pin::new(self.pool_key()), class, cmd, env),
             Class::Interrupt => {
-                // db 0: a busy Redis refuses SELECT, and these commands do not depend on the db.
-                let key = PoolKey { db: 0, ..self.pool_key() };
-                self.pin = Pin { active: true, key, interrupt: true, ..Pin::default() };
-                self.pin_identity = self.identity();
-                self.invalidate_pinned_write(cmd, env.tier);
-                self.route_pinned(class, cmd, env)
-            }
-            Class::Hello if redis_login => {
-                self.pin = Pin { active: true, key: self.pool_key(), ..Pin::default() };
-                self.pin_identity = self.identity();
-                self.route_pinned(class, cmd, env)
+                // A new connection in db 0 (a busy Redis refuses SELECT; these commands do not
+                // depend on the db); a kept one stays in the db it is in.
+                let pin = Pin { interrupt: true, ..Pin::new(PoolKey { db: 0, ..self.pool_key() }) };
+                self.pin_and_route(pin, class, cmd, env)
             }
             Class::Quit => Route::Close(Bytes::from_static(reply::OK)),
             local => Route::Reply(self.answer(local, cmd, env).unwrap_or_else(|e| e.to_reply())),
         }
+    }
+
+    /// Starts `pin` on the session's own connection and routes `cmd` there.
+    fn pin_and_route(&mut self, pin: Pin, class: Class, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
+        self.pin = pin;
+        self.pin_identity = self.identity();
+        self.invalidate_pinned_write(cmd, env.tier);
+        self.route_pinned(class, cmd, env)
     }
 
     /// An ordinary command on the shared pool, through the local tier.

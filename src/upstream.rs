@@ -12,13 +12,17 @@
 //! and, outside db 0, `SELECT <db>` (see `handshake.rs`).
 
 mod handshake;
+mod recovery;
 mod shared;
 mod spares;
+
+pub use handshake::ServerInfo;
+pub use recovery::recover;
 
 use handshake::read_replies;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -158,106 +162,12 @@ impl Hooks {
     }
 }
 
-/// While the breaker is not closed, PINGs the upstream every 100 ms on a new connection and
-/// closes the breaker at the first usable answer (breaker step 4): recovery takes a probe's
-/// round trip after Redis is back, not what is left of the open period. Runs until aborted.
-pub async fn recover(up: Arc<Upstream>) {
-    const EVERY: Duration = Duration::from_millis(100);
-    loop {
-        up.breaker.until_open().await;
-        while up.breaker.state() != crate::breaker::State::Closed {
-            tokio::time::sleep(EVERY).await;
-            if let Some(reply) = up.answers_ping(up.connect_timeout).await
-                && !crate::breaker::is_unusable(&reply)
-            {
-                up.breaker.recovered();
-                // Shared connections waiting out a reconnection delay dial now.
-                up.back.notify_waiters();
-            }
-        }
-    }
-}
-
 /// An upstream connection that is up (see [`Upstream::connection_up`]).
 pub struct ConnectionUp(Arc<Metrics>);
 
 impl Drop for ConnectionUp {
     fn drop(&mut self) {
         self.0.upstream_connections.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// What the proxy learned about the upstream server from handshakes.
-#[derive(Debug)]
-pub struct ServerInfo {
-    version: Mutex<String>,
-    databases: AtomicU32,
-    /// Told when a handshake has filled in the version.
-    learned: tokio::sync::Notify,
-    /// The user and password every upstream connection logs in with (`[upstream]`).
-    login: Option<(String, String)>,
-}
-
-impl ServerInfo {
-    pub fn new(version: &str, databases: u32) -> ServerInfo {
-        ServerInfo {
-            version: Mutex::new(version.into()),
-            databases: AtomicU32::new(databases),
-            learned: tokio::sync::Notify::new(),
-            login: None,
-        }
-    }
-
-    fn with_login(mut self, login: Option<(String, String)>) -> ServerInfo {
-        self.login = login;
-        self
-    }
-
-    /// Whether `user`/`password` are what the proxy's upstream connections already logged in
-    /// with: a client's AUTH with them changes nothing on a shared connection.
-    pub fn is_upstream_login(&self, user: &[u8], password: &[u8]) -> bool {
-        self.login.as_ref().is_some_and(|(u, p)| u.as_bytes() == user && p.as_bytes() == password)
-    }
-
-    fn set_version(&self, version: String) {
-        *self.version.lock().unwrap_or_else(|e| e.into_inner()) = version;
-        self.learned.notify_waiters();
-    }
-
-    /// Waits (at most `limit`) until a handshake has told the server's version: the proxy
-    /// answers HELLO itself, with Redis's version in it.
-    pub async fn learned(&self, limit: Duration) {
-        let _ = timeout(limit, async {
-            loop {
-                let learned = self.learned.notified();
-                tokio::pin!(learned);
-                learned.as_mut().enable();
-                if self.version() != "unknown" {
-                    return;
-                }
-                learned.await;
-            }
-        })
-        .await;
-    }
-
-    pub fn version(&self) -> String {
-        self.version.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Whether the upstream is Redis `major.minor` or newer (true while the version is unknown).
-    pub fn at_least(&self, major: u32, minor: u32) -> bool {
-        let version = self.version();
-        let mut parts = version.split('.').map(|p| p.parse::<u32>());
-        match (parts.next(), parts.next()) {
-            (Some(Ok(ma)), Some(Ok(mi))) => (ma, mi) >= (major, minor),
-            _ => true,
-        }
-    }
-
-    /// `CONFIG GET databases`, or Redis's default of 16 if it could not be read.
-    pub fn databases(&self) -> u32 {
-        self.databases.load(Ordering::Relaxed)
     }
 }
 

@@ -21,8 +21,6 @@ pub(super) struct Pin {
     /// The sequence number of the first blocking command (outside MULTI) that may still be
     /// waiting for its reply.
     pub(super) blocked_at: Option<u64>,
-    /// Redis, not the proxy, knows the session's name, db and protocol (see `route_pinned`).
-    pub(super) delegated: bool,
     /// The sequence number of the MULTI that opened the transaction (to undo it if refused).
     pub(super) multi_seq: u64,
     /// A SUBSCRIBE/MONITOR/... is queued in the transaction: after EXEC the connection may
@@ -65,6 +63,13 @@ pub enum Confirm {
 pub struct HelloChange {
     pub resp3: Option<bool>,
     pub name: Option<Option<Bytes>>,
+}
+
+impl Pin {
+    /// A pin starting on a connection in `key`.
+    pub(super) fn new(key: PoolKey) -> Pin {
+        Pin { active: true, key, ..Pin::default() }
+    }
 }
 
 impl Session {
@@ -218,7 +223,7 @@ impl Session {
             // connection knows the session's db, protocol and name afterwards, so the session
             // stays on it and leaves its session commands to Redis (until RESET).
             Class::Select | Class::Hello | Class::ClientSetName | Class::ClientSetInfo if pin.in_multi => {
-                (pin.sticky, pin.delegated) = (true, true);
+                pin.sticky = true;
             }
             Class::Reset => {
                 // Redis resets the pinned connection itself; the pin ends but a stream

@@ -16,6 +16,82 @@ use crate::error::ProxyError;
 use crate::framing::encode_command;
 use crate::reply::ReplyScanner;
 use crate::transport::Stream;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU32;
+
+/// What the proxy learned about the upstream server from handshakes.
+#[derive(Debug)]
+pub struct ServerInfo {
+    version: Mutex<String>,
+    databases: AtomicU32,
+    /// Told when a handshake has filled in the version.
+    learned: tokio::sync::Notify,
+    /// The user and password every upstream connection logs in with (`[upstream]`).
+    login: Option<(String, String)>,
+}
+
+impl ServerInfo {
+    pub fn new(version: &str, databases: u32) -> ServerInfo {
+        ServerInfo {
+            version: Mutex::new(version.into()),
+            databases: AtomicU32::new(databases),
+            learned: tokio::sync::Notify::new(),
+            login: None,
+        }
+    }
+
+    pub(super) fn with_login(mut self, login: Option<(String, String)>) -> ServerInfo {
+        self.login = login;
+        self
+    }
+
+    /// Whether `user`/`password` are what the proxy's upstream connections already logged in
+    /// with: a client's AUTH with them changes nothing on a shared connection.
+    pub fn is_upstream_login(&self, user: &[u8], password: &[u8]) -> bool {
+        self.login.as_ref().is_some_and(|(u, p)| u.as_bytes() == user && p.as_bytes() == password)
+    }
+
+    fn set_version(&self, version: String) {
+        *self.version.lock().unwrap_or_else(|e| e.into_inner()) = version;
+        self.learned.notify_waiters();
+    }
+
+    /// Waits (at most `limit`) until a handshake has told the server's version: the proxy
+    /// answers HELLO itself, with Redis's version in it.
+    pub async fn learned(&self, limit: Duration) {
+        let _ = timeout(limit, async {
+            loop {
+                let learned = self.learned.notified();
+                tokio::pin!(learned);
+                learned.as_mut().enable();
+                if self.version() != "unknown" {
+                    return;
+                }
+                learned.await;
+            }
+        })
+        .await;
+    }
+
+    pub fn version(&self) -> String {
+        self.version.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the upstream is Redis `major.minor` or newer (true while the version is unknown).
+    pub fn at_least(&self, major: u32, minor: u32) -> bool {
+        let version = self.version();
+        let mut parts = version.split('.').map(|p| p.parse::<u32>());
+        match (parts.next(), parts.next()) {
+            (Some(Ok(ma)), Some(Ok(mi))) => (ma, mi) >= (major, minor),
+            _ => true,
+        }
+    }
+
+    /// `CONFIG GET databases`, or Redis's default of 16 if it could not be read.
+    pub fn databases(&self) -> u32 {
+        self.databases.load(Ordering::Relaxed)
+    }
+}
 
 impl Upstream {
     /// A new connection to the upstream, handshake done, in the protocol and db of `key`.
