@@ -108,8 +108,7 @@ fn check(info: &Info, problems: &mut Vec<String>) {
 #[tokio::test]
 async fn every_command_of_the_upstream_is_classified_as_redis_describes_it() {
     let redis = Redis::start();
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut con = common::multiplexed(&redis.url()).await.unwrap();
     let Value::Array(entries) = redis::cmd("COMMAND").query_async::<Value>(&mut con).await.unwrap() else {
         panic!("COMMAND did not answer an array")
     };

@@ -76,7 +76,7 @@ async fn concurrent_pipelining_clients_share_connections_without_mixing_replies(
     for client in 0..20 {
         let url = proxy.url();
         tasks.push(tokio::spawn(async move {
-            let mut con = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+            let mut con = common::multiplexed(&url).await.unwrap();
             for round in 0..20 {
                 let mut pipe = redis::pipe();
                 for i in 0..100 {
@@ -106,7 +106,7 @@ async fn keys_and_values_are_binary_safe() {
     let back: Vec<u8> = con.get(&key).await.unwrap();
     assert_eq!(back, value);
     // Written through the proxy, read directly: the bytes are Redis's, unchanged.
-    let mut direct = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut direct = common::multiplexed(&redis.url()).await.unwrap();
     let direct_value: Vec<u8> = direct.get(&key).await.unwrap();
     assert_eq!(direct_value, value);
     let crlf_key = b"a\r\nb\r\n".to_vec();

@@ -54,11 +54,11 @@ async fn clients_authenticate_like_with_redis() {
 
     // The redis crate with credentials in the URL.
     let url = format!("redis://reports:reports-pw@{}/", proxy.addr);
-    let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut conn = common::multiplexed(&url).await.unwrap();
     let value: String = redis::cmd("GET").arg("k").query_async(&mut conn).await.unwrap();
     assert_eq!(value, "v");
     let url = format!("redis://reports:wrong@{}/", proxy.addr);
-    let err = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.err().unwrap();
+    let err = common::multiplexed(&url).await.err().unwrap();
     assert_eq!(err.kind(), redis::ErrorKind::AuthenticationFailed, "{err}");
 }
 

@@ -206,8 +206,7 @@ async fn select_moves_the_client_to_another_db() {
     assert_eq!(call(&mut raw, &["SELECT", "0"]).await, "+OK\r\n");
     assert_eq!(call(&mut raw, &["GET", "k"]).await, "$3\r\ndb0\r\n");
     // The redis crate selects the db in its URL.
-    let mut con =
-        redis::Client::open(format!("{}5", proxy.url())).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut con = common::multiplexed(&format!("{}5", proxy.url())).await.unwrap();
     let value: String = redis::cmd("GET").arg("k").query_async(&mut con).await.unwrap();
     assert_eq!(value, "db5");
     proxy.stop().await;

@@ -151,7 +151,7 @@ impl Proxy {
     /// A multiplexed `redis` crate connection (RESP2, or RESP3 with `resp3`).
     pub async fn client(&self, resp3: bool) -> redis::aio::MultiplexedConnection {
         let url = if resp3 { format!("{}?protocol=resp3", self.url()) } else { self.url() };
-        redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+        multiplexed(&url).await.unwrap()
     }
 
     pub async fn raw(&self) -> Raw {
@@ -165,6 +165,14 @@ impl Drop for Proxy {
             let _ = stop.send(());
         }
     }
+}
+
+/// A `redis` crate multiplexed connection that waits up to [`PATIENCE`] for a reply (the crate's
+/// default, 500 ms, is shorter than a debug build takes on a loaded machine).
+pub async fn multiplexed(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(PATIENCE)).set_connection_timeout(Some(PATIENCE));
+    redis::Client::open(url)?.get_multiplexed_async_connection_with_config(&config).await
 }
 
 /// A raw RESP connection: write bytes, read whole replies.
