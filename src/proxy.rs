@@ -183,7 +183,11 @@ impl Session {
     }
 
     pub fn route(&mut self, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
-        let class = classify(cmd);
+        let class = match classify(cmd) {
+            // A command the table does not know that the upstream flags as blocking.
+            Class::Ordinary if env.server.unknown.must_pin(cmd) => Class::Blocking,
+            class => class,
+        };
         if env.access.denies_any()
             && let Some(name) = cmd.arg(0).filter(|name| env.access.denied(name))
         {

@@ -74,6 +74,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     // Clients are served once the first handshake told Redis's version (HELLO's reply has it),
     // or after connect_timeout without it.
     upstream.info().learned(upstream.connect_timeout()).await;
+    let learning = tokio::spawn({
+        let upstream = Arc::clone(&upstream);
+        async move { upstream.learn_commands().await }
+    });
     let cache = &config.cache;
     let tier = cache
         .enabled
@@ -141,7 +145,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         warn!(clients = clients.len(), "drain timeout: closing the remaining clients");
         clients.shutdown().await;
     }
-    for task in [tracking, exporter, Some(hangups), Some(recovery)].into_iter().flatten() {
+    for task in [tracking, exporter, Some(hangups), Some(recovery), Some(learning)].into_iter().flatten() {
         task.abort();
     }
     upstream.close();

@@ -11,6 +11,7 @@
 //! Every connection starts with the same handshake: `HELLO <proto>`, `CONFIG GET databases`
 //! and, outside db 0, `SELECT <db>` (see `handshake.rs`).
 
+mod commands;
 mod handshake;
 mod recovery;
 mod shared;

@@ -28,6 +28,8 @@ pub struct ServerInfo {
     learned: tokio::sync::Notify,
     /// The user and password every upstream connection logs in with (`[upstream]`).
     login: Option<(String, String)>,
+    /// Blocking commands of the upstream's that the command table does not know.
+    pub unknown: super::commands::Unknown,
 }
 
 impl ServerInfo {
@@ -37,6 +39,7 @@ impl ServerInfo {
             databases: AtomicU32::new(databases),
             learned: tokio::sync::Notify::new(),
             login: None,
+            unknown: Default::default(),
         }
     }
 
