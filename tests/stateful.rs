@@ -286,3 +286,54 @@ async fn client_ids_are_usable_for_unblock_redirect_and_kill() {
     assert!(blocked.closed().await);
     proxy.stop().await;
 }
+
+/// Commands whose replies or effects a proxy can mispredict, each answered as Redis answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awkward_commands_are_answered_as_redis_answers_them() {
+    let redis = Redis::start();
+    let proxy = proxy_with_one_connection(&redis).await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    let mut other = proxy.raw().await;
+
+    // REPLCONF ACK gets no reply at all: the next reply is the next command's, for this client
+    // and for another on the same upstream connection.
+    let mut raw = proxy.raw().await;
+    raw.send(&[encode(&["REPLCONF", "ACK", "0"]), encode(&["PING", "after"])].concat()).await;
+    assert_eq!(call(&mut other, &["SET", "k", "mine"]).await, "+OK\r\n");
+    assert_eq!(raw.reply().await, "$5\r\nafter\r\n");
+    assert_eq!(call(&mut other, &["GET", "k"]).await, "$4\r\nmine\r\n");
+
+    // SUBSCRIBE queued in MULTI subscribes at EXEC; messages follow.
+    let mut sub = proxy.raw().await;
+    sub.send(&[encode(&["MULTI"]), encode(&["SUBSCRIBE", "c"]), encode(&["EXEC"])].concat()).await;
+    assert_eq!(sub.reply().await, "+OK\r\n");
+    assert_eq!(sub.reply().await, "+QUEUED\r\n");
+    assert!(String::from_utf8_lossy(&sub.reply().await).contains("subscribe"));
+    until_reply(&mut direct, &["PUBLISH", "c", "hi"], "delivered", |r| r == ":1\r\n").await;
+    assert!(String::from_utf8_lossy(&sub.reply().await).contains("hi"));
+
+    // QUIT on a subscribed connection: the replies before it, then +OK, then closed.
+    sub.send(&[encode(&["SUBSCRIBE", "d"]), encode(&["QUIT"])].concat()).await;
+    assert!(String::from_utf8_lossy(&sub.reply().await).contains("subscribe"));
+    assert_eq!(sub.reply().await, "+OK\r\n");
+    assert!(sub.closed().await);
+
+    // SUBSCRIBE right behind a command on an already pinned session.
+    let mut watcher = proxy.raw().await;
+    watcher.send(&[encode(&["WATCH", "w"]), encode(&["SUBSCRIBE", "e"])].concat()).await;
+    assert_eq!(watcher.reply().await, "+OK\r\n");
+    assert!(String::from_utf8_lossy(&watcher.reply().await).contains("subscribe"));
+
+    // AUTH inside MULTI is Redis's to queue (no proxy users): the transaction stays whole.
+    let mut tx = proxy.raw().await;
+    assert_eq!(call(&mut tx, &["MULTI"]).await, "+OK\r\n");
+    assert_eq!(call(&mut tx, &["SET", "t", "1"]).await, "+QUEUED\r\n");
+    assert_eq!(call(&mut tx, &["AUTH", "pw"]).await, "+QUEUED\r\n");
+    let exec = call(&mut tx, &["EXEC"]).await;
+    assert!(exec.starts_with("*2\r\n+OK\r\n-ERR AUTH <password> called without"), "{exec}");
+    proxy.stop().await;
+}
+
+fn encode(args: &[&str]) -> bytes::Bytes {
+    nearcache::framing::encode_command(args)
+}
