@@ -162,3 +162,40 @@ async fn redis_acl_users_work_through_the_proxy() {
     assert_eq!(call(&mut other, &["ACL", "WHOAMI"]).await, "$3\r\nbob\r\n");
     proxy.stop().await;
 }
+
+/// One client changing Redis's password does not lock everyone out: connections the proxy has
+/// keep serving (Redis keeps them authenticated), the breaker stays closed, and a client that
+/// needs a new connection gets an error that names the proxy's upstream credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_keeps_existing_connections_serving() {
+    let redis = Redis::start();
+    let mut config = config_for(&redis.addr());
+    config.upstream.connections = 1;
+    config.upstream.spare_connections = 0;
+    let proxy = Proxy::start(config).await;
+    let mut admin = proxy.raw().await;
+    let mut worker = proxy.raw().await;
+    assert_eq!(call(&mut worker, &["PING"]).await, "+PONG\r\n");
+    assert_eq!(call(&mut admin, &["CONFIG", "SET", "requirepass", "secret"]).await, "+OK\r\n");
+    // Writes: they reach Redis (no tier in the way) on the existing shared connection.
+    for n in 1..=50 {
+        assert_eq!(call(&mut worker, &["INCR", "n"]).await, format!(":{n}\r\n"));
+    }
+    // A new connection (a transaction's own) is refused by Redis: the error says why. More such
+    // refusals than breaker.connect_failures do not open the breaker: Redis is there.
+    for _ in 0..5 {
+        let mut tx = proxy.raw().await;
+        let refused = call(&mut tx, &["MULTI"]).await;
+        assert!(refused.contains("check [upstream] username and password") && refused.contains("NOAUTH"), "{refused}");
+    }
+    for n in 51..=100 {
+        assert_eq!(call(&mut worker, &["INCR", "n"]).await, format!(":{n}\r\n"));
+    }
+    let status = call(&mut admin, &["PROXY", "BREAKER", "STATUS"]).await;
+    assert!(status.contains("state:closed"), "{status}");
+    // The password is back to none: everything works again.
+    assert_eq!(call(&mut admin, &["CONFIG", "SET", "requirepass", ""]).await, "+OK\r\n");
+    let mut tx = proxy.raw().await;
+    assert_eq!(call(&mut tx, &["MULTI"]).await, "+OK\r\n");
+    proxy.stop().await;
+}

@@ -147,7 +147,15 @@ impl Upstream {
         let replies = read_replies(stream, if key.db != 0 { 3 } else { 2 }).await?;
         let hello = &replies[0];
         if hello.first() == Some(&b'-') {
-            return Err(format!("HELLO failed: {}", String::from_utf8_lossy(hello).trim_end()));
+            let reply = String::from_utf8_lossy(hello);
+            let reply = reply.trim_end();
+            if ["-WRONGPASS", "-NOAUTH", "-NOPERM"].iter().any(|code| reply.starts_with(code)) {
+                // A configuration problem, not a dead Redis: say which settings to look at.
+                return Err(format!(
+                    "Redis refused the proxy's login (check [upstream] username and password/password_env): HELLO failed: {reply}"
+                ));
+            }
+            return Err(format!("HELLO failed: {reply}"));
         }
         if let Some(version) = field(hello, key.resp3, "version") {
             self.info.set_version(version);
