@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const CLIENTS: usize = 8;
-const PIPELINES: usize = 120;
+const PIPELINES: usize = 250;
 
 /// xorshift64*: enough randomness for a workload, reproducible from its seed.
 struct Rng(u64);
