@@ -198,3 +198,39 @@ async fn increment(raw: &mut Raw) -> Step {
         Some(_) => Step::Reconnect,
     }
 }
+
+/// A restart of Redis loses every session on it: the proxy closes each client whose state was
+/// there (a subscriber, a WATCH, a tracking client), and once they reconnect they see what the
+/// restarted Redis has, never an old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_closes_every_client_whose_state_was_on_it() {
+    let port = common::free_port();
+    let redis = Redis::start_on(port);
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut sub = proxy.raw().await;
+    sub.cmd(&[b"SUBSCRIBE", b"news"]).await;
+    assert!(String::from_utf8_lossy(&sub.reply().await).contains("subscribe"));
+    let mut watcher = proxy.raw().await;
+    assert_eq!(call(&mut watcher, &["WATCH", "w"]).await, "+OK\r\n");
+    let mut tracker = proxy.raw().await;
+    assert!(call(&mut tracker, &["HELLO", "3"]).await.starts_with('%'));
+    assert_eq!(call(&mut tracker, &["CLIENT", "TRACKING", "on"]).await, "+OK\r\n");
+    assert_eq!(call(&mut tracker, &["SET", "k", "old"]).await, "+OK\r\n");
+    assert_eq!(call(&mut tracker, &["GET", "k"]).await, "$3\r\nold\r\n");
+    let mut plain = proxy.raw().await;
+    assert_eq!(call(&mut plain, &["PING"]).await, "+PONG\r\n");
+
+    redis.stop();
+    let _redis = Redis::start_on(port);
+    for (name, client) in [("subscriber", &mut sub), ("watcher", &mut watcher), ("tracker", &mut tracker)] {
+        assert!(client.closed().await, "the {name} stayed connected without its state");
+    }
+    // A client with no state on a lost connection carries on (its requests may have failed
+    // while Redis was away); the reconnected tracker reads what Redis has now.
+    common::until_reply(&mut plain, &["SET", "probe", "1"], "Redis back", |r| r == "+OK\r\n").await;
+    let mut tracker = proxy.raw().await;
+    assert!(call(&mut tracker, &["HELLO", "3"]).await.starts_with('%'));
+    assert_eq!(call(&mut tracker, &["CLIENT", "TRACKING", "on"]).await, "+OK\r\n");
+    assert_eq!(call(&mut tracker, &["GET", "k"]).await, "_\r\n");
+    proxy.stop().await;
+}
