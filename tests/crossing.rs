@@ -1,8 +1,8 @@
 //! No reply ever reaches the wrong client. Many clients share ONE upstream connection and send
 //! random pipelines that mix ordinary commands on their own keys with commands whose reply
 //! count or connection effect a proxy can mispredict: the (P|S)UNSUBSCRIBE family with 0..n
-//! channels (pushes in RESP3), CLIENT REPLY, SELECT, HELLO, MULTI/EXEC/DISCARD, WATCH, RESET,
-//! QUIT, inline commands. Every client's byte stream is compared with what the same requests
+//! channels (pushes in RESP3), CLIENT REPLY, CLIENT TRACKING, SELECT, HELLO, MULTI/EXEC/DISCARD,
+//! WATCH, RESET, QUIT, inline commands. Every client's byte stream is compared with what the same requests
 //! get from a private redis-server directly.
 //!
 //! Seed: `CROSSING_SEED=n` reproduces a run (the seed is printed on failure).
@@ -83,10 +83,12 @@ fn pipeline(rng: &mut Rng, c: usize, marker: &str) -> (Vec<u8>, bool) {
                 }
             }
             14 => cmd(&mut out, &["RESET"]),
-            16 => match rng.below(3) {
-                0 => cmd(&mut out, &["CLIENT", "SETNAME", &format!("client-{c}")]),
-                1 => cmd(&mut out, &["CLIENT", "GETNAME"]),
-                _ => cmd(&mut out, &["CLIENT", "SETINFO", "LIB-NAME", "crossing"]),
+            16 => match rng.below(7) {
+                0 | 1 => cmd(&mut out, &["CLIENT", "SETNAME", &format!("client-{c}")]),
+                2 | 3 => cmd(&mut out, &["CLIENT", "GETNAME"]),
+                4 | 5 => cmd(&mut out, &["CLIENT", "SETINFO", "LIB-NAME", "crossing"]),
+                // Its own writes to keys it read come back as invalidations (pushes in RESP3).
+                _ => cmd(&mut out, &["CLIENT", "TRACKING", "on"]),
             },
             15 => {
                 cmd(&mut out, &["SUBSCRIBE", &format!("c{c}:sub")]);
