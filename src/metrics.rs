@@ -196,6 +196,8 @@ pub struct Metrics {
     pub protocol_errors: AtomicU64,
     /// Shared upstream connections up, and pinned ones open.
     pub upstream_connections: AtomicI64,
+    /// Upstream connections whose login Redis refused (the `[upstream]` credentials).
+    pub upstream_login_refused: AtomicU64,
     /// From a batch's write to its last reply, on shared connections.
     pub upstream_latency: Histogram,
 }
@@ -210,6 +212,7 @@ impl Default for Metrics {
             clients_refused: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             upstream_connections: AtomicI64::new(0),
+            upstream_login_refused: AtomicU64::new(0),
             upstream_latency: Histogram::default(),
         }
     }

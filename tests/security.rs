@@ -193,6 +193,13 @@ async fn a_password_change_keeps_existing_connections_serving() {
     }
     let status = call(&mut admin, &["PROXY", "BREAKER", "STATUS"]).await;
     assert!(status.contains("state:closed"), "{status}");
+    let info = call(&mut admin, &["PROXY", "INFO", "upstream"]).await;
+    let refused: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("upstream_login_refused:"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{info}"));
+    assert!(refused >= 5, "{info}");
     // The password is back to none: everything works again.
     assert_eq!(call(&mut admin, &["CONFIG", "SET", "requirepass", ""]).await, "+OK\r\n");
     let mut tx = proxy.raw().await;

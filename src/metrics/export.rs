@@ -87,6 +87,8 @@ impl Collector for Exporter {
         counters(&mut e, "breaker_transitions", "Circuit breaker transitions by new state", &transitions)?;
         counter(&mut e, "breaker_refused", "Calls refused while the breaker was open", s.breaker_refused)?;
         gauge(&mut e, "upstream_connections", "Upstream connections up (shared and pinned)", s.upstream_connections)?;
+        let help = "Upstream connections whose login Redis refused (check [upstream] credentials)";
+        counter(&mut e, "upstream_login_refused", help, s.upstream_login_refused)?;
         let help = "From a batch's write to its last reply, on shared upstream connections";
         histogram(&mut e, "upstream_latency", help, &s.upstream_latency)
     }

@@ -31,6 +31,7 @@ pub struct Snapshot {
     pub breaker_refused: u64,
     pub upstream_address: String,
     pub upstream_connections: i64,
+    pub upstream_login_refused: u64,
     pub upstream_latency: HistogramSnapshot,
 }
 
@@ -102,6 +103,7 @@ impl Snapshot {
             breaker_refused: get(&breaker.stats.refused),
             upstream_address: ctx.upstream.addr().to_owned(),
             upstream_connections: m.upstream_connections.load(Ordering::Relaxed),
+            upstream_login_refused: get(&m.upstream_login_refused),
             upstream_latency: m.upstream_latency.snapshot(),
         }
     }
@@ -166,6 +168,7 @@ impl Snapshot {
         out.section("Upstream");
         out.line("upstream_address", &self.upstream_address);
         out.line("upstream_connections", &self.upstream_connections);
+        out.line("upstream_login_refused", &self.upstream_login_refused);
         let latency = &self.upstream_latency;
         out.line("upstream_calls", &latency.count);
         out.line("upstream_latency_p50_ms", &(latency.quantile(0.5) * 1e3));

@@ -150,6 +150,7 @@ impl Upstream {
             let reply = String::from_utf8_lossy(hello);
             let reply = reply.trim_end();
             if ["-WRONGPASS", "-NOAUTH", "-NOPERM"].iter().any(|code| reply.starts_with(code)) {
+                crate::metrics::inc(&self.metrics.upstream_login_refused);
                 // A configuration problem, not a dead Redis: say which settings to look at.
                 return Err(format!(
                     "Redis refused the proxy's login (check [upstream] username and password/password_env): HELLO failed: {reply}"
