@@ -138,7 +138,9 @@ async fn watch_multi_increments_survive_killed_connections() {
     let me = call(&mut direct, &["CLIENT", "ID"]).await;
     let me = me.trim_start_matches(':').trim_end();
     let mut kills = 0;
+    let deadline = Instant::now() + 3 * PATIENCE;
     while kills < 15 {
+        assert!(Instant::now() < deadline, "the workers stopped making progress after {kills} kills");
         tokio::time::sleep(Duration::from_millis(30)).await;
         if acknowledged.load(Ordering::Relaxed) < 20 * (kills + 1) {
             continue;
