@@ -37,10 +37,14 @@ work=$(mktemp -d -t nearcache-conformance.XXXXXX)
 redis_pid=""; proxy_pid=""
 cleanup() {
   [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null
-  [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
+  # KILL: a redis-server inside a test's endless script defers a TERM's shutdown.
+  [ -n "$redis_pid" ] && kill -9 "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
+# Stopped from outside: still stop the servers (a redis-server left in a test's busy script
+# would keep burning a core).
+trap 'exit 143' TERM INT
 
 wait_for() { # $1 = port: until it answers PING (bounded)
   for _ in $(seq 600); do
