@@ -36,10 +36,12 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 work=$(mktemp -d -t nearcache-conformance.XXXXXX)
 redis_pid=""; proxy_pid=""
 cleanup() {
-  [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null
+  local rc=$?
+  if [ -n "$proxy_pid" ]; then kill "$proxy_pid" 2>/dev/null; wait "$proxy_pid" 2>/dev/null || true; fi
   # KILL: a redis-server inside a test's endless script defers a TERM's shutdown.
-  [ -n "$redis_pid" ] && kill -9 "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
+  if [ -n "$redis_pid" ]; then kill -9 "$redis_pid" 2>/dev/null; wait "$redis_pid" 2>/dev/null || true; fi
   rm -rf "$work"
+  exit "$rc"
 }
 trap cleanup EXIT
 # Stopped from outside: still stop the servers (a redis-server left in a test's busy script
@@ -81,8 +83,11 @@ done
 echo "# redis-server on $rport, nearcache ($BUILD, cache $CACHE) on $pport" >&2
 
 status=0
-out=$(REDIS_TESTS_DIR="$SUITE_DIR/redis-7.0.15" HOST=127.0.0.1 PORT=$pport PROFILE=proxy \
-  UNIT_SET=${UNIT_SET:-extended} "$SUITE_DIR/run.sh" "$@") || status=$?
+# In the background: a TERM interrupts `wait` at once, and cleanup stops the servers.
+REDIS_TESTS_DIR="$SUITE_DIR/redis-7.0.15" HOST=127.0.0.1 PORT=$pport PROFILE=proxy \
+  UNIT_SET=${UNIT_SET:-extended} "$SUITE_DIR/run.sh" "$@" >"$work/out" &
+wait $! || status=$?
+out=$(cat "$work/out")
 echo "$out"
 if ! kill -0 "$proxy_pid" 2>/dev/null; then
   echo "the proxy died during the run:" >&2; tail -50 "$work/proxy.log" >&2; exit 1
