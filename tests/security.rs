@@ -110,6 +110,13 @@ async fn denied_commands_get_a_clear_error() {
     assert!(call(&mut client, &["EXEC"]).await.starts_with("-EXECABORT"));
     assert_eq!(calls(&mut direct, "flushall").await, 0);
     assert_eq!(call(&mut client, &["GET", "k"]).await, "$1\r\nv\r\n");
+    // A transaction discarded after a refusal leaves nothing behind for the next one.
+    assert_eq!(call(&mut client, &["MULTI"]).await, "+OK\r\n");
+    assert!(call(&mut client, &["FLUSHALL"]).await.starts_with("-ERR command 'FLUSHALL' is denied"));
+    assert_eq!(call(&mut client, &["DISCARD"]).await, "+OK\r\n");
+    assert_eq!(call(&mut client, &["MULTI"]).await, "+OK\r\n");
+    assert_eq!(call(&mut client, &["SET", "k", "next"]).await, "+QUEUED\r\n");
+    assert_eq!(call(&mut client, &["EXEC"]).await, "*1\r\n+OK\r\n");
 }
 
 #[tokio::test]

@@ -22,29 +22,28 @@ impl Session {
         if self.pin.stream {
             return Ok(None);
         }
-        if self.pin.in_multi && class == Class::Exec && self.refused_in_multi {
-            // The proxy refused a command of the transaction (deny_commands, TTL enforcement):
-            // Redis would abort it at EXEC.
-            self.forget_transaction();
-            let discard = Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n");
-            return Ok(Some(Rewrite { bytes: Some(discard), shape: Some(Shape::Discarded) }));
+        // The transaction's bookkeeping, with or without TTL rules: a refusal (deny_commands,
+        // TTL enforcement) aborts EXEC, as Redis aborts a transaction it refused to queue into;
+        // a new MULTI, DISCARD or RESET starts clean.
+        match class {
+            Class::Multi if !self.pin.in_multi => self.forget_transaction(),
+            Class::Discard | Class::Reset if self.pin.in_multi => self.forget_transaction(),
+            Class::Exec if self.pin.in_multi && self.refused_in_multi => {
+                self.forget_transaction();
+                let discard = Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n");
+                return Ok(Some(Rewrite { bytes: Some(discard), shape: Some(Shape::Discarded) }));
+            }
+            _ => {}
         }
         if !env.policy.enforces_ttl() {
             return Ok(None);
         }
         if !self.pin.in_multi {
-            if class == Class::Multi {
-                self.forget_transaction();
-            }
             return Ok(enforce_ttl(cmd, effect(cmd), env)?.map(Plan::trailing));
         }
         Ok(match class {
             // Not queued: run at once (MULTI, WATCH: errors) or ending the transaction.
-            Class::Multi | Class::Watch | Class::Quit => None,
-            Class::Discard | Class::Reset => {
-                self.forget_transaction();
-                None
-            }
+            Class::Multi | Class::Watch | Class::Quit | Class::Discard | Class::Reset => None,
             Class::Exec => {
                 let visible = std::mem::take(&mut self.queued);
                 visible.contains(&false).then_some(Rewrite { bytes: None, shape: Some(Shape::Exec(visible)) })
