@@ -64,10 +64,6 @@ pub enum ProxyError {
     HelloNoAuth,
     #[error("command '{0}' is denied by this proxy (listen.deny_commands)")]
     Denied(String),
-    #[error(
-        "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"
-    )]
-    AuthNotConfigured,
 
     /// `persist = "refuse"`: the command would leave a key under a `max_ttl` without expiry.
     #[error(

@@ -213,3 +213,21 @@ async fn a_password_change_keeps_existing_connections_serving() {
     assert_eq!(call(&mut tx, &["MULTI"]).await, "+OK\r\n");
     proxy.stop().await;
 }
+
+/// A client that logs in with the proxy's own upstream user (not `default`) is answered at
+/// once, by AUTH and by HELLO's AUTH option alike: its shared connections already are that user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_user_s_own_login_is_accepted_by_auth_and_hello() {
+    let redis = Redis::start();
+    let mut direct = Raw::connect(redis.addr()).await;
+    assert_eq!(call(&mut direct, &["ACL", "SETUSER", "app", "on", ">app-pw", "~*", "+@all"]).await, "+OK\r\n");
+    let mut config = config_for(&redis.addr());
+    (config.upstream.username, config.upstream.password) = ("app".into(), "app-pw".into());
+    let proxy = Proxy::start(config).await;
+    let mut client = proxy.raw().await;
+    assert_eq!(call(&mut client, &["AUTH", "app", "app-pw"]).await, "+OK\r\n");
+    let hello = call(&mut client, &["HELLO", "3", "AUTH", "app", "app-pw"]).await;
+    assert!(hello.starts_with('%'), "{hello}");
+    assert_eq!(call(&mut client, &["ACL", "WHOAMI"]).await, "$3\r\napp\r\n");
+    proxy.stop().await;
+}

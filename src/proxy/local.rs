@@ -17,10 +17,9 @@ impl Session {
         let arity = |ok: bool, name: &'static str| if ok { Ok(()) } else { Err(ProxyError::WrongArity(name)) };
         match class {
             Class::Hello => self.hello(cmd, env),
-            Class::Auth => match (argc, env.access.required()) {
-                (2, false) => Err(ProxyError::AuthNotConfigured),
-                (2, true) => self.login(env.access, b"default", cmd.arg(1)),
-                (3, _) => self.login(env.access, cmd.arg(1).unwrap_or_default(), cmd.arg(2)),
+            Class::Auth => match argc {
+                2 => self.login(env.access, b"default", cmd.arg(1)),
+                3 => self.login(env.access, cmd.arg(1).unwrap_or_default(), cmd.arg(2)),
                 _ => Err(ProxyError::WrongArity("auth")),
             },
             Class::Select => {
@@ -85,12 +84,12 @@ impl Session {
         }
     }
 
-    /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`
-    /// AUTH, and HELLO's AUTH option: the proxy's users when it has some; otherwise, like a
-    /// stock Redis, any password for `default`.
+    /// AUTH, and HELLO's AUTH option: the proxy's users when it has some. Without them only
+    /// the proxy's own upstream login gets here (any other goes to Redis, see `Session::route`),
+    /// and it changes nothing.
     fn login(&mut self, access: &Access, user: &[u8], password: Option<&[u8]>) -> Result<Bytes, ProxyError> {
         if !access.required() {
-            return check_default_user(Some(user)).map(|_| ok());
+            return Ok(ok());
         }
         let id = access.authenticate(user, password.unwrap_or_default()).ok_or(ProxyError::WrongPass)?;
         self.user = Some(id);
@@ -145,12 +144,6 @@ impl Session {
 
 fn ok() -> Bytes {
     Bytes::from_static(reply::OK)
-}
-
-/// Without proxy-side users, the default user has no password (as in a stock Redis): any
-/// password is accepted for it, and any other user name is refused.
-fn check_default_user(user: Option<&[u8]>) -> Result<(), ProxyError> {
-    if user == Some(b"default") { Ok(()) } else { Err(ProxyError::WrongPass) }
 }
 
 /// Client names and library fields: printable ASCII without spaces; empty clears.
