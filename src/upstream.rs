@@ -174,8 +174,6 @@ impl Drop for ConnectionUp {
 
 pub struct Upstream {
     addr: String,
-    /// (user, password) for `HELLO ... AUTH` on every connection.
-    credentials: Option<(String, String)>,
     /// With `[upstream] tls`: every connection is TLS, to a server with this name.
     tls: Option<(TlsConnector, ServerName<'static>)>,
     pub metrics: Arc<Metrics>,
@@ -226,7 +224,6 @@ impl Upstream {
         let user = if config.username.is_empty() { "default".to_owned() } else { config.username.clone() };
         Arc::new(Upstream {
             addr: config.address.clone(),
-            credentials: password.clone().map(|password| (user.clone(), password)),
             tls,
             metrics,
             breaker: Arc::new(Breaker::new(breaker, &config.address)),
@@ -276,11 +273,7 @@ impl Upstream {
             Some(stream) => stream,
             None => {
                 let connected = self.connect(key).await;
-                match &connected {
-                    Ok(_) => self.breaker.record(Outcome::Connected),
-                    Err(err) if !err.is_answered_refusal() => self.breaker.record(Outcome::ConnectFailed),
-                    Err(_) => {}
-                }
+                self.record_connect(&connected);
                 connected?
             }
         };
@@ -292,6 +285,16 @@ impl Upstream {
             .await?;
         }
         Ok(stream)
+    }
+
+    /// A connection attempt's outcome for the breaker. An error Redis answered (-BUSY, a
+    /// refused login) is none: Redis is there.
+    fn record_connect<T>(&self, connected: &Result<T, ProxyError>) {
+        match connected {
+            Ok(_) => self.breaker.record(Outcome::Connected),
+            Err(err) if !err.is_answered_refusal() => self.breaker.record(Outcome::ConnectFailed),
+            Err(_) => {}
+        }
     }
 
     /// Runs a step of connecting within `upstream.connect_timeout`; its error, or the timeout,

@@ -26,7 +26,8 @@ pub struct ServerInfo {
     databases: AtomicU32,
     /// Told when a handshake has filled in the version.
     learned: tokio::sync::Notify,
-    /// The user and password every upstream connection logs in with (`[upstream]`).
+    /// The user and password every upstream connection logs in with (`HELLO ... AUTH`, from
+    /// `[upstream]`).
     login: Option<(String, String)>,
     /// Blocking commands of the upstream's that the command table does not know.
     pub unknown: super::commands::Unknown,
@@ -133,7 +134,7 @@ impl Upstream {
     async fn handshake(&self, stream: &mut Stream, key: PoolKey) -> Result<(), String> {
         let mut request = BytesMut::new();
         let proto = if key.resp3 { "3" } else { "2" };
-        match &self.credentials {
+        match &self.info.login {
             Some((user, password)) => {
                 request.extend_from_slice(&encode_command(&["HELLO", proto, "AUTH", user, password]))
             }

@@ -136,9 +136,10 @@ pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batche
     let mut backoff = Backoff::default();
     let mut failures = 0u32;
     loop {
-        match up.connect(key).await {
+        let connected = up.connect(key).await;
+        up.record_connect(&connected);
+        match connected {
             Ok(stream) => {
-                up.breaker.record(Outcome::Connected);
                 info!(upstream = %up.addr, db = key.db, resp3 = key.resp3, slot, "upstream connection up");
                 let _up = up.connection_up();
                 backoff.reset();
@@ -149,9 +150,6 @@ pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batche
                 }
             }
             Err(err) => {
-                if !err.is_answered_refusal() {
-                    up.breaker.record(Outcome::ConnectFailed);
-                }
                 failures += 1;
                 if failures == 1 {
                     warn!(upstream = %up.addr, slot, error = %err, "cannot connect to upstream; retrying with backoff");
