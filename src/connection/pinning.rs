@@ -25,10 +25,10 @@ impl Client {
         expect: Expect,
     ) {
         let key = self.session.pin_key();
-        let identity = self.session.pin_identity().to_vec();
         if self.pinned.is_none() {
+            let identity = self.session.pin_identity().to_vec();
             // Boxed: connecting (TLS, handshake) is a large future, rare next to the rest.
-            match Box::pin(PinnedConn::open(&self.ctx.upstream, key, identity.clone(), stream)).await {
+            match Box::pin(PinnedConn::open(&self.ctx.upstream, key, identity, stream)).await {
                 Ok(conn) => self.pinned = Some(conn),
                 Err(err) => {
                     // What the session was to start cannot: the requests get the error, and the
@@ -47,7 +47,7 @@ impl Client {
             }
         }
         let conn = self.pinned.as_mut().expect("opened above");
-        let state = self.session.pin_needs_state().then_some((key, &identity[..]));
+        let state = self.session.pin_needs_state().then_some((key, self.session.pin_identity()));
         let sent = match conn.begin_pin(state).await {
             Ok(()) => conn.send(&bytes, seq, count, stream, shaper, expect).await,
             Err(e) => Err(e),
