@@ -39,8 +39,8 @@ pub enum Class {
     /// one per request: the extra replies would reach other clients.
     Unsubscribe,
     /// SCRIPT KILL, FUNCTION KILL, SHUTDOWN: what ends a busy Redis. Sent on a connection of the
-    /// session's own (in db 0, which a busy Redis can open), pinned until answered: on a shared
-    /// connection they could wait behind the very script they are meant to stop.
+    /// session's own, pinned until answered, without moving it to the session's db (a busy Redis
+    /// refuses SELECT): on a shared connection they could wait behind what they are to stop.
     Interrupt,
 }
 

@@ -26,7 +26,8 @@ pub(super) struct Pin {
     /// A SUBSCRIBE/MONITOR/... is queued in the transaction: after EXEC the connection may
     /// stream, so it is treated as streaming from EXEC on.
     pub(super) stream_at_exec: bool,
-    /// SCRIPT KILL and the like, sent in db 0 whatever the session's db (see `Class::Interrupt`).
+    /// SCRIPT KILL and the like: on a kept connection in whatever db it is in, on a new one in
+    /// db 0 (see `Class::Interrupt`).
     pub(super) interrupt: bool,
 }
 
