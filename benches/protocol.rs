@@ -4,9 +4,11 @@
 //! Run: `cargo bench --bench protocol` (add `-- --quick` for a short run).
 //!
 //! Last recorded (2-core dev box, `-- --quick`): frame 16 pipelined SETs 390 ns (24 ns/request),
-//! route GET with the tier off 42 ns, the hit path (frame + route + policy + tier lookup) 140 ns,
-//! scan 16 bulk replies 127 ns (8 ns/reply); TTL planning of a write under a rule ~205 ns, under
-//! no rule 60 ns. Runs differ by up to 20% on that machine.
+//! route GET with the tier off (table lookup included) 59 ns, the hit path (frame + lookup + route
+//! + policy + tier lookup) 134 ns, scan 16 bulk replies 127 ns (8 ns/reply); TTL planning of a
+//! write under a rule ~200 ns, under no rule 50 ns. The command table (lookup, class, tier effect,
+//! metrics slot) 31 ns for GET, HSET or ZREVRANGEBYSCORE, 27 ns for an unknown name (three
+//! separate name matches did it in 35, 38, 25 and 47 ns). Runs differ by up to 20% on that machine.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -70,7 +72,8 @@ fn routing(c: &mut Criterion) {
                 seq: 0,
                 sink: &sink,
             };
-            session.route(&CommandView::new(black_box(&get), 2), &env)
+            let cmd = CommandView::new(black_box(&get), 2);
+            session.route(&cmd, &info.command(cmd.arg(0).unwrap_or_default()), &env)
         })
     });
 
@@ -89,7 +92,10 @@ fn routing(c: &mut Criterion) {
         seq: 0,
         sink: &sink,
     };
-    let Route::Fill(_, ticket) = session.route(&CommandView::new(&get, 2), &env) else { panic!("expected a miss") };
+    let get_command = nearcache::command::lookup(b"GET");
+    let Route::Fill(_, ticket) = session.route(&CommandView::new(&get, 2), &get_command, &env) else {
+        panic!("expected a miss")
+    };
     tier.fill(ticket, Bytes::from_static(b"$5\r\nalice\r\n"), Some(-1));
     c.bench_function("hit path: frame + route + tier lookup", |b| {
         b.iter(|| {
@@ -107,12 +113,35 @@ fn routing(c: &mut Criterion) {
                 seq: 0,
                 sink: &sink,
             };
-            match session.route(&CommandView::new(&get[..len], argc), &env) {
+            let cmd = CommandView::new(&get[..len], argc);
+            match session.route(&cmd, &info.command(cmd.arg(0).unwrap_or_default()), &env) {
                 Route::Hit(reply) => reply,
                 other => panic!("not a hit: {other:?}"),
             }
         })
     });
+}
+
+/// What the proxy knows of a command (route class, tier effect, metrics slot), per request.
+fn table(c: &mut Criterion) {
+    let mut group = c.benchmark_group("command table");
+    for args in [
+        &["GET", "user:1234"][..],
+        &["HSET", "h", "f", "v"],
+        &["ZREVRANGEBYSCORE", "z", "+inf", "-inf"],
+        &["NOSUCH", "x"],
+    ] {
+        let bytes = encode_command(args);
+        group.bench_function(args[0], |b| {
+            b.iter(|| {
+                let cmd = CommandView::new(black_box(&bytes), args.len());
+                let command = nearcache::command::lookup(cmd.arg(0).unwrap_or_default());
+                (command.class(&cmd), command.effect(&cmd), command.slot)
+            })
+        });
+    }
+    group.bench_function("lookup only", |b| b.iter(|| nearcache::command::lookup(black_box(b"GET"))));
+    group.finish();
 }
 
 fn scanning(c: &mut Criterion) {
@@ -143,8 +172,9 @@ fn ttl_planning(c: &mut Criterion) {
         ("ttl: HSET under no rule", &["HSET", "user:1", "f", "v"]),
     ] {
         let bytes = encode_command(args);
+        let role = nearcache::command::lookup(args[0].as_bytes()).spec.ttl;
         c.bench_function(name, |b| {
-            b.iter(|| ttl::plan(&CommandView::new(black_box(&bytes), args.len()), &policy, &counters, 1))
+            b.iter(|| ttl::plan(&CommandView::new(black_box(&bytes), args.len()), role, &policy, &counters, 1))
         });
     }
 }
@@ -180,5 +210,5 @@ fn invalidation(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, framing, routing, scanning, ttl_planning, invalidation);
+criterion_group!(benches, framing, routing, table, scanning, ttl_planning, invalidation);
 criterion_main!(benches);

@@ -33,9 +33,10 @@ use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use crate::admin;
+use crate::command::Command;
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Parsed, RequestParser};
-use crate::metrics::{self, Metrics, Outcome, command_index};
+use crate::metrics::{self, Metrics, Outcome};
 use crate::pinned::PinnedConn;
 use crate::proxy::{Env, Route, Session};
 use crate::server::{Context, REFUSAL_TIMEOUT};
@@ -331,21 +332,23 @@ impl Client {
                 Ok(Some(Parsed::Command { len, argc })) => {
                     self.partial_since = None;
                     let cmd = CommandView::new(&self.rbuf[offset..offset + len], argc);
-                    let mut route = self.session.route(&cmd, &env);
+                    let command = env.server.command(cmd.arg(0).unwrap_or_default());
+                    let mut route = self.session.route(&cmd, &command, &env);
                     if route == Route::Admin {
                         route = Route::Reply(admin::answer(&self.ctx, &mut self.session, &cmd));
                     }
-                    count(&self.ctx.metrics, &cmd, &route);
+                    count(&self.ctx.metrics, &command, &route);
                     self.dispatch(route, len, None).await;
                 }
                 Ok(Some(Parsed::Inline { len, argc, encoded })) => {
                     self.partial_since = None;
                     let cmd = CommandView::new(&encoded, argc);
-                    let mut route = self.session.route(&cmd, &env);
+                    let command = env.server.command(cmd.arg(0).unwrap_or_default());
+                    let mut route = self.session.route(&cmd, &command, &env);
                     if route == Route::Admin {
                         route = Route::Reply(admin::answer(&self.ctx, &mut self.session, &cmd));
                     }
-                    count(&self.ctx.metrics, &cmd, &route);
+                    count(&self.ctx.metrics, &command, &route);
                     self.dispatch(route, len, Some(encoded)).await;
                 }
                 Err(err) => {
@@ -361,7 +364,7 @@ impl Client {
 }
 
 /// One request for the metrics: its command and how it is served.
-fn count(metrics: &Metrics, cmd: &CommandView<'_>, route: &Route) {
+fn count(metrics: &Metrics, command: &Command, route: &Route) {
     let outcome = match route {
         Route::Hit(_) => Outcome::Hit,
         Route::Fill(..) | Route::Joined | Route::Split(..) => Outcome::Miss,
@@ -369,7 +372,7 @@ fn count(metrics: &Metrics, cmd: &CommandView<'_>, route: &Route) {
         Route::Reply(reply) | Route::Close(reply) if reply.first() == Some(&b'-') => Outcome::Error,
         Route::Reply(_) | Route::Close(_) | Route::Admin => Outcome::Local,
     };
-    metrics.request(command_index(cmd.arg(0).unwrap_or_default()), outcome);
+    metrics.request(command.slot, outcome);
 }
 
 impl Drop for Client {

@@ -346,6 +346,7 @@ impl<'a> CommandView<'a> {
 }
 
 /// Iterator over the arguments of a [`CommandView`].
+#[derive(Clone)]
 pub struct Args<'a> {
     bytes: &'a [u8],
     pos: usize,

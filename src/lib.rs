@@ -8,7 +8,7 @@
 //!   -> connection  framing, backpressure, timeouts, replies in request order  (connection.rs)
 //!        dispatch  runs of requests per destination, held requests, sending   (connection/dispatch.rs)
 //!        framing   find complete commands; size/argument limits; inline       (framing.rs)
-//!   -> command     what a command is: ordinary, local, stateful; its tier effect  (command.rs)
+//!   -> command     the command table: route, keys, tier and TTL effect, metrics  (command.rs)
 //!   -> proxy       the session and the decision for each command              (proxy.rs, proxy/pinning.rs)
 //!        access    users, NOAUTH, deny_commands                               (access.rs)
 //!        admin     the PROXY commands                                         (admin.rs)

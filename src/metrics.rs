@@ -8,11 +8,12 @@
 pub mod export;
 mod snapshot;
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub use snapshot::Snapshot;
+
+use crate::command::TABLE;
 
 /// How the proxy served a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,147 +37,6 @@ const OUTCOMES: [(Outcome, &str); 5] = [
     (Outcome::Local, "local"),
     (Outcome::Error, "error"),
 ];
-
-/// Commands counted under their own name; every other name counts as `other` (a client must not
-/// be able to create unbounded label values). Sorted, for binary search.
-const COMMANDS: [&str; 112] = [
-    "APPEND",
-    "AUTH",
-    "BITCOUNT",
-    "BITFIELD",
-    "BITOP",
-    "BITPOS",
-    "BLMOVE",
-    "BLPOP",
-    "BRPOP",
-    "BZPOPMIN",
-    "CLIENT",
-    "COMMAND",
-    "CONFIG",
-    "COPY",
-    "DBSIZE",
-    "DECR",
-    "DECRBY",
-    "DEL",
-    "DISCARD",
-    "DUMP",
-    "ECHO",
-    "EVAL",
-    "EVALSHA",
-    "EXEC",
-    "EXISTS",
-    "EXPIRE",
-    "EXPIREAT",
-    "FCALL",
-    "FLUSHALL",
-    "FLUSHDB",
-    "GEOADD",
-    "GEOSEARCH",
-    "GET",
-    "GETDEL",
-    "GETEX",
-    "GETRANGE",
-    "GETSET",
-    "HDEL",
-    "HELLO",
-    "HEXISTS",
-    "HGET",
-    "HGETALL",
-    "HINCRBY",
-    "HKEYS",
-    "HLEN",
-    "HMGET",
-    "HMSET",
-    "HSET",
-    "HSETNX",
-    "HVALS",
-    "INCR",
-    "INCRBY",
-    "INCRBYFLOAT",
-    "INFO",
-    "KEYS",
-    "LINDEX",
-    "LLEN",
-    "LMOVE",
-    "LPOP",
-    "LPUSH",
-    "LRANGE",
-    "LREM",
-    "LSET",
-    "LTRIM",
-    "MGET",
-    "MSET",
-    "MSETNX",
-    "MULTI",
-    "PERSIST",
-    "PEXPIRE",
-    "PFADD",
-    "PFCOUNT",
-    "PING",
-    "PROXY",
-    "PSETEX",
-    "PSUBSCRIBE",
-    "PTTL",
-    "PUBLISH",
-    "QUIT",
-    "RENAME",
-    "RESET",
-    "RPOP",
-    "RPUSH",
-    "SADD",
-    "SCAN",
-    "SCARD",
-    "SELECT",
-    "SET",
-    "SETEX",
-    "SETNX",
-    "SINTER",
-    "SISMEMBER",
-    "SMEMBERS",
-    "SPOP",
-    "SREM",
-    "STRLEN",
-    "SUBSCRIBE",
-    "TTL",
-    "TYPE",
-    "UNLINK",
-    "UNWATCH",
-    "WATCH",
-    "XADD",
-    "XRANGE",
-    "XREAD",
-    "ZADD",
-    "ZCARD",
-    "ZINCRBY",
-    "ZRANGE",
-    "ZRANK",
-    "ZREM",
-    "ZSCORE",
-];
-
-/// The counter slot of a command name (case-insensitive); `COMMANDS.len()` for `other`. On the
-/// path of every request: the name is packed into an integer and found among the packed names
-/// by binary search (integer compares, no `memcmp`).
-pub fn command_index(name: &[u8]) -> usize {
-    static TABLE: OnceLock<Vec<(u128, usize)>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut table: Vec<(u128, usize)> =
-            COMMANDS.iter().enumerate().filter_map(|(i, c)| Some((pack(c.as_bytes())?, i))).collect();
-        table.sort_unstable();
-        table
-    });
-    let Some(key) = pack(name) else { return COMMANDS.len() };
-    table.binary_search_by_key(&key, |(k, _)| *k).map_or(COMMANDS.len(), |found| table[found].1)
-}
-
-/// Up to 15 bytes, uppercased, and the length, as one integer (`None` for longer names).
-fn pack(name: &[u8]) -> Option<u128> {
-    let mut buf = [0u8; 16];
-    buf.get_mut(..name.len().min(16)).filter(|_| name.len() < 16)?.copy_from_slice(name);
-    buf.make_ascii_uppercase();
-    buf[15] = name.len() as u8;
-    Some(u128::from_le_bytes(buf))
-}
 
 /// Counts one more (every counter of the proxy is a relaxed atomic: read only for reports).
 pub fn inc(counter: &AtomicU64) {
@@ -206,7 +66,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             started: Instant::now(),
-            requests: (0..=COMMANDS.len()).map(|_| Default::default()).collect(),
+            requests: (0..=TABLE.len()).map(|_| Default::default()).collect(),
             clients_connected: AtomicI64::new(0),
             clients_accepted: AtomicU64::new(0),
             clients_refused: AtomicU64::new(0),
@@ -219,7 +79,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// One request of command slot `command` (see [`command_index`]) served with `outcome`.
+    /// One request of command slot `command` ([`crate::command::Command::slot`]) served with `outcome`.
     pub fn request(&self, command: usize, outcome: Outcome) {
         if let Some(slot) = self.requests.get(command) {
             slot[outcome as usize].fetch_add(1, Ordering::Relaxed);
@@ -232,7 +92,9 @@ impl Metrics {
 
     /// Non-zero request counts: (command, outcome, count).
     fn requests(&self) -> Vec<(&'static str, &'static str, u64)> {
-        let names = COMMANDS.iter().copied().chain(["other"]);
+        // Every command of the table under its own name, any other as `other`: a client cannot
+        // create label values.
+        let names = TABLE.iter().map(|spec| spec.name).chain(["other"]);
         let mut out = Vec::new();
         for (name, slot) in names.zip(self.requests.iter()) {
             for ((_, outcome), count) in OUTCOMES.iter().zip(slot) {
@@ -304,24 +166,14 @@ impl HistogramSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn command_slots_are_case_insensitive_and_bounded() {
-        assert!(COMMANDS.windows(2).all(|w| w[0] < w[1]), "COMMANDS must stay sorted");
-        assert_eq!(COMMANDS[command_index(b"get")], "GET");
-        assert_eq!(COMMANDS[command_index(b"ZsCoRe")], "ZSCORE");
-        assert_eq!(command_index(b"NOSUCHCOMMAND"), COMMANDS.len());
-        assert_eq!(command_index(b"A-VERY-LONG-COMMAND-NAME"), COMMANDS.len());
-        assert_eq!(command_index(b"GET\0"), COMMANDS.len(), "not GET");
-        assert_eq!(command_index(b""), COMMANDS.len());
-    }
+    use crate::command::lookup;
 
     #[test]
     fn requests_are_counted_by_command_and_outcome() {
         let metrics = Metrics::default();
-        metrics.request(command_index(b"GET"), Outcome::Hit);
-        metrics.request(command_index(b"get"), Outcome::Hit);
-        metrics.request(command_index(b"FOO"), Outcome::Forwarded);
+        metrics.request(lookup(b"GET").slot, Outcome::Hit);
+        metrics.request(lookup(b"get").slot, Outcome::Hit);
+        metrics.request(lookup(b"FOO").slot, Outcome::Forwarded);
         assert_eq!(metrics.requests(), vec![("GET", "hit", 2), ("other", "forwarded", 1)]);
     }
 

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use crate::access::{Access, UserId};
 use crate::breaker::Breaker;
 use crate::cache::{Cause, FillTicket, Lookup, LookupAt, SplitGet, Tier, Waiter};
-use crate::command::{Class, Effect, classify, effect, written_keys};
+use crate::command::{Class, Command, Effect, written_keys};
 use crate::config::CacheMode;
 use crate::error::ProxyError;
 use crate::framing::{CommandView, encode_command};
@@ -182,12 +182,9 @@ impl Session {
         commands
     }
 
-    pub fn route(&mut self, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
-        let class = match classify(cmd) {
-            // A command the table does not know that the upstream flags as blocking.
-            Class::Ordinary if env.server.unknown.must_pin(cmd) => Class::Blocking,
-            class => class,
-        };
+    /// Routes `cmd`, which the table describes as `command` ([`ServerInfo::command`]).
+    pub fn route(&mut self, cmd: &CommandView<'_>, command: &Command, env: &Env<'_>) -> Route {
+        let class = command.class(cmd);
         if env.access.denies_any()
             && let Some(name) = cmd.arg(0).filter(|name| env.access.denied(name))
         {
@@ -222,12 +219,12 @@ impl Session {
         if self.pin.active {
             // While pinned, Redis answers everything (the session's name included: its reply
             // must come in order with, and agree with, what is queued before it).
-            self.invalidate_pinned_write(cmd, env.tier);
-            return self.route_pinned(class, cmd, env);
+            self.invalidate_pinned_write(cmd, command, env.tier);
+            return self.route_pinned(class, cmd, command, env);
         }
         match class {
             Class::Ordinary if env.upstream_down && is_ping(cmd) => Route::Reply(self.ping(cmd)),
-            Class::Ordinary => self.route_ordinary(cmd, env),
+            Class::Ordinary => self.route_ordinary(cmd, command, env),
             Class::Exec | Class::Discard | Class::Unwatch => Route::Shared(self.pool_key()),
             Class::Multi
             | Class::Watch
@@ -237,13 +234,13 @@ impl Session {
             | Class::Unsubscribe
             | Class::ClientId
             | Class::ClientInfo
-            | Class::Auth => self.pin_and_route(Pin::new(self.pool_key()), class, cmd, env),
-            Class::Hello if redis_login => self.pin_and_route(Pin::new(self.pool_key()), class, cmd, env),
+            | Class::Auth => self.pin_and_route(Pin::new(self.pool_key()), class, cmd, command, env),
+            Class::Hello if redis_login => self.pin_and_route(Pin::new(self.pool_key()), class, cmd, command, env),
             Class::Interrupt => {
                 // A new connection in db 0 (a busy Redis refuses SELECT; these commands do not
                 // depend on the db); a kept one stays in the db it is in.
                 let pin = Pin { interrupt: true, ..Pin::new(PoolKey { db: 0, ..self.pool_key() }) };
-                self.pin_and_route(pin, class, cmd, env)
+                self.pin_and_route(pin, class, cmd, command, env)
             }
             Class::Quit => Route::Close(Bytes::from_static(reply::OK)),
             local => Route::Reply(self.answer(local, cmd, env).unwrap_or_else(|e| e.to_reply())),
@@ -251,21 +248,28 @@ impl Session {
     }
 
     /// Starts `pin` on the session's own connection and routes `cmd` there.
-    fn pin_and_route(&mut self, pin: Pin, class: Class, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
+    fn pin_and_route(
+        &mut self,
+        pin: Pin,
+        class: Class,
+        cmd: &CommandView<'_>,
+        command: &Command,
+        env: &Env<'_>,
+    ) -> Route {
         self.pin = pin;
         self.pin_identity = self.identity();
-        self.invalidate_pinned_write(cmd, env.tier);
-        self.route_pinned(class, cmd, env)
+        self.invalidate_pinned_write(cmd, command, env.tier);
+        self.route_pinned(class, cmd, command, env)
     }
 
     /// An ordinary command on the shared pool, through the local tier.
-    fn route_ordinary(&mut self, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
+    fn route_ordinary(&mut self, cmd: &CommandView<'_>, command: &Command, env: &Env<'_>) -> Route {
         let pool = self.pool_key();
         if env.tier.is_none() && !env.policy.enforces_ttl() {
             return Route::Shared(pool);
         }
-        let effect = effect(cmd);
-        let rewrite = match enforce_ttl(cmd, effect, env) {
+        let effect = command.effect(cmd);
+        let rewrite = match enforce_ttl(cmd, command, env) {
             Ok(plan) => plan.map(Plan::in_transaction),
             Err(refused) => return Route::Reply(refused),
         };
@@ -278,8 +282,8 @@ impl Session {
                 tier.clear();
                 Route::Write(pool, None)
             }
-            Effect::Writes(spec) => {
-                written_keys(cmd, spec).for_each(|key| tier.invalidate(key, Cause::Write));
+            Effect::Writes(keys) => {
+                written_keys(cmd, keys).for_each(|key| tier.invalidate(key, Cause::Write));
                 Route::Write(pool, rewrite)
             }
             Effect::CacheableRead => {

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::command::{Created, Ttl};
 use crate::config::Persist;
 use crate::error::ProxyError;
 use crate::framing::{CommandView, encode_command, parse_int};
@@ -109,24 +110,28 @@ pub fn wall_clock_ms() -> i64 {
 
 /// What enforcement does to `cmd` (a write); `None` when it passes as it is. `now_ms`: the wall
 /// clock, for absolute expiries.
-pub fn plan(cmd: &CommandView<'_>, policy: &Policy, counters: &Counters, now_ms: i64) -> Option<Plan> {
+/// `role`: what the command table says the command does to expiries.
+pub fn plan(cmd: &CommandView<'_>, role: Ttl, policy: &Policy, counters: &Counters, now_ms: i64) -> Option<Plan> {
+    if role == Ttl::None {
+        return None;
+    }
     let args: Vec<&[u8]> = cmd.args().collect();
-    let name = args.first()?.to_ascii_uppercase();
     let key = *args.get(1)?;
     let rule = || policy.for_key(key).ttl;
-    let (plan, counter) = match &name[..] {
-        b"SET" => set(cmd, &args, rule(), now_ms)?,
-        b"GETEX" => getex(&args, rule(), now_ms)?,
-        b"SETEX" | b"PSETEX" => {
-            let unit = if name == b"SETEX" { Unit::Secs } else { Unit::Millis };
+    let (plan, counter) = match role {
+        Ttl::None => return None,
+        Ttl::Set => set(cmd, &args, rule(), now_ms)?,
+        Ttl::Getex => getex(&args, rule(), now_ms)?,
+        Ttl::Setex | Ttl::Psetex => {
+            let unit = if role == Ttl::Setex { Unit::Secs } else { Unit::Millis };
             let max = clamp(rule().max, args.get(2)?, unit, now_ms)?;
             rewrite(&[b"PSETEX", key, max.as_bytes(), args.get(3)?])
         }
-        b"EXPIRE" | b"PEXPIRE" | b"EXPIREAT" | b"PEXPIREAT" => {
-            let unit = match &name[..] {
-                b"EXPIRE" => Unit::Secs,
-                b"PEXPIRE" => Unit::Millis,
-                b"EXPIREAT" => Unit::UnixSecs,
+        Ttl::Expire | Ttl::Pexpire | Ttl::Expireat | Ttl::Pexpireat => {
+            let unit = match role {
+                Ttl::Expire => Unit::Secs,
+                Ttl::Pexpire => Unit::Millis,
+                Ttl::Expireat => Unit::UnixSecs,
                 _ => Unit::UnixMillis,
             };
             let max = clamp(rule().max, args.get(2)?, unit, now_ms)?;
@@ -134,9 +139,9 @@ pub fn plan(cmd: &CommandView<'_>, policy: &Policy, counters: &Counters, now_ms:
             out.extend_from_slice(&args[3..]);
             rewrite(&out)
         }
-        b"PERSIST" => persist(cmd, key, rule())?,
-        b"RESTORE" => restore(cmd, &args, rule(), now_ms)?,
-        _ => follow_with_expiry(cmd, &args, &name, policy)?,
+        Ttl::Persist => persist(cmd, key, rule())?,
+        Ttl::Restore => restore(cmd, &args, rule(), now_ms)?,
+        Ttl::Creates(created) => follow_with_expiry(cmd, &args, created, policy)?,
     };
     let counter = match (&plan, counter) {
         (Plan::Refused(_), _) => &counters.refused,
@@ -309,10 +314,15 @@ fn pexpire_nx(key: &[u8], ttl: Duration) -> Bytes {
 
 /// Writes that may create a key or leave it without an expiry: each such key under a rule
 /// gains `PEXPIRE key ms NX` after the command.
-fn follow_with_expiry(cmd: &CommandView<'_>, args: &[&[u8]], name: &[u8], policy: &Policy) -> Option<(Plan, Counter)> {
+fn follow_with_expiry(
+    cmd: &CommandView<'_>,
+    args: &[&[u8]],
+    created: Created,
+    policy: &Policy,
+) -> Option<(Plan, Counter)> {
     let mut extra: Vec<Bytes> = Vec::new();
     let mut keys: Vec<&[u8]> = Vec::new();
-    for key in created_keys(args, name) {
+    for key in created_keys(args, created) {
         if keys.contains(&key) {
             continue;
         }
@@ -327,22 +337,19 @@ fn follow_with_expiry(cmd: &CommandView<'_>, args: &[&[u8]], name: &[u8], policy
     Some((followed(cmd, extra), Counter::Enforced))
 }
 
-/// The keys a write may create or leave without an expiry. Commands not listed create no key
-/// (DEL, pops, ...), set the expiry themselves (handled above), or write keys the proxy cannot
-/// name (EVAL, FCALL: not enforced) or in another db (MOVE, COPY ... DB).
-fn created_keys<'a>(args: &[&'a [u8]], name: &[u8]) -> Vec<&'a [u8]> {
+/// The keys a write may create or leave without an expiry (the table's [`Created`]). Commands
+/// with no such column create no key (DEL, pops, ...), set the expiry themselves (handled
+/// above), or write keys the proxy cannot name (EVAL, FCALL: not enforced) or in another db
+/// (MOVE, COPY ... DB).
+fn created_keys<'a>(args: &[&'a [u8]], created: Created) -> Vec<&'a [u8]> {
     let at = |i: usize| args.get(i).copied().into_iter().collect();
-    match name {
-        b"SETNX" | b"GETSET" | b"SETRANGE" | b"APPEND" | b"SETBIT" | b"BITFIELD" | b"INCR" | b"DECR" | b"INCRBY"
-        | b"DECRBY" | b"INCRBYFLOAT" | b"HSET" | b"HSETNX" | b"HMSET" | b"HINCRBY" | b"HINCRBYFLOAT" | b"LPUSH"
-        | b"RPUSH" | b"LPUSHX" | b"RPUSHX" | b"LINSERT" | b"LSET" | b"SADD" | b"ZADD" | b"ZINCRBY" | b"XADD"
-        | b"PFADD" | b"PFMERGE" | b"GEOADD" | b"SINTERSTORE" | b"SUNIONSTORE" | b"SDIFFSTORE" | b"ZUNIONSTORE"
-        | b"ZINTERSTORE" | b"ZDIFFSTORE" | b"ZRANGESTORE" | b"GEOSEARCHSTORE" => at(1),
-        b"RENAME" | b"RENAMENX" | b"LMOVE" | b"RPOPLPUSH" | b"BLMOVE" | b"BRPOPLPUSH" | b"SMOVE" | b"BITOP" => at(2),
-        b"COPY" if !args.iter().skip(3).any(|a| upper_eq(a, "DB")) => at(2),
-        b"MSET" | b"MSETNX" => args.iter().skip(1).step_by(2).copied().collect(),
-        b"SORT" => sort_store(args).into_iter().collect(),
-        _ => Vec::new(),
+    match created {
+        Created::First => at(1),
+        Created::Second => at(2),
+        Created::CopyDest if !args.iter().skip(3).any(|a| upper_eq(a, "DB")) => at(2),
+        Created::CopyDest => Vec::new(),
+        Created::Pairs => args.iter().skip(1).step_by(2).copied().collect(),
+        Created::SortStore => sort_store(args).into_iter().collect(),
     }
 }
 

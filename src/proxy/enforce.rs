@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::{Env, Session};
-use crate::command::{Class, Effect, effect};
+use crate::command::{Class, Command, Effect};
 use crate::framing::CommandView;
 use crate::ttl::{self, Plan, Rewrite, Shape};
 
@@ -17,6 +17,7 @@ impl Session {
         &mut self,
         class: Class,
         cmd: &CommandView<'_>,
+        command: &Command,
         env: &Env<'_>,
     ) -> Result<Option<Rewrite>, Bytes> {
         if self.pin.stream {
@@ -39,7 +40,7 @@ impl Session {
             return Ok(None);
         }
         if !self.pin.in_multi {
-            return Ok(enforce_ttl(cmd, effect(cmd), env)?.map(Plan::trailing));
+            return Ok(enforce_ttl(cmd, command, env)?.map(Plan::trailing));
         }
         Ok(match class {
             // Not queued: run at once (MULTI, WATCH: errors) or ending the transaction.
@@ -49,7 +50,7 @@ impl Session {
                 visible.contains(&false).then_some(Rewrite { bytes: None, shape: Some(Shape::Exec(visible)) })
             }
             _ => {
-                let plan = enforce_ttl(cmd, effect(cmd), env).inspect_err(|_| self.refused_in_multi = true)?;
+                let plan = enforce_ttl(cmd, command, env).inspect_err(|_| self.refused_in_multi = true)?;
                 self.queued.push(true);
                 self.queued.extend(std::iter::repeat_n(false, plan.as_ref().map_or(0, Plan::hidden)));
                 plan.map(Plan::trailing)
@@ -65,11 +66,11 @@ impl Session {
 }
 
 /// TTL enforcement for a command: what to send instead, or the refusal to answer.
-pub(super) fn enforce_ttl(cmd: &CommandView<'_>, effect: Effect, env: &Env<'_>) -> Result<Option<Plan>, Bytes> {
-    if !env.policy.enforces_ttl() || !matches!(effect, Effect::Writes(_)) {
+pub(super) fn enforce_ttl(cmd: &CommandView<'_>, command: &Command, env: &Env<'_>) -> Result<Option<Plan>, Bytes> {
+    if !env.policy.enforces_ttl() || !matches!(command.effect(cmd), Effect::Writes(_)) {
         return Ok(None);
     }
-    match ttl::plan(cmd, env.policy, env.ttl, ttl::wall_clock_ms()) {
+    match ttl::plan(cmd, command.spec.ttl, env.policy, env.ttl, ttl::wall_clock_ms()) {
         Some(Plan::Refused(err)) => Err(err.to_reply()),
         plan => Ok(plan),
     }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::{Env, Route, Session};
 use crate::cache::{Cause, Tier};
-use crate::command::{Class, Effect, effect, written_keys};
+use crate::command::{Class, Command, Effect, written_keys};
 use crate::framing::{CommandView, parse_int};
 use crate::upstream::PoolKey;
 
@@ -159,11 +159,11 @@ impl Session {
 
     /// Writes sent on the pinned connection (in MULTI, scripts, ...) are invalidated before
     /// they are sent and again as the connection's replies arrive ([`Session::revalidate`]).
-    pub(super) fn invalidate_pinned_write(&mut self, cmd: &CommandView<'_>, tier: Option<&Tier>) {
+    pub(super) fn invalidate_pinned_write(&mut self, cmd: &CommandView<'_>, command: &Command, tier: Option<&Tier>) {
         let Some(tier) = tier else { return };
-        match effect(cmd) {
-            Effect::Writes(spec) => {
-                for key in written_keys(cmd, spec) {
+        match command.effect(cmd) {
+            Effect::Writes(keys) => {
+                for key in written_keys(cmd, keys) {
                     tier.invalidate(key, Cause::Write);
                     self.dirty.push(Bytes::copy_from_slice(key));
                 }
@@ -189,8 +189,14 @@ impl Session {
         }
     }
 
-    pub(super) fn route_pinned(&mut self, class: Class, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
-        let rewrite = match self.enforce_ttl_pinned(class, cmd, env) {
+    pub(super) fn route_pinned(
+        &mut self,
+        class: Class,
+        cmd: &CommandView<'_>,
+        command: &Command,
+        env: &Env<'_>,
+    ) -> Route {
+        let rewrite = match self.enforce_ttl_pinned(class, cmd, command, env) {
             Ok(rewrite) => rewrite,
             Err(refused) => return Route::Reply(refused),
         };

@@ -21,7 +21,8 @@ fn route_with(session: &mut Session, args: &[&str], tier: Option<&Tier>, policy:
     let access = &crate::access::Access::default();
     let env =
         Env { server, breaker: &breaker, policy, access, tier, ttl, now, upstream_down: false, seq: 0, sink: &sink };
-    session.route(&CommandView::new(&bytes, args.len()), &env)
+    let cmd = CommandView::new(&bytes, args.len());
+    session.route(&cmd, &server.command(cmd.arg(0).unwrap_or_default()), &env)
 }
 
 fn reply(session: &mut Session, args: &[&str]) -> String {

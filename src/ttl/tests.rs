@@ -23,9 +23,14 @@ fn policy() -> Policy {
     Policy::new(&Config::parse(text, Path::new("t.toml")).unwrap())
 }
 
+/// The table's TTL column for the command.
+fn role(args: &[&str]) -> Ttl {
+    crate::command::lookup(args[0].as_bytes()).spec.ttl
+}
+
 fn plan_of(args: &[&str]) -> Option<Plan> {
     let bytes = encode_command(args);
-    plan(&CommandView::new(&bytes, args.len()), &policy(), &Counters::default(), NOW)
+    plan(&CommandView::new(&bytes, args.len()), role(args), &policy(), &Counters::default(), NOW)
 }
 
 fn rewritten(args: &[&str]) -> Option<Plan> {
@@ -167,7 +172,7 @@ fn counters_count_each_kind() {
         [&["SET", "s:1", "v"][..], &["HSET", "s:1", "f", "v"], &["EXPIRE", "s:1", "999999"], &["PERSIST", "r:1"]]
     {
         let bytes = encode_command(args);
-        plan(&CommandView::new(&bytes, args.len()), &policy, &counters, NOW);
+        plan(&CommandView::new(&bytes, args.len()), role(args), &policy, &counters, NOW);
     }
     let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
     assert_eq!((read(&counters.enforced), read(&counters.clamped), read(&counters.refused)), (2, 1, 1));

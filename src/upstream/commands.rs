@@ -1,9 +1,10 @@
-//! What the upstream's own `COMMAND` metadata says that the proxy's command table does not
-//! know: commands Redis flags as blocking (or subscribing) that `command::classify` would send
-//! on a shared connection, from a newer Redis or a module. They are then given the session's
-//! own connection until answered, like the blocking commands the table names. With a stock
-//! Redis of the version the table was checked against (`tests/command_table.rs`) the list is
-//! empty and costs one atomic load per command.
+//! What the upstream's own `COMMAND` metadata says about commands the proxy's table does not
+//! name (a newer Redis, a module): their flags (blocking, subscribing, read-only, write) and
+//! key positions give them a route and a tier effect as safe as the table's own lines: a
+//! blocking one gets the session's own connection until answered, a write invalidates its keys
+//! (every argument when they move), a read-only one changes nothing. With a stock Redis of the
+//! version the table was checked against (`tests/command_table.rs`) the list is empty and costs
+//! one atomic load per unknown name.
 
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,30 +15,31 @@ use tracing::{debug, info};
 
 use super::handshake::read_replies;
 use super::{PoolKey, Upstream};
-use crate::command::{Class, classify};
-use crate::framing::{CommandView, encode_command};
+use crate::command::{self, Class, Command, Conn, Data, Keys, Spec, Ttl};
+use crate::framing::encode_command;
 
+/// Commands the table does not name, as the upstream describes them.
 #[derive(Debug, Default)]
-pub struct Unknown {
+pub struct Learned {
     any: AtomicBool,
     /// Lowercase names.
-    names: RwLock<Vec<Vec<u8>>>,
+    commands: RwLock<Vec<(Vec<u8>, Spec)>>,
 }
 
-impl Unknown {
-    /// `cmd` is one the table would share but Redis flags as blocking or subscribing.
-    pub fn must_pin(&self, cmd: &CommandView<'_>) -> bool {
+impl Learned {
+    /// How the upstream describes `name`, if the table does not know it and the upstream does.
+    pub fn find(&self, name: &[u8]) -> Option<Command> {
         if !self.any.load(Ordering::Relaxed) {
-            return false;
+            return None;
         }
-        let Some(name) = cmd.arg(0) else { return false };
-        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
-        names.iter().any(|n| n.eq_ignore_ascii_case(name))
+        let commands = self.commands.read().unwrap_or_else(|e| e.into_inner());
+        let (_, spec) = commands.iter().find(|(n, _)| n.eq_ignore_ascii_case(name))?;
+        Some(Command { spec: *spec, ..Command::OTHER })
     }
 
-    fn set(&self, names: Vec<Vec<u8>>) {
-        self.any.store(!names.is_empty(), Ordering::Relaxed);
-        *self.names.write().unwrap_or_else(|e| e.into_inner()) = names;
+    fn set(&self, commands: Vec<(Vec<u8>, Spec)>) {
+        self.any.store(!commands.is_empty(), Ordering::Relaxed);
+        *self.commands.write().unwrap_or_else(|e| e.into_inner()) = commands;
     }
 }
 
@@ -56,66 +58,105 @@ impl Upstream {
             return debug!("COMMAND could not be read; the command table alone decides");
         };
         let Ok(Some((OwnedFrame::Array(entries), _))) = redis_protocol::resp2::decode::decode(&reply) else { return };
-        let names: Vec<Vec<u8>> = entries.iter().filter_map(unknown_blocking).collect();
-        debug!(commands = entries.len(), unknown_blocking = names.len(), "read the upstream's COMMAND");
-        if !names.is_empty() {
-            let list: Vec<String> = names.iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
-            info!(commands = %list.join(" "), "commands Redis flags as blocking get a connection of their own");
+        let learned: Vec<(Vec<u8>, Spec)> = entries.iter().filter_map(unknown).collect();
+        debug!(commands = entries.len(), unknown = learned.len(), "read the upstream's COMMAND");
+        if !learned.is_empty() {
+            let list: Vec<String> = learned.iter().map(|(n, _)| String::from_utf8_lossy(n).into_owned()).collect();
+            info!(commands = %list.join(" "), "commands the table does not know follow the upstream's COMMAND");
         }
-        self.info().unknown.set(names);
+        self.info().commands.set(learned);
     }
 }
 
-/// The name of a `COMMAND` entry flagged blocking or subscribing that the table would share.
-fn unknown_blocking(entry: &OwnedFrame) -> Option<Vec<u8>> {
+/// A `COMMAND` entry the table does not name, described from its flags and key positions.
+fn unknown(entry: &OwnedFrame) -> Option<(Vec<u8>, Spec)> {
     let OwnedFrame::Array(fields) = entry else { return None };
-    let name = match fields.first()? {
-        OwnedFrame::BulkString(name) => name.to_ascii_lowercase(),
-        OwnedFrame::SimpleString(name) => name.to_ascii_lowercase(),
-        _ => return None,
+    let text = |f: &OwnedFrame| match f {
+        OwnedFrame::BulkString(t) | OwnedFrame::SimpleString(t) => Some(t.to_ascii_lowercase()),
+        _ => None,
     };
-    let OwnedFrame::Array(flags) = fields.get(2)? else { return None };
-    let flagged = flags.iter().any(|f| match f {
-        OwnedFrame::SimpleString(f) | OwnedFrame::BulkString(f) => f == b"blocking",
-        _ => false,
-    });
-    let subscribes = name.ends_with(b"subscribe");
-    if !(flagged || subscribes) {
+    let int = |i: usize| match fields.get(i) {
+        Some(OwnedFrame::Integer(n)) => *n,
+        _ => 0,
+    };
+    let name = text(fields.first()?)?;
+    if command::lookup(&name) != Command::OTHER {
         return None;
     }
-    // Its most blocking form (XREAD blocks only with BLOCK, which the table reads).
-    let call = encode_command(&[&name[..], b"BLOCK", b"0", b"STREAMS", b"k", b"0"]);
-    (classify(&CommandView::new(&call, 6)) == Class::Ordinary).then_some(name)
+    let flags: Vec<Vec<u8>> = match fields.get(2)? {
+        OwnedFrame::Array(flags) => flags.iter().filter_map(text).collect(),
+        _ => return None,
+    };
+    let has = |flag: &str| flags.iter().any(|f| f == flag.as_bytes());
+    let conn = if name.ends_with(b"subscribe") {
+        Conn::Is(Class::Stream)
+    } else if has("blocking") {
+        Conn::Is(Class::Blocking)
+    } else {
+        Conn::Is(Class::Ordinary)
+    };
+    let (first, last, step) = (int(3), int(4), int(5));
+    let keys = if has("movablekeys") {
+        Keys::Unknown
+    } else if first > 0 {
+        match (u8::try_from(first), i8::try_from(last), u8::try_from(step)) {
+            (Ok(first), Ok(last), Ok(step)) => Keys::Range { first, last, step },
+            _ => Keys::Unknown,
+        }
+    } else {
+        Keys::None
+    };
+    // Not marked read-only: it may write its keys (or, with none, nothing the tier holds).
+    let data = if has("readonly") { Data::Unchanged } else { Data::Write };
+    let arity = i16::try_from(int(1)).unwrap_or(-1);
+    Some((name, Spec { name: "other", arity, conn, data, keys, ttl: Ttl::None }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::framing::CommandView;
 
-    fn entry(name: &str, flags: &[&str]) -> OwnedFrame {
+    fn entry(name: &str, flags: &[&str], keys: [i64; 3]) -> OwnedFrame {
         let flags = flags.iter().map(|f| OwnedFrame::SimpleString(f.as_bytes().to_vec())).collect();
+        let [first, last, step] = keys.map(OwnedFrame::Integer);
         OwnedFrame::Array(vec![
             OwnedFrame::BulkString(name.as_bytes().to_vec()),
             OwnedFrame::Integer(-2),
             OwnedFrame::Array(flags),
+            first,
+            last,
+            step,
         ])
     }
 
     #[test]
-    fn only_blocking_commands_the_table_would_share_are_kept() {
-        assert_eq!(unknown_blocking(&entry("blpop", &["write", "blocking"])), None, "the table knows it");
-        assert_eq!(unknown_blocking(&entry("get", &["readonly", "fast"])), None);
+    fn commands_the_table_does_not_know_follow_their_flags() {
+        assert_eq!(unknown(&entry("blpop", &["write", "blocking"], [1, -2, 1])), None, "the table knows it");
+        let (name, spec) = unknown(&entry("MOD.BPOP", &["write", "blocking"], [1, 1, 1])).unwrap();
+        assert_eq!(name, b"mod.bpop");
         assert_eq!(
-            unknown_blocking(&entry("XREAD", &["readonly", "blocking"])),
-            None,
-            "conditional: the table reads BLOCK"
+            (spec.conn, spec.data, spec.keys),
+            (Conn::Is(Class::Blocking), Data::Write, Keys::Range { first: 1, last: 1, step: 1 })
         );
-        assert_eq!(unknown_blocking(&entry("mod.bpop", &["write", "blocking"])), Some(b"mod.bpop".to_vec()));
-        let unknown = Unknown::default();
-        unknown.set(vec![b"mod.bpop".to_vec()]);
+        let (_, spec) = unknown(&entry("mod.get", &["readonly", "fast"], [1, 1, 1])).unwrap();
+        assert_eq!((spec.conn, spec.data), (Conn::Is(Class::Ordinary), Data::Unchanged));
+        let (_, spec) = unknown(&entry("mod.mset", &["write", "movablekeys"], [0, 0, 0])).unwrap();
+        assert_eq!(spec.keys, Keys::Unknown);
+        let (_, spec) = unknown(&entry("mod.subscribe", &["pubsub"], [0, 0, 0])).unwrap();
+        assert_eq!(spec.conn, Conn::Is(Class::Stream));
+
+        let learned = Learned::default();
+        assert_eq!(learned.find(b"mod.bpop"), None);
+        learned.set(vec![(b"mod.bpop".to_vec(), spec_of("MOD.BPOP", &["write", "blocking"]))]);
         let call = encode_command(&["MOD.BPOP", "q"]);
-        assert!(unknown.must_pin(&CommandView::new(&call, 2)));
-        let call = encode_command(&["GET", "q"]);
-        assert!(!unknown.must_pin(&CommandView::new(&call, 2)));
+        let found = learned.find(b"Mod.BPop").unwrap();
+        assert_eq!(found.class(&CommandView::new(&call, 2)), Class::Blocking);
+        assert_eq!(found.slot, Command::OTHER.slot, "counted as other: clients cannot create metric labels");
+        assert_eq!(learned.find(b"GET"), None);
+    }
+
+    fn spec_of(name: &str, flags: &[&str]) -> Spec {
+        unknown(&entry(name, flags, [1, 1, 1])).unwrap().1
     }
 }

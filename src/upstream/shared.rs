@@ -119,9 +119,10 @@ impl Route {
             let rest = &self.request[self.request_pos..];
             let Ok(Some(Parsed::Command { len, argc })) = parser.parse(rest) else { return };
             let cmd = CommandView::new(&rest[..len], argc);
-            match command::effect(&cmd) {
-                Effect::Writes(spec) => {
-                    command::written_keys(&cmd, spec).for_each(|key| hooks.tier.invalidate(key, Cause::WriteAnswered))
+            let name = cmd.arg(0).unwrap_or_default();
+            match command::lookup(name).effect(&cmd) {
+                Effect::Writes(keys) => {
+                    command::written_keys(&cmd, keys).for_each(|key| hooks.tier.invalidate(key, Cause::WriteAnswered))
                 }
                 Effect::Flush => hooks.tier.clear(),
                 Effect::CacheableRead | Effect::MultiGet | Effect::Nothing => {}
