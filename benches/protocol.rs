@@ -4,8 +4,8 @@
 //! Run: `cargo bench --bench protocol` (add `-- --quick` for a short run).
 //!
 //! Last recorded (2-core dev box, `-- --quick`): frame 16 pipelined SETs 390 ns (24 ns/request),
-//! route GET with the tier off (table lookup included) 59 ns, the hit path (frame + lookup + route
-//! + policy + tier lookup) 134 ns, scan 16 bulk replies 127 ns (8 ns/reply); TTL planning of a
+//! route GET with the tier off (table lookup included) 59 ns, the hit path (frame, lookup, route,
+//! policy, tier lookup) 134 ns, scan 16 bulk replies 127 ns (8 ns/reply); TTL planning of a
 //! write under a rule ~200 ns, under no rule 50 ns. The command table (lookup, class, tier effect,
 //! metrics slot) 31 ns for GET, HSET or ZREVRANGEBYSCORE, 27 ns for an unknown name (three
 //! separate name matches did it in 35, 38, 25 and 47 ns). Runs differ by up to 20% on that machine.

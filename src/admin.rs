@@ -15,14 +15,14 @@
 use bytes::Bytes;
 
 use crate::access::constant_time_eq;
+use crate::context::Context;
 use crate::error::ProxyError;
 use crate::framing::CommandView;
-use crate::metrics::Snapshot;
 use crate::policy::glob_match;
 use crate::proxy::{Session, describe_variant};
 use crate::reload;
 use crate::reply::{self, ReplyWriter};
-use crate::server::Context;
+use crate::report::Snapshot;
 
 /// The reply to a `PROXY ...` command.
 pub fn answer(ctx: &Context, session: &mut Session, cmd: &CommandView<'_>) -> Bytes {
@@ -145,44 +145,9 @@ fn info_section(info: &str, section: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The configuration flattened to `section.key` (rules as `rule.N.key`) and its value as
-/// written in proxy.toml.
-pub fn config_pairs(config: &crate::config::Config) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    if let Ok(value) = toml::Value::try_from(config) {
-        flatten("", &value, &mut out);
-    }
-    out
-}
-
-fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
-    let join = |key: &str| if prefix.is_empty() { key.to_owned() } else { format!("{prefix}.{key}") };
-    match value {
-        toml::Value::Table(table) => table.iter().for_each(|(k, v)| flatten(&join(k), v, out)),
-        toml::Value::Array(items) => items.iter().enumerate().for_each(|(i, v)| flatten(&join(&i.to_string()), v, out)),
-        // Passwords themselves are not shown (their env/file sources are).
-        toml::Value::String(_) if prefix.ends_with("password") => out.push((prefix.to_owned(), "(hidden)".into())),
-        toml::Value::String(s) => out.push((prefix.to_owned(), s.clone())),
-        other => out.push((prefix.to_owned(), other.to_string())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_configuration_flattens_to_named_keys() {
-        let text = "[cache]\nmax_memory = \"1MiB\"\n[[rule]]\npattern = \"a:*\"\ncache = \"none\"\n";
-        let config = crate::config::Config::parse(text, std::path::Path::new("t.toml")).unwrap();
-        let pairs = config_pairs(&config);
-        let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-        assert_eq!(get("cache.max_memory"), Some("1MiB"));
-        assert_eq!(get("rule.0.pattern"), Some("a:*"));
-        assert_eq!(get("rule.0.cache"), Some("none"));
-        assert_eq!(get("upstream.connections"), Some("4"));
-        assert_eq!(get("breaker.failure_rate"), Some("0.5"));
-    }
 
     #[test]
     fn info_sections_are_found_by_name() {

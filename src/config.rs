@@ -3,6 +3,7 @@
 //! Every key has a named default, so an empty file is a valid configuration. The shipped
 //! `proxy.toml` documents each key with its unit and default; a test parses it.
 
+mod pairs;
 mod secrets;
 mod units;
 mod validate;

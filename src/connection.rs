@@ -34,15 +34,18 @@ use tracing::debug;
 
 use crate::admin;
 use crate::command::Command;
+use crate::context::Context;
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Parsed, RequestParser};
 use crate::metrics::{self, Metrics, Outcome};
 use crate::pinned::PinnedConn;
 use crate::proxy::{Env, Route, Session};
-use crate::server::{Context, REFUSAL_TIMEOUT};
 use crate::transport::{Reader, Stream, Writer};
 use crate::upstream::{Pool, PoolKey, ReplyChunk, ReplySink};
 use crate::writev;
+
+/// How long a refused client gets to receive its error.
+pub(crate) const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 mod dispatch;
 mod pinning;
@@ -406,7 +409,7 @@ mod tests {
             limits: crate::framing::Limits { max_request_size: 1 << 20, max_args: 1024 },
             max_pending: 16,
             timeouts: config.listen.timeouts(),
-            live: arc_swap::ArcSwap::from_pointee(crate::reload::Live::new(config.clone()).unwrap()),
+            live: arc_swap::ArcSwap::from_pointee(crate::context::Live::new(config.clone()).unwrap()),
             tier: None,
             ttl: crate::ttl::Counters::default(),
             metrics,

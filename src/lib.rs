@@ -25,8 +25,9 @@
 //!   <- reply       reply boundaries, replies the proxy builds                 (reply.rs)
 //! ```
 //!
-//! Around it: [`metrics`] (counters, Prometheus text, `PROXY INFO`), [`reload`] (SIGHUP and
-//! `PROXY CONFIG RELOAD`). Errors the proxy reports are [`error::ProxyError`];
+//! Around it: [`context`] (what every client task shares, built by `server`), [`metrics`] (the
+//! request path's counters), [`report`] (Prometheus text and `PROXY INFO` from one snapshot),
+//! [`reload`] (SIGHUP and `PROXY CONFIG RELOAD`). Errors the proxy reports are [`error::ProxyError`];
 //! `ProxyError::to_reply` is the one place they become RESP. Configuration is
 //! [`config::Config`], read from `proxy.toml`.
 
@@ -37,6 +38,7 @@ pub mod cache;
 pub mod command;
 pub mod config;
 pub mod connection;
+pub mod context;
 pub mod error;
 pub mod framing;
 pub mod metrics;
@@ -45,6 +47,7 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod reply;
+pub mod report;
 pub mod server;
 pub mod tracking;
 pub mod transport;

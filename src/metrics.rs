@@ -1,17 +1,10 @@
-//! What the proxy counts, and the two ways to read it: Prometheus text at `[metrics] address`
-//! `/metrics` ([`export`]) and `PROXY INFO` in Redis INFO format ([`Snapshot::info`]).
-//!
-//! The numbers live in plain atomics next to what they count (this file for requests, clients
-//! and upstream latency; `cache::Stats`, the breaker, `ttl::Counters`); a [`Snapshot`] reads
-//! them all at once and both formats are rendered from it, so they always agree.
-
-pub mod export;
-mod snapshot;
+//! What the proxy counts on the request path: requests by command and outcome, clients,
+//! upstream connections and latency, in plain atomics. The other numbers live next to what
+//! they count (`cache::Stats`, the breaker, `ttl::Counters`); `report` reads them all at once
+//! and renders them (`/metrics`, `PROXY INFO`).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-pub use snapshot::Snapshot;
 
 use crate::command::TABLE;
 
@@ -91,7 +84,7 @@ impl Metrics {
     }
 
     /// Non-zero request counts: (command, outcome, count).
-    fn requests(&self) -> Vec<(&'static str, &'static str, u64)> {
+    pub fn requests(&self) -> Vec<(&'static str, &'static str, u64)> {
         // Every command of the table under its own name, any other as `other`: a client cannot
         // create label values.
         let names = TABLE.iter().map(|spec| spec.name).chain(["other"]);

@@ -15,36 +15,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::access::Access;
-use crate::admin::config_pairs;
-use crate::config::Config;
-use crate::policy::Policy;
-use crate::server::Context;
-
-/// What a reload replaces as a whole: read once per batch of requests.
-#[derive(Debug)]
-pub struct Live {
-    pub config: Config,
-    pub policy: Policy,
-    pub access: Access,
-    /// From `[admin] password_env`; `None`: admin commands need no password.
-    pub admin_password: Option<String>,
-    /// `PROXY CONFIG GET`'s pairs: the values in effect (a key that needs a restart keeps the
-    /// value the proxy started with until then).
-    pub effective: Vec<(String, String)>,
-}
-
-impl Live {
-    pub fn new(config: Config) -> Result<Live, (&'static str, String)> {
-        Ok(Live {
-            policy: Policy::new(&config),
-            access: Access::new(&config)?,
-            admin_password: config.admin_password()?,
-            effective: config_pairs(&config),
-            config,
-        })
-    }
-}
+use crate::context::{Context, Live};
 
 /// Keys a reload applies; a change to any other key needs a restart.
 const LIVE_KEYS: [&str; 6] = ["default.", "rule.", "breaker.", "listen.users", "listen.deny_commands", "admin."];
@@ -58,7 +29,7 @@ pub fn reload(ctx: &Context) -> Result<String, String> {
         Some(read) => read.map_err(|e| e.to_string())?,
     };
     let mut live = Live::new(config).map_err(|(key, message)| format!("{key}: {message}"))?;
-    let (old, new) = (&current.effective, config_pairs(&live.config));
+    let (old, new) = (&current.effective, live.config.pairs());
     let changed: Vec<&str> = new
         .iter()
         .filter(|pair| !old.contains(pair))

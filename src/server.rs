@@ -14,34 +14,18 @@ use tokio::time::timeout;
 use tracing::{error, info, warn};
 
 use crate::cache::Tier;
-use crate::config::{Config, Timeouts, Tracking};
-use crate::connection;
+use crate::config::{Config, Tracking};
+use crate::connection::{self, REFUSAL_TIMEOUT};
+use crate::context::{Context, Live};
 use crate::error::ProxyError;
 use crate::framing::Limits;
 use crate::metrics::{self, Metrics};
-use crate::reload::{self, Live};
+use crate::reload;
+use crate::report;
 use crate::tracking;
 use crate::transport;
 use crate::ttl;
 use crate::upstream::{PoolKey, Upstream};
-
-/// What every client task shares.
-pub struct Context {
-    pub upstream: Arc<Upstream>,
-    pub limits: Limits,
-    pub max_pending: usize,
-    pub timeouts: Timeouts,
-    /// Rules, users and the rest a reload replaces (see `reload.rs`).
-    pub live: ArcSwap<Live>,
-    /// The local tier; `None` when `cache.enabled` is false.
-    pub tier: Option<Arc<Tier>>,
-    /// TTL enforcement's counts.
-    pub ttl: ttl::Counters,
-    pub metrics: Arc<Metrics>,
-}
-
-/// How long a refused client gets to receive its error.
-pub(crate) const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves clients from `listener` until `shutdown` completes, then stops accepting, lets
 /// connected clients receive the replies to what they already sent (up to
@@ -161,7 +145,7 @@ async fn serve_metrics(address: &str, ctx: &Arc<Context>) -> Option<JoinHandle<(
     match TcpListener::bind(address).await {
         Ok(listener) => {
             info!(address, "metrics at http://{address}/metrics");
-            Some(tokio::spawn(metrics::export::serve(listener, Arc::clone(ctx))))
+            Some(tokio::spawn(report::export::serve(listener, Arc::clone(ctx))))
         }
         Err(e) => {
             error!(address, error = %e, "cannot serve metrics; carrying on without them");

@@ -3,9 +3,9 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::HistogramSnapshot;
 use crate::breaker::State;
-use crate::server::Context;
+use crate::context::Context;
+use crate::metrics::HistogramSnapshot;
 
 /// The proxy's numbers at one moment (see `metrics.rs`).
 #[derive(Debug, Clone)]

@@ -14,9 +14,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
-use super::{HistogramSnapshot, Snapshot};
+use super::Snapshot;
 use crate::breaker::State;
-use crate::server::Context;
+use crate::context::Context;
+use crate::metrics::HistogramSnapshot;
 
 /// The Prometheus text for `snapshot`.
 pub fn render(snapshot: Snapshot) -> String {
