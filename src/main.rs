@@ -37,6 +37,10 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        if let Err(e) = nearcache::server::resolve(config) {
+            eprintln!("nearcache: {e}");
+            return ExitCode::from(2);
+        }
         let origin = cli.config.as_deref().map_or("defaults".into(), |p| p.display().to_string());
         println!("{origin}: ok");
         return ExitCode::SUCCESS;
@@ -68,8 +72,13 @@ fn main() -> ExitCode {
             }
         };
         info!(listen = %config.listen.address, upstream = %config.upstream.address, threads, "nearcache started");
-        nearcache::server::run(listener, config, shutdown_signal()).await;
-        ExitCode::SUCCESS
+        match nearcache::server::run(listener, config, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!(key = e.key, reason = %e.message, "cannot start");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 

@@ -26,32 +26,51 @@ use crate::tracking;
 use crate::transport;
 use crate::ttl;
 use crate::upstream::{PoolKey, Upstream};
+use rustls::pki_types::ServerName;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// Why the proxy cannot start: a setting whose file, variable or value cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct StartError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl From<(&'static str, String)> for StartError {
+    fn from((key, message): (&'static str, String)) -> StartError {
+        StartError { key, message }
+    }
+}
+
+/// What the configuration names outside itself, read once: the TLS files, the passwords in
+/// environment variables and files, the users.
+pub struct Resolved {
+    pub config: Config,
+    pub live: Live,
+    pub listen_tls: Option<TlsAcceptor>,
+    pub upstream_tls: Option<(TlsConnector, ServerName<'static>)>,
+    pub upstream_password: Option<String>,
+}
+
+/// Reads what `config` refers to (`nearcache --check` and [`run`] both start here).
+pub fn resolve(config: Config) -> Result<Resolved, StartError> {
+    Ok(Resolved {
+        listen_tls: transport::acceptor(&config.listen)?,
+        upstream_tls: transport::connector(&config.upstream)?,
+        upstream_password: config.upstream_password()?,
+        live: Live::new(config.clone())?,
+        config,
+    })
+}
 
 /// Serves clients from `listener` until `shutdown` completes, then stops accepting, lets
 /// connected clients receive the replies to what they already sent (up to
-/// `listen.drain_timeout`), and closes the rest.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
-    let tls = match transport::acceptor(&config.listen) {
-        Ok(tls) => tls,
-        Err((key, message)) => return error!(key, message, "invalid TLS configuration"),
-    };
-    let live = match Live::new(config.clone()) {
-        Ok(live) => live,
-        Err((key, message)) => {
-            // `Config::validate` has checked this already; the environment changed since.
-            error!(key, message, "invalid configuration");
-            return;
-        }
-    };
+/// `listen.drain_timeout`), and closes the rest. An error when what the configuration refers
+/// to cannot be used (nothing is served then).
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let Resolved { config, live, listen_tls: tls, upstream_tls, upstream_password: password } = resolve(config)?;
     let metrics = Arc::new(Metrics::default());
-    let password = config.upstream_password().unwrap_or_else(|(key, message)| {
-        error!(key, message, "connecting to the upstream without a password");
-        None
-    });
-    let upstream_tls = match transport::connector(&config.upstream) {
-        Ok(tls) => tls,
-        Err((key, message)) => return error!(key, message, "invalid upstream TLS configuration"),
-    };
     let upstream = Upstream::new(&config, password, upstream_tls, Arc::clone(&metrics));
     // Dial the default pool now, so an unreachable upstream is reported at start.
     upstream.pool(PoolKey::default());
@@ -134,6 +153,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     }
     upstream.close();
     info!("shut down");
+    Ok(())
 }
 
 /// Serves `/metrics` on `address` when it is set; a bind failure is logged and leaves the proxy

@@ -99,6 +99,29 @@ fn check_accepts_the_shipped_config_and_names_errors() {
     std::fs::remove_file(&bad).unwrap();
 }
 
+/// A service manager must see a proxy that cannot start fail: non-zero, with the reason.
+#[test]
+fn a_proxy_that_cannot_start_exits_non_zero_with_the_reason() {
+    let bin = env!("CARGO_BIN_EXE_nearcache");
+    let config = std::env::temp_dir().join(format!("nearcache-tls-{}.toml", std::process::id()));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let text = format!(
+        "[listen]\naddress = \"{listen}\"\ntls_cert_file = \"/nonexistent/cert.pem\"\ntls_key_file = \"/nonexistent/key.pem\"\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    // `timeout`: were it to start, it would serve until killed.
+    let (ok, out) = run("timeout", &["60", bin, "--config", config.to_str().unwrap()]);
+    assert!(!ok && out.contains("tls_cert_file") && out.contains("cannot start"), "{out}");
+    let (ok, out) = run(bin, &["--config", config.to_str().unwrap(), "--check"]);
+    assert!(!ok && out.contains("tls_cert_file"), "--check reads the files too: {out}");
+    std::fs::remove_file(&config).unwrap();
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let (ok, out) = run("timeout", &["60", bin, "--listen", &address]);
+    assert!(!ok && out.contains("cannot listen"), "{out}");
+}
+
 #[test]
 fn the_binary_serves_and_stops_gracefully_on_sigterm() {
     let redis = Redis::start();

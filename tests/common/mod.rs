@@ -108,7 +108,7 @@ pub struct Proxy {
     /// The Redis it forwards to.
     pub upstream: String,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<Result<(), nearcache::server::StartError>>>,
 }
 
 pub fn config_for(redis_addr: &str) -> Config {
@@ -145,7 +145,8 @@ impl Proxy {
     /// Signals shutdown and waits for the server to finish draining.
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(PATIENCE, self.task.take().unwrap()).await.expect("proxy shut down in time").unwrap();
+        let ran = tokio::time::timeout(PATIENCE, self.task.take().unwrap()).await.expect("proxy shut down in time");
+        ran.unwrap().expect("the proxy started");
     }
 
     /// A multiplexed `redis` crate connection (RESP2, or RESP3 with `resp3`).
