@@ -73,7 +73,7 @@ fn routing(c: &mut Criterion) {
                 sink: &sink,
             };
             let cmd = CommandView::new(black_box(&get), 2);
-            session.route(&cmd, &info.command(cmd.arg(0).unwrap_or_default()), &env)
+            session.route(&cmd, &nearcache::command::lookup(cmd.arg(0).unwrap_or_default()), &env)
         })
     });
 
@@ -114,7 +114,7 @@ fn routing(c: &mut Criterion) {
                 sink: &sink,
             };
             let cmd = CommandView::new(&get[..len], argc);
-            match session.route(&cmd, &info.command(cmd.arg(0).unwrap_or_default()), &env) {
+            match session.route(&cmd, &nearcache::command::lookup(cmd.arg(0).unwrap_or_default()), &env) {
                 Route::Hit(reply) => reply,
                 other => panic!("not a hit: {other:?}"),
             }

@@ -8,11 +8,13 @@
 //! answers (shared, may write any of its arguments), refined by what the upstream's own `COMMAND`
 //! says about them (`upstream/commands.rs`).
 
+mod learned;
 mod table;
 
 use std::sync::OnceLock;
 
 use crate::framing::{CommandView, parse_int};
+pub use learned::Learned;
 pub use table::TABLE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

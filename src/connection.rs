@@ -335,7 +335,7 @@ impl Client {
                 Ok(Some(Parsed::Command { len, argc })) => {
                     self.partial_since = None;
                     let cmd = CommandView::new(&self.rbuf[offset..offset + len], argc);
-                    let command = env.server.command(cmd.arg(0).unwrap_or_default());
+                    let command = self.ctx.commands.command(cmd.arg(0).unwrap_or_default());
                     let mut route = self.session.route(&cmd, &command, &env);
                     if route == Route::Admin {
                         route = Route::Reply(admin::answer(&self.ctx, &mut self.session, &cmd));
@@ -346,7 +346,7 @@ impl Client {
                 Ok(Some(Parsed::Inline { len, argc, encoded })) => {
                     self.partial_since = None;
                     let cmd = CommandView::new(&encoded, argc);
-                    let command = env.server.command(cmd.arg(0).unwrap_or_default());
+                    let command = self.ctx.commands.command(cmd.arg(0).unwrap_or_default());
                     let mut route = self.session.route(&cmd, &command, &env);
                     if route == Route::Admin {
                         route = Route::Reply(admin::answer(&self.ctx, &mut self.session, &cmd));
@@ -413,6 +413,7 @@ mod tests {
             tier: None,
             ttl: crate::ttl::Counters::default(),
             metrics,
+            commands: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();

@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 
 use crate::access::Access;
 use crate::cache::Tier;
+use crate::command::Learned;
 use crate::config::{Config, Timeouts};
 use crate::framing::Limits;
 use crate::metrics::Metrics;
@@ -28,6 +29,8 @@ pub struct Context {
     /// TTL enforcement's counts.
     pub ttl: ttl::Counters,
     pub metrics: Arc<Metrics>,
+    /// What the upstream's `COMMAND` said of commands the table does not name.
+    pub commands: Arc<Learned>,
 }
 
 /// What a reload replaces as a whole: read once per batch of requests.

@@ -15,8 +15,10 @@
 //!        policy    which rule a key falls under                               (policy.rs)
 //!        cache     the local tier: hits, fills, invalidation                  (cache.rs, cache/fill.rs)
 //!        ttl       default_ttl / max_ttl enforced on writes                   (ttl.rs, ttl/shape.rs)
+//!        delivery  the work on a shared batch's replies: fills, invalidation,   (delivery.rs)
+//!                  MGET assembly, TTL reply shapes
 //!   -> breaker     closed / open / half-open in front of the upstream         (breaker.rs)
-//!   -> upstream    shared pipelined pools per (db, protocol)                  (upstream.rs, upstream/shared.rs, upstream/handshake.rs)
+//!   -> upstream    shared pipelined pools per (db, protocol): pipes             (upstream.rs, upstream/shared.rs, upstream/handshake.rs)
 //!        spares    connected spares for sessions that need their own         (upstream/spares.rs)
 //!        recovery  closing the breaker as soon as Redis answers              (upstream/recovery.rs)
 //!      pinned      a session's own connection for MULTI, blocking, pub/sub;   (pinned.rs)
@@ -39,6 +41,7 @@ pub mod command;
 pub mod config;
 pub mod connection;
 pub mod context;
+pub mod delivery;
 pub mod error;
 pub mod framing;
 pub mod metrics;

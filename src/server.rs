@@ -11,9 +11,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cache::Tier;
+use crate::command::Learned;
 use crate::config::{Config, Tracking};
 use crate::connection::{self, REFUSAL_TIMEOUT};
 use crate::context::{Context, Live};
@@ -77,9 +78,15 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     // Clients are served once the first handshake told Redis's version (HELLO's reply has it),
     // or after connect_timeout without it.
     upstream.info().learned(upstream.connect_timeout()).await;
+    let commands = Arc::new(Learned::default());
     let learning = tokio::spawn({
-        let upstream = Arc::clone(&upstream);
-        async move { upstream.learn_commands().await }
+        let (upstream, commands) = (Arc::clone(&upstream), Arc::clone(&commands));
+        async move {
+            match upstream.read_commands().await {
+                Some(reply) => commands.learn(&reply),
+                None => debug!("COMMAND could not be read; the command table alone decides"),
+            }
+        }
     });
     let cache = &config.cache;
     let tier = cache
@@ -102,6 +109,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         tier,
         ttl: ttl::Counters::default(),
         metrics,
+        commands,
     });
     let exporter = serve_metrics(&config.metrics.address, &ctx).await;
     let hangups = tokio::spawn(reload::on_sighup(Arc::clone(&ctx)));

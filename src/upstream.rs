@@ -2,9 +2,11 @@
 //!
 //! - **Shared pools**, one per (db, protocol) in use, each of `upstream.connections`
 //!   connections. Clients hand a connection a [`Batch`] (request bytes exactly as the client
-//!   sent them, a sequence number, a count and where replies go); the connection pipelines
-//!   batches from all its clients and sends each reply back as a slice of its read buffer.
-//!   See `shared.rs`.
+//!   sent them, a sequence number, a count and where replies go, and optionally the work to
+//!   do on each reply, [`ReplyWork`]); the connection pipelines batches from all its clients
+//!   and sends each reply back as a slice of its read buffer. It knows nothing of the tier,
+//!   TTL enforcement or the command table (that work is the caller's, `delivery.rs`). See
+//!   `shared.rs`.
 //! - **Pinned connections**: [`Upstream::connect`] gives a session a connection of its own for
 //!   stateful commands; the session drives it (see `connection.rs`).
 //!
@@ -27,19 +29,16 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use crate::breaker::{Admission, Breaker, Outcome};
-use crate::cache::{FillTicket, SplitGet, Tier};
 use crate::config;
 use crate::error::ProxyError;
-use crate::framing::encode_command;
 use crate::metrics::Metrics;
 use crate::transport::Stream;
-use crate::ttl::Shaped;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
@@ -94,72 +93,64 @@ pub struct ReplyChunk {
 pub type ReplySink = mpsc::UnboundedSender<ReplyChunk>;
 
 /// Consecutive requests of one client, sent together.
-#[derive(Debug)]
 pub struct Batch {
     pub bytes: Bytes,
     pub seq: u64,
+    /// Replies the client gets.
     pub count: u32,
+    /// Replies Redis sends for `bytes`: `count`, plus those `work` swallows (the proxy's own
+    /// commands, the parts of a request TTL enforcement turned into several).
+    pub replies: u32,
     pub sink: ReplySink,
-    /// What the local tier does with the replies; `None` for plain pass-through.
-    pub hooks: Option<Box<Hooks>>,
-    /// Requests for which TTL enforcement sent more than the client's command: their replies
-    /// make the client's through these.
-    pub shaped: Option<Box<Shaped>>,
+    /// What the caller does with each reply before its client gets it; `None`: every reply is
+    /// delivered as it is.
+    pub work: Option<Box<dyn ReplyWork>>,
 }
 
-/// Work on the local tier when replies arrive, before the client gets them.
-#[derive(Debug)]
-pub struct Hooks {
-    pub tier: Arc<Tier>,
-    /// The batch is one cacheable read: fill the tier with its reply.
-    pub fill: Option<FillTicket>,
-    /// The batch is an MGET of the keys the tier did not have: assemble the client's reply.
-    pub split: Option<SplitGet>,
-    /// The batch has writes: invalidate their keys again as their replies arrive.
-    pub writes: bool,
-    /// The batch is the proxy's own `PTTL key` commands, sent just before a fill: their replies
-    /// are the keys' lifetimes and are not delivered to anyone.
-    pub probe: bool,
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("seq", &self.seq)
+            .field("count", &self.count)
+            .field("replies", &self.replies)
+            .finish()
+    }
+}
+
+/// The caller's work on a batch's replies, given each upstream reply in order (the connection
+/// only finds reply boundaries and routes: the tier's and TTL enforcement's work is the
+/// caller's, see `delivery.rs`).
+pub trait ReplyWork: Send {
+    /// The batch's next reply from Redis.
+    fn reply(&mut self, frame: &[u8]) -> Step;
+    /// The batch failed before every reply arrived: its requests not answered yet get `error`.
+    fn fail(&mut self, error: &Bytes);
+}
+
+/// What becomes of one upstream reply.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// It is the client's next reply, as it is.
+    Deliver,
+    /// The client's next reply is this instead.
+    Replace(Bytes),
+    /// Not the client's (the proxy's own commands' replies): dropped.
+    Swallow,
 }
 
 impl Batch {
-    /// The proxy's `PTTL key` for each key, sent ahead of the fill of those keys.
-    pub fn probe(tier: &Arc<Tier>, keys: &[&[u8]], sink: &ReplySink) -> Batch {
-        let mut bytes = BytesMut::new();
-        for key in keys {
-            bytes.extend_from_slice(&encode_command(&[&b"PTTL"[..], key]));
-        }
-        let hooks = Hooks { tier: Arc::clone(tier), fill: None, split: None, writes: false, probe: true };
-        let count = keys.len() as u32;
-        Batch { bytes: bytes.freeze(), seq: 0, count, sink: sink.clone(), hooks: Some(Box::new(hooks)), shaped: None }
-    }
-
-    fn is_probe(&self) -> bool {
-        self.hooks.as_ref().is_some_and(|h| h.probe)
+    /// A batch whose replies are delivered as they are.
+    pub fn plain(bytes: Bytes, seq: u64, count: u32, sink: ReplySink) -> Batch {
+        Batch { bytes, seq, count, replies: count, sink, work: None }
     }
 
     /// Answers every request of the batch with `err` (nothing was sent).
     fn fail(mut self, err: &ProxyError) {
-        if self.is_probe() {
-            return;
-        }
         let bytes = err.to_replies(self.count as usize);
-        if let Some(hooks) = self.hooks.take() {
-            (*hooks).abort(&bytes);
+        if let Some(work) = self.work.as_mut() {
+            work.fail(&bytes);
         }
         let _ = self.sink.send(ReplyChunk { seq: self.seq, count: self.count, bytes });
-    }
-}
-
-impl Hooks {
-    /// The requests failed with `error`: reads in flight answer their waiters with it.
-    pub fn abort(mut self, error: &Bytes) {
-        if let Some(ticket) = self.fill.take() {
-            self.tier.abort(ticket, error.clone());
-        }
-        if let Some(split) = self.split.take() {
-            split.abort(&self.tier, error.clone());
-        }
     }
 }
 

@@ -5,9 +5,13 @@ use std::time::Duration;
 use super::{ByteSize, Config, Span};
 
 impl Config {
-    /// Checks what types alone cannot; errors name the key. What the values refer to (TLS files,
-    /// passwords in the environment) is read once, at start (`server::resolve`).
+    /// Checks what types alone cannot; errors name the key. The passwords it names are checked
+    /// here (a file that names an unset variable is refused with its line); the TLS files are
+    /// read once, at start (`server::resolve`, which `--check` runs too).
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.admin_password()?;
+        self.credentials()?;
+        self.upstream_password()?;
         check_address("listen.address", &self.listen.address)?;
         check_address("upstream.address", &self.upstream.address)?;
         if !self.metrics.address.is_empty() {

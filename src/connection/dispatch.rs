@@ -3,15 +3,14 @@
 //! destination, see "Ordering across destinations"), or sent to the shared pool or the pinned
 //! connection with the tier's and TTL enforcement's work for its replies.
 
-use std::sync::Arc;
-
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::Client;
 use crate::cache::{FillTicket, SplitGet};
+use crate::delivery::Delivery;
 use crate::proxy::{Expect, Route};
-use crate::ttl::{Rewrite, Shape, Shaped, Shaper};
-use crate::upstream::{Batch, Hooks, Pool, PoolKey, ReplyChunk};
+use crate::ttl::{Rewrite, Shape, Shaper};
+use crate::upstream::{Batch, Pool, PoolKey, ReplyChunk};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Dest {
@@ -205,12 +204,12 @@ impl Client {
         match dest {
             Dest::Shared(key) => {
                 let slot = self.session.id() as usize;
-                let shaped = std::mem::take(&mut work.shaped);
-                let shaped = (!shaped.is_empty()).then(|| {
-                    Box::new(shaped.into_iter().map(|(at, shape)| (at, Shaper::new(shape))).collect::<Shaped>())
-                });
-                let hooks = self.tier_hooks(key, slot, work);
-                let batch = Batch { bytes, seq, count, sink: self.sink.clone(), hooks, shaped };
+                let TierWork { fill, split, writes, shaped, .. } = work;
+                let tier = self.ctx.tier.as_ref();
+                let batch = match Delivery::for_batch(tier, &bytes, fill, split, writes, shaped) {
+                    Some(delivery) => delivery.into_batch(bytes, seq, count, &self.sink),
+                    None => Batch::plain(bytes, seq, count, self.sink.clone()),
+                };
                 self.pool(key).send(slot, batch);
             }
             Dest::Pinned { stream } => {
@@ -222,25 +221,6 @@ impl Client {
                 Box::pin(self.send_pinned(bytes, seq, count, stream, shaper, work.expect)).await
             }
         }
-    }
-
-    /// The tier's work for a batch to the shared pool, with the PTTL probe it needs sent first
-    /// (on the same connection, so it is answered just before the batch).
-    fn tier_hooks(&mut self, key: PoolKey, slot: usize, work: TierWork) -> Option<Box<Hooks>> {
-        let tier = Arc::clone(self.ctx.tier.as_ref()?);
-        if work.fill.is_none() && work.split.is_none() && !work.writes {
-            return None;
-        }
-        let keys: Vec<&[u8]> = match (&work.fill, &work.split) {
-            (Some(ticket), _) => vec![&ticket.key()[..]],
-            (None, Some(split)) => split.probe_keys().collect(),
-            (None, None) => vec![],
-        };
-        if !keys.is_empty() {
-            let probe = Batch::probe(&tier, &keys, &self.sink);
-            self.pool(key).send(slot, probe);
-        }
-        Some(Box::new(Hooks { tier, fill: work.fill, split: work.split, writes: work.writes, probe: false }))
     }
 
     fn pool(&mut self, key: PoolKey) -> &Pool {

@@ -22,7 +22,7 @@ fn route_with(session: &mut Session, args: &[&str], tier: Option<&Tier>, policy:
     let env =
         Env { server, breaker: &breaker, policy, access, tier, ttl, now, upstream_down: false, seq: 0, sink: &sink };
     let cmd = CommandView::new(&bytes, args.len());
-    session.route(&cmd, &server.command(cmd.arg(0).unwrap_or_default()), &env)
+    session.route(&cmd, &crate::command::lookup(cmd.arg(0).unwrap_or_default()), &env)
 }
 
 fn reply(session: &mut Session, args: &[&str]) -> String {

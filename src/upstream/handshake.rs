@@ -12,7 +12,6 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::{PoolKey, Upstream};
-use crate::command::{self, Command};
 use crate::error::ProxyError;
 use crate::framing::encode_command;
 use crate::reply::ReplyScanner;
@@ -30,8 +29,6 @@ pub struct ServerInfo {
     /// The user and password every upstream connection logs in with (`HELLO ... AUTH`, from
     /// `[upstream]`).
     login: Option<(String, String)>,
-    /// Commands of the upstream's that the command table does not know.
-    pub commands: super::commands::Learned,
 }
 
 impl ServerInfo {
@@ -41,15 +38,6 @@ impl ServerInfo {
             databases: AtomicU32::new(databases),
             learned: tokio::sync::Notify::new(),
             login: None,
-            commands: Default::default(),
-        }
-    }
-
-    /// What the proxy knows of a command name: the table's line, else what the upstream said.
-    pub fn command(&self, name: &[u8]) -> Command {
-        match command::lookup(name) {
-            Command::OTHER => self.commands.find(name).unwrap_or(Command::OTHER),
-            known => known,
         }
     }
 

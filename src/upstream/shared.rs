@@ -4,7 +4,8 @@
 //! The writer takes every batch waiting in the channel and sends them with one vectored write;
 //! before writing it records a [`Route`] per batch in FIFO order. The reader scans reply
 //! boundaries, matches them to routes in the same order (Redis answers a connection's requests
-//! in order), and sends each client the run of its replies as one slice of the read buffer.
+//! in order), gives each reply to its batch's work if it has some ([`Step`]: deliver, replace,
+//! swallow), and sends each client the run of its replies as one slice of the read buffer.
 //!
 //! # Failure
 //! If the connection breaks, or its oldest request waits longer than `upstream.command_timeout`
@@ -24,15 +25,11 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
-use super::{Backoff, Batch, Hooks, PoolKey, ReplyChunk, ReplySink, Upstream};
+use super::{Backoff, Batch, PoolKey, ReplyChunk, ReplySink, ReplyWork, Step, Upstream};
 use crate::breaker::{self, Outcome};
-use crate::cache::Cause;
-use crate::command::{self, Effect};
 use crate::error::ProxyError;
-use crate::framing::{CommandView, Limits, Parsed, RequestParser, parse_int};
 use crate::reply::{self, ReplyScanner};
 use crate::transport::{Reader, Stream, Writer};
-use crate::ttl::Shaped;
 use crate::writev;
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -43,35 +40,22 @@ const MAX_BATCHES_PER_WRITE: usize = 256;
 struct Route {
     sink: ReplySink,
     seq: u64,
+    /// Replies the client gets, and those already delivered.
     count: u32,
-    /// Replies already delivered.
     done: u32,
+    /// Replies Redis sends, and those already read.
+    replies: u32,
+    read: u32,
     sent_at: Instant,
     /// A reply said the server cannot be used (LOADING, MASTERDOWN): a failed call.
     unusable: bool,
-    hooks: Option<Box<Hooks>>,
-    shaped: Option<Box<Shaped>>,
-    /// With `hooks.writes`: the requests, and where the next reply's request starts.
-    request: Bytes,
-    request_pos: usize,
+    work: Option<Box<dyn ReplyWork>>,
 }
 
 impl Route {
     fn new(batch: Batch, sent_at: Instant) -> (Route, Bytes) {
-        let request = if batch.hooks.as_ref().is_some_and(|h| h.writes) { batch.bytes.clone() } else { Bytes::new() };
-        let route = Route {
-            sink: batch.sink,
-            seq: batch.seq,
-            count: batch.count,
-            done: 0,
-            sent_at,
-            unusable: false,
-            hooks: batch.hooks,
-            shaped: batch.shaped,
-            request,
-            request_pos: 0,
-        };
-        (route, batch.bytes)
+        let Batch { bytes, seq, count, replies, sink, work } = batch;
+        (Route { sink, seq, count, done: 0, replies, read: 0, sent_at, unusable: false, work }, bytes)
     }
 
     fn deliver(&mut self, bytes: Bytes, count: u32) {
@@ -79,55 +63,14 @@ impl Route {
         self.done += count;
     }
 
-    fn is_probe(&self) -> bool {
-        self.hooks.as_ref().is_some_and(|h| h.probe)
-    }
-
     fn fail(mut self, err: &ProxyError) {
         let left = self.count - self.done;
-        if left == 0 || self.is_probe() {
-            return;
-        }
         let bytes = err.to_replies(left as usize);
-        if let Some(hooks) = self.hooks.take() {
-            (*hooks).abort(&bytes);
+        if let Some(work) = self.work.as_mut() {
+            work.fail(&bytes);
         }
-        self.deliver(bytes, left);
-    }
-
-    /// Tier work for one reply (`frame`), before it is delivered.
-    /// Returns the reply to deliver instead of `frame`, if any (an MGET assembled with the
-    /// tier's elements).
-    fn on_reply(&mut self, frame: &[u8], pttls: &mut VecDeque<i64>) -> Option<Bytes> {
-        let hooks = self.hooks.as_mut()?;
-        if let Some(ticket) = hooks.fill.take() {
-            // A copy: a slice would pin the whole read buffer for as long as it is cached.
-            hooks.tier.fill(ticket, Bytes::copy_from_slice(frame), pttls.pop_front());
-        }
-        if let Some(split) = hooks.split.take() {
-            return split.complete(&hooks.tier, frame, pttls);
-        }
-        self.invalidate_writes(1);
-        None
-    }
-
-    /// With `hooks.writes`: invalidates the keys the next `commands` requests wrote.
-    fn invalidate_writes(&mut self, commands: usize) {
-        let Some(hooks) = self.hooks.as_ref().filter(|h| h.writes) else { return };
-        let mut parser = RequestParser::new(Limits::NONE);
-        for _ in 0..commands {
-            let rest = &self.request[self.request_pos..];
-            let Ok(Some(Parsed::Command { len, argc })) = parser.parse(rest) else { return };
-            let cmd = CommandView::new(&rest[..len], argc);
-            let name = cmd.arg(0).unwrap_or_default();
-            match command::lookup(name).effect(&cmd) {
-                Effect::Writes(keys) => {
-                    command::written_keys(&cmd, keys).for_each(|key| hooks.tier.invalidate(key, Cause::WriteAnswered))
-                }
-                Effect::Flush => hooks.tier.clear(),
-                Effect::CacheableRead | Effect::MultiGet | Effect::Nothing => {}
-            }
-            self.request_pos += len;
+        if left > 0 {
+            self.deliver(bytes, left);
         }
     }
 }
@@ -245,8 +188,6 @@ async fn read_loop(
 ) -> ProxyError {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = ReplyScanner::default();
-    // The PTTL probes' answers, kept for the fills that follow them.
-    let mut pttls = VecDeque::new();
     let deadline = sleep_until(Instant::now());
     tokio::pin!(deadline);
     let mut armed: Option<Instant> = None;
@@ -290,20 +231,20 @@ async fn read_loop(
                 return ProxyError::UpstreamTimeout { addr: up.addr.clone(), after: up.command_timeout() };
             }
         }
-        if let Err(err) = deliver(up, &mut buf, &mut scanner, routes, current, &mut pttls) {
+        if let Err(err) = deliver(up, &mut buf, &mut scanner, routes, current) {
             return err;
         }
     }
 }
 
-/// Routes every complete reply in `buf` to its client, a run of replies per slice.
+/// Routes every complete reply in `buf` to its client, a run of replies per slice; a route
+/// with work gives it each reply first (see [`Step`]).
 fn deliver(
     up: &Upstream,
     buf: &mut BytesMut,
     scanner: &mut ReplyScanner,
     routes: &mut UnboundedReceiver<Route>,
     current: &mut Option<Route>,
-    pttls: &mut VecDeque<i64>,
 ) -> Result<(), ProxyError> {
     // buf[..scanned] holds `frames` complete replies for `current`, not yet delivered.
     let mut scanned = 0;
@@ -322,55 +263,27 @@ fn deliver(
         let Some(route) = current.as_mut() else {
             return Err(lost(up, "a reply arrived with no request waiting for it"));
         };
-        if route.is_probe() {
-            // The proxy's own PTTL (its route follows a completed one, so nothing is pending).
-            pttls.push_back(parse_int(buf.get(1..len - 2).unwrap_or_default()).unwrap_or(-1));
-            buf.advance(len);
-            route.done += 1;
-            if route.done == route.count {
-                finished(up, route);
-                *current = None;
+        let frame = &buf[scanned..scanned + len];
+        route.unusable |= breaker::is_unusable(frame);
+        route.read += 1;
+        match route.work.as_mut().map_or(Step::Deliver, |work| work.reply(frame)) {
+            Step::Deliver => {
+                scanned += len;
+                frames += 1;
             }
-            continue;
-        }
-        route.unusable |= breaker::is_unusable(&buf[scanned..scanned + len]);
-        if route.shaped.as_ref().and_then(|s| s.front()).is_some_and(|(at, _)| *at == route.done + frames) {
-            // A reply of a shaped request: the replies before it go first, then it is fed to
-            // its shaper until the client's one reply is complete.
-            if frames > 0 {
-                route.deliver(buf.split_to(scanned).freeze(), frames);
+            step => {
+                // The run before it goes first; this one is replaced or dropped.
+                flush(buf, scanned, frames, current);
                 (scanned, frames) = (0, 0);
-            }
-            let shaped = route.shaped.as_mut().expect("checked above");
-            let (_, shaper) = shaped.front_mut().expect("checked above");
-            let reply = shaper.feed(&buf[..len]);
-            buf.advance(len);
-            if let Some(reply) = reply {
-                let commands = shaper.commands();
-                shaped.pop_front();
-                // Every command sent for the request has run.
-                route.invalidate_writes(commands);
-                route.deliver(reply, 1);
-                if route.done == route.count {
-                    finished(up, route);
-                    *current = None;
+                buf.advance(len);
+                let route = current.as_mut().expect("checked above");
+                if let Step::Replace(reply) = step {
+                    route.deliver(reply, 1);
                 }
             }
-            continue;
         }
-        if let Some(reply) = route.on_reply(&buf[scanned..scanned + len], pttls) {
-            // Delivered in place of the raw reply (a batch with a split is that one request).
-            buf.advance(len);
-            route.deliver(reply, 1);
-            if route.done == route.count {
-                finished(up, route);
-                *current = None;
-            }
-            continue;
-        }
-        scanned += len;
-        frames += 1;
-        if route.done + frames == route.count {
+        let route = current.as_mut().expect("checked above");
+        if route.read == route.replies {
             finished(up, route);
             flush(buf, scanned, frames, current);
             *current = None;
@@ -393,5 +306,76 @@ fn finished(up: &Upstream, route: &Route) {
 fn flush(buf: &mut BytesMut, len: usize, frames: u32, current: &mut Option<Route>) {
     if let (true, Some(route)) = (frames > 0, current.as_mut()) {
         route.deliver(buf.split_to(len).freeze(), frames);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Work that swallows its first reply and replaces the rest with `+replaced`.
+    struct SwallowFirst(bool);
+
+    impl ReplyWork for SwallowFirst {
+        fn reply(&mut self, _frame: &[u8]) -> Step {
+            if std::mem::replace(&mut self.0, true) {
+                Step::Replace(Bytes::from_static(b"+replaced\r\n"))
+            } else {
+                Step::Swallow
+            }
+        }
+        fn fail(&mut self, _error: &Bytes) {}
+    }
+
+    fn upstream() -> Arc<Upstream> {
+        let config = crate::config::Config::default();
+        Upstream::new(&config, None, None, Arc::new(crate::metrics::Metrics::default()))
+    }
+
+    /// Replies for two clients in one read: a plain batch's arrive as one slice, the other's go
+    /// through its work, and a partial reply waits for the rest.
+    #[tokio::test]
+    async fn replies_reach_their_batches_through_their_work() {
+        let up = upstream();
+        let (tx, mut routes) = mpsc::unbounded_channel();
+        let (plain_sink, mut plain) = mpsc::unbounded_channel();
+        let (work_sink, mut worked) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let (route, _) = Route::new(Batch::plain(Bytes::new(), 10, 2, plain_sink), now);
+        tx.send(route).unwrap();
+        let batch = Batch {
+            bytes: Bytes::new(),
+            seq: 3,
+            count: 1,
+            replies: 2,
+            sink: work_sink,
+            work: Some(Box::new(SwallowFirst(false))),
+        };
+        tx.send(Route::new(batch, now).0).unwrap();
+        let mut buf = BytesMut::from(&b"+a\r\n$1\r\nb\r\n:1\r\n+x\r\n$5\r\npar"[..]);
+        let (mut scanner, mut current) = (ReplyScanner::default(), None);
+        deliver(&up, &mut buf, &mut scanner, &mut routes, &mut current).unwrap();
+        let chunk = plain.try_recv().unwrap();
+        assert_eq!((chunk.seq, chunk.count, &chunk.bytes[..]), (10, 2, &b"+a\r\n$1\r\nb\r\n"[..]));
+        let chunk = worked.try_recv().unwrap();
+        assert_eq!((chunk.seq, chunk.count, &chunk.bytes[..]), (3, 1, &b"+replaced\r\n"[..]));
+        assert!(current.is_none(), "both batches answered");
+        assert_eq!(&buf[..], b"$5\r\npar", "the partial reply waits for its end");
+        // A reply nobody asked for: the connection cannot be trusted any more.
+        buf.extend_from_slice(b"ty\r\n");
+        assert!(deliver(&up, &mut buf, &mut scanner, &mut routes, &mut current).is_err());
+    }
+
+    /// A failed batch answers every reply its client has not had, and its work is told.
+    #[test]
+    fn a_failed_route_answers_what_is_left() {
+        let (sink, mut replies) = mpsc::unbounded_channel();
+        let mut route = Route::new(Batch::plain(Bytes::new(), 0, 3, sink), Instant::now()).0;
+        route.deliver(Bytes::from_static(b"+first\r\n"), 1);
+        route.fail(&ProxyError::UpstreamLost { addr: "r".into(), reason: "gone".into() });
+        assert_eq!(replies.try_recv().unwrap().count, 1);
+        let failed = replies.try_recv().unwrap();
+        assert_eq!((failed.seq, failed.count), (1, 2));
+        assert!(failed.bytes.starts_with(b"-"), "{:?}", failed.bytes);
     }
 }

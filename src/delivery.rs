@@ -1,0 +1,184 @@
+//! What happens to a batch's replies on the shared pool before its client gets them: the
+//! local tier's fills (with the key's PTTL, read in the same batch), MGETs assembled from the
+//! tier's elements and Redis's, written keys invalidated again as their replies arrive, and TTL
+//! enforcement's several replies made into the client's one. The upstream connection only
+//! finds reply boundaries and hands each reply to this work ([`ReplyWork`]).
+//!
+//! # The PTTL probe
+//! A fill needs the key's remaining lifetime in Redis (an entry must not outlive its key). The
+//! proxy's `PTTL key` is sent in the read's own batch, right before it: one admission by the
+//! breaker, one failure path, and its reply is read by this batch's work alone. (Sent as a
+//! batch of its own, a probe admitted and its read refused left a PTTL on the connection that
+//! the next fill took for its own.)
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::cache::{Cause, FillTicket, SplitGet, Tier};
+use crate::command::{self, Effect};
+use crate::error::ProxyError;
+use crate::framing::{CommandView, Limits, Parsed, RequestParser, encode_command, parse_int};
+use crate::ttl::{Shape, Shaper};
+use crate::upstream::{Batch, ReplySink, ReplyWork, Step};
+
+/// The work on one batch's replies.
+#[derive(Debug)]
+pub struct Delivery {
+    tier: Option<Arc<Tier>>,
+    /// Replies still to come from the proxy's PTTL probes, and the lifetimes they gave.
+    probes: u32,
+    pttls: VecDeque<i64>,
+    /// The batch is one cacheable read: its reply fills the tier.
+    fill: Option<FillTicket>,
+    /// The batch is an MGET of the keys the tier did not have: the client's reply is assembled.
+    split: Option<SplitGet>,
+    /// The batch has writes: its requests, to invalidate their keys again as they are answered.
+    writes: Option<Written>,
+    /// Requests whose replies are shaped (TTL enforcement), by the index of the client's reply.
+    shaped: VecDeque<(u32, Shaper)>,
+    /// Client replies produced so far.
+    delivered: u32,
+}
+
+#[derive(Debug)]
+struct Written {
+    requests: Bytes,
+    /// Where the next unanswered request starts, and how many requests have been answered by
+    /// Redis since the last client reply (a shaped request is several).
+    at: usize,
+    answered: usize,
+}
+
+impl Delivery {
+    /// The work for a batch to the shared pool: `fill` or `split` for a read through the tier,
+    /// `writes` for a run with writes, `shaped` for requests TTL enforcement rewrote (by the
+    /// index of their reply in the batch). `None` when the replies need nothing.
+    pub fn for_batch(
+        tier: Option<&Arc<Tier>>,
+        requests: &Bytes,
+        fill: Option<FillTicket>,
+        split: Option<SplitGet>,
+        writes: bool,
+        shaped: Vec<(u32, Shape)>,
+    ) -> Option<Delivery> {
+        let tier_work = tier.is_some() && (fill.is_some() || split.is_some() || writes);
+        if !tier_work && shaped.is_empty() {
+            return None;
+        }
+        let writes = (writes && tier.is_some()).then(|| Written { requests: requests.clone(), at: 0, answered: 0 });
+        let shaped = shaped.into_iter().map(|(at, shape)| (at, Shaper::new(shape))).collect();
+        Some(Delivery {
+            tier: tier.cloned(),
+            probes: 0,
+            pttls: VecDeque::new(),
+            fill,
+            split,
+            writes,
+            shaped,
+            delivered: 0,
+        })
+    }
+
+    /// The batch to send: the requests (after the PTTL probes a fill or split needs), with this
+    /// work. `count`: the client's replies.
+    pub fn into_batch(mut self, requests: Bytes, seq: u64, count: u32, sink: &ReplySink) -> Batch {
+        let probed: Vec<&[u8]> = match (&self.fill, &self.split) {
+            (Some(ticket), _) => vec![&ticket.key()[..]],
+            (None, Some(split)) => split.probe_keys().collect(),
+            (None, None) => Vec::new(),
+        };
+        let bytes = if probed.is_empty() {
+            requests
+        } else {
+            let mut bytes = BytesMut::new();
+            probed.iter().for_each(|key| bytes.extend_from_slice(&encode_command(&[&b"PTTL"[..], key])));
+            bytes.extend_from_slice(&requests);
+            bytes.freeze()
+        };
+        self.probes = probed.len() as u32;
+        let hidden: usize = self.shaped.iter().map(|(_, shaper)| shaper.commands() - 1).sum();
+        let replies = count + self.probes + hidden as u32;
+        Batch { bytes, seq, count, replies, sink: sink.clone(), work: Some(Box::new(self)) }
+    }
+
+    /// Redis answered the requests since the last client reply: their written keys are
+    /// invalidated again (a fill that read the old value meanwhile must not stay).
+    fn invalidate_answered(&mut self) {
+        let (Some(written), Some(tier)) = (self.writes.as_mut(), &self.tier) else { return };
+        let mut parser = RequestParser::new(Limits::NONE);
+        for _ in 0..std::mem::take(&mut written.answered) {
+            let rest = &written.requests[written.at..];
+            let Ok(Some(Parsed::Command { len, argc })) = parser.parse(rest) else { return };
+            let cmd = CommandView::new(&rest[..len], argc);
+            match command::lookup(cmd.arg(0).unwrap_or_default()).effect(&cmd) {
+                Effect::Writes(keys) => {
+                    command::written_keys(&cmd, keys).for_each(|key| tier.invalidate(key, Cause::WriteAnswered))
+                }
+                Effect::Flush => tier.clear(),
+                Effect::CacheableRead | Effect::MultiGet | Effect::Nothing => {}
+            }
+            written.at += len;
+        }
+    }
+
+    /// The reads in flight answer their waiters with `error`.
+    fn release(&mut self, error: &Bytes) {
+        let Some(tier) = &self.tier else { return };
+        if let Some(ticket) = self.fill.take() {
+            tier.abort(ticket, error.clone());
+        }
+        if let Some(split) = self.split.take() {
+            split.abort(tier, error.clone());
+        }
+    }
+}
+
+impl ReplyWork for Delivery {
+    fn reply(&mut self, frame: &[u8]) -> Step {
+        if self.probes > 0 {
+            self.probes -= 1;
+            self.pttls
+                .push_back(parse_int(frame.get(1..frame.len().saturating_sub(2)).unwrap_or_default()).unwrap_or(-1));
+            return Step::Swallow;
+        }
+        if let Some(written) = self.writes.as_mut() {
+            written.answered += 1;
+        }
+        let step = if self.shaped.front().is_some_and(|(at, _)| *at == self.delivered) {
+            let (_, shaper) = self.shaped.front_mut().expect("checked above");
+            let Some(reply) = shaper.feed(frame) else { return Step::Swallow };
+            self.shaped.pop_front();
+            Step::Replace(reply)
+        } else if let (Some(ticket), Some(tier)) = (self.fill.take(), &self.tier) {
+            // A copy: a slice would pin the whole read buffer for as long as it is cached.
+            tier.fill(ticket, Bytes::copy_from_slice(frame), self.pttls.pop_front());
+            Step::Deliver
+        } else if let (Some(split), Some(tier)) = (self.split.take(), &self.tier) {
+            split.complete(tier, frame, &mut self.pttls).map_or(Step::Deliver, Step::Replace)
+        } else {
+            Step::Deliver
+        };
+        self.delivered += 1;
+        self.invalidate_answered();
+        step
+    }
+
+    fn fail(&mut self, error: &Bytes) {
+        self.release(error);
+    }
+}
+
+impl Drop for Delivery {
+    /// A read registered in the tier is answered whatever happens to its batch: otherwise
+    /// identical reads would wait for it forever.
+    fn drop(&mut self) {
+        if self.fill.is_some() || self.split.is_some() {
+            self.release(&ProxyError::ReadAbandoned.to_reply());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
