@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use nearcache::breaker::Breaker;
 use nearcache::cache::{Cause, Tier};
 use nearcache::config::Config;
 use nearcache::framing::{CommandView, Limits, Parsed, RequestParser, encode_command};
@@ -53,7 +52,7 @@ fn routing(c: &mut Criterion) {
     let mut session = Session::new(1);
     let info = ServerInfo::new("7.0.0", 16);
     let policy = Policy::new(&Config::default());
-    let breaker = Breaker::new(&Config::default().breaker, "127.0.0.1:6379");
+    let admin = |_: &mut Session, _: &CommandView<'_>| Bytes::new();
     let (sink, _replies) = tokio::sync::mpsc::unbounded_channel();
     let counters = ttl::Counters::default();
     let access = nearcache::access::Access::default();
@@ -61,7 +60,7 @@ fn routing(c: &mut Criterion) {
     c.bench_function("route GET (tier off)", |b| {
         b.iter(|| {
             let env = Env {
-                breaker: &breaker,
+                admin: &admin,
                 server: &info,
                 policy: &policy,
                 access: &access,
@@ -82,7 +81,7 @@ fn routing(c: &mut Criterion) {
     let now = Instant::now();
     let env = Env {
         server: &info,
-        breaker: &breaker,
+        admin: &admin,
         policy: &policy,
         access: &access,
         tier: Some(&tier),
@@ -102,7 +101,7 @@ fn routing(c: &mut Criterion) {
             let mut parser = RequestParser::new(LIMITS);
             let Ok(Some(Parsed::Command { len, argc })) = parser.parse(black_box(&get)) else { panic!() };
             let env = Env {
-                breaker: &breaker,
+                admin: &admin,
                 server: &info,
                 policy: &policy,
                 access: &access,

@@ -307,11 +307,13 @@ impl Client {
         let now = Instant::now();
         let upstream_down = self.ctx.upstream.breaker().is_refusing();
         let live = self.ctx.live.load();
+        let ctx = Arc::clone(&self.ctx);
+        let admin = |session: &mut Session, cmd: &CommandView<'_>| admin::answer(&ctx, session, cmd);
         while !self.closing && self.held.is_none() && self.outstanding() < self.ctx.max_pending {
             let offset = self.run.as_ref().map_or(0, |run| run.len);
             let env = Env {
                 server: self.ctx.upstream.info(),
-                breaker: self.ctx.upstream.breaker(),
+                admin: &admin,
                 policy: &live.policy,
                 access: &live.access,
                 tier: self.ctx.tier.as_deref(),
@@ -336,10 +338,7 @@ impl Client {
                     self.partial_since = None;
                     let cmd = CommandView::new(&self.rbuf[offset..offset + len], argc);
                     let command = self.ctx.commands.command(cmd.arg(0).unwrap_or_default());
-                    let mut route = self.session.route(&cmd, &command, &env);
-                    if route == Route::Admin {
-                        route = Route::Reply(admin::answer(&self.ctx, &mut self.session, &cmd));
-                    }
+                    let route = self.session.route(&cmd, &command, &env);
                     count(&self.ctx.metrics, &command, &route);
                     self.dispatch(route, len, None).await;
                 }
@@ -347,10 +346,7 @@ impl Client {
                     self.partial_since = None;
                     let cmd = CommandView::new(&encoded, argc);
                     let command = self.ctx.commands.command(cmd.arg(0).unwrap_or_default());
-                    let mut route = self.session.route(&cmd, &command, &env);
-                    if route == Route::Admin {
-                        route = Route::Reply(admin::answer(&self.ctx, &mut self.session, &cmd));
-                    }
+                    let route = self.session.route(&cmd, &command, &env);
                     count(&self.ctx.metrics, &command, &route);
                     self.dispatch(route, len, Some(encoded)).await;
                 }
@@ -373,27 +369,11 @@ fn count(metrics: &Metrics, command: &Command, route: &Route) {
         Route::Fill(..) | Route::Joined | Route::Split(..) => Outcome::Miss,
         Route::Shared(_) | Route::Write(..) | Route::Pinned { .. } => Outcome::Forwarded,
         Route::Reply(reply) | Route::Close(reply) if reply.first() == Some(&b'-') => Outcome::Error,
-        Route::Reply(_) | Route::Close(_) | Route::Admin => Outcome::Local,
+        Route::Reply(_) | Route::Close(_) => Outcome::Local,
     };
     metrics.request(command.slot, outcome);
 }
 
-impl Drop for Client {
-    /// A request held for a barrier never went upstream. If it registered a read in the tier,
-    /// release it, or identical reads would wait for it forever. (A held client does not read
-    /// its socket, so this happens only when the task is cancelled, as at the drain timeout.)
-    fn drop(&mut self) {
-        if let (Some(held), Some(tier)) = (self.held.take(), &self.ctx.tier) {
-            let error = ProxyError::ReadAbandoned.to_reply();
-            if let Some(ticket) = held.work.fill {
-                tier.abort(ticket, error.clone());
-            }
-            if let Some(split) = held.work.split {
-                split.abort(tier, error);
-            }
-        }
-    }
-}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,38 +52,58 @@ struct Written {
 }
 
 impl Delivery {
-    /// The work for a batch to the shared pool: `fill` or `split` for a read through the tier,
-    /// `writes` for a run with writes, `shaped` for requests TTL enforcement rewrote (by the
-    /// index of their reply in the batch). `None` when the replies need nothing.
+    /// The work for a read through the tier, a request of its own: `fill` (one key) or `split`
+    /// (an MGET of the keys the tier did not have). Made when the read is routed: dropped
+    /// unsent, it releases the read in flight.
+    pub fn for_read(
+        tier: Option<&Arc<Tier>>,
+        fill: Option<FillTicket>,
+        split: Option<SplitGet>,
+    ) -> Option<Box<Delivery>> {
+        if fill.is_none() && split.is_none() {
+            return None;
+        }
+        let mut read = Delivery::empty(Some(Arc::clone(tier?)));
+        (read.fill, read.split) = (fill, split);
+        Some(Box::new(read))
+    }
+
+    /// The work for a run to the shared pool: `writes` when it has writes, `shaped` for requests
+    /// TTL enforcement rewrote (by the index of their reply in the batch). `None` when the
+    /// replies need nothing.
     pub fn for_batch(
         tier: Option<&Arc<Tier>>,
         requests: &Bytes,
-        fill: Option<FillTicket>,
-        split: Option<SplitGet>,
         writes: bool,
         shaped: Vec<(u32, Shape)>,
-    ) -> Option<Delivery> {
-        let tier_work = tier.is_some() && (fill.is_some() || split.is_some() || writes);
-        if !tier_work && shaped.is_empty() {
+    ) -> Option<Box<Delivery>> {
+        let writes = writes && tier.is_some();
+        if !writes && shaped.is_empty() {
             return None;
         }
-        let writes = (writes && tier.is_some()).then(|| Written { requests: requests.clone(), at: 0, answered: 0 });
+        let written = writes.then(|| Written { requests: requests.clone(), at: 0, answered: 0 });
         let shaped = shaped.into_iter().map(|(at, shape)| (at, Shaper::new(shape))).collect();
-        Some(Delivery {
-            tier: tier.cloned(),
+        let mut delivery = Delivery::empty(tier.cloned());
+        (delivery.writes, delivery.shaped) = (written, shaped);
+        Some(Box::new(delivery))
+    }
+
+    fn empty(tier: Option<Arc<Tier>>) -> Delivery {
+        Delivery {
+            tier,
             probes: 0,
             pttls: VecDeque::new(),
-            fill,
-            split,
-            writes,
-            shaped,
+            fill: None,
+            split: None,
+            writes: None,
+            shaped: VecDeque::new(),
             delivered: 0,
-        })
+        }
     }
 
     /// The batch to send: the requests (after the PTTL probes a fill or split needs), with this
     /// work. `count`: the client's replies.
-    pub fn into_batch(mut self, requests: Bytes, seq: u64, count: u32, sink: &ReplySink) -> Batch {
+    pub fn into_batch(mut self: Box<Self>, requests: Bytes, seq: u64, count: u32, sink: &ReplySink) -> Batch {
         let probed: Vec<&[u8]> = match (&self.fill, &self.split) {
             (Some(ticket), _) => vec![&ticket.key()[..]],
             (None, Some(split)) => split.probe_keys().collect(),
@@ -100,7 +120,7 @@ impl Delivery {
         self.probes = probed.len() as u32;
         let hidden: usize = self.shaped.iter().map(|(_, shaper)| shaper.commands() - 1).sum();
         let replies = count + self.probes + hidden as u32;
-        Batch { bytes, seq, count, replies, sink: sink.clone(), work: Some(Box::new(self)) }
+        Batch { bytes, seq, count, replies, sink: sink.clone(), work: Some(self) }
     }
 
     /// Redis answered the requests since the last client reply: their written keys are

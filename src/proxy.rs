@@ -23,7 +23,6 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::access::{Access, UserId};
-use crate::breaker::Breaker;
 use crate::cache::{Cause, FillTicket, Lookup, LookupAt, SplitGet, Tier, Waiter};
 use crate::command::{Class, Command, Effect, written_keys};
 use crate::config::CacheMode;
@@ -33,6 +32,7 @@ use crate::policy::Policy;
 use crate::reply;
 use crate::ttl::{self, Plan, Rewrite};
 use crate::upstream::{PoolKey, ReplySink, ServerInfo};
+use local::Local;
 
 /// What to do with one command.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,8 +41,6 @@ pub enum Route {
     Reply(Bytes),
     /// Answered from the local tier; nothing goes upstream.
     Hit(Bytes),
-    /// A `PROXY ...` admin command: answered where the whole proxy is at hand (`admin.rs`).
-    Admin,
     /// Forwarded on the shared pool for this key.
     Shared(PoolKey),
     /// A write forwarded on the shared pool: its keys were invalidated, and are invalidated
@@ -67,7 +65,8 @@ pub enum Route {
 /// What a routing decision may consult besides the session.
 pub struct Env<'a> {
     pub server: &'a ServerInfo,
-    pub breaker: &'a Breaker,
+    /// Answers a `PROXY ...` command, where the whole proxy is at hand (`admin.rs`).
+    pub admin: &'a (dyn Fn(&mut Session, &CommandView<'_>) -> Bytes + Sync),
     pub policy: &'a Policy,
     pub access: &'a Access,
     /// `None` when `cache.enabled` is false.
@@ -198,11 +197,9 @@ impl Session {
         }
         match class {
             // The proxy's own, pinned or not: Redis does not know them.
-            Class::Proxy => return Route::Admin,
+            Class::Proxy => return Route::Reply((env.admin)(self, cmd)),
             // The proxy's users, when it has some.
-            Class::Auth if env.access.required() => {
-                return Route::Reply(self.answer(class, cmd, env).unwrap_or_else(|e| e.to_reply()));
-            }
+            Class::Auth if env.access.required() => return self.reply(Local::Auth, cmd, env),
             _ => {}
         }
         // Without them, AUTH is Redis's: the login the shared connections already have changes
@@ -243,8 +240,19 @@ impl Session {
                 self.pin_and_route(pin, class, cmd, command, env)
             }
             Class::Quit => Route::Close(Bytes::from_static(reply::OK)),
-            local => Route::Reply(self.answer(local, cmd, env).unwrap_or_else(|e| e.to_reply())),
+            Class::Proxy => Route::Reply((env.admin)(self, cmd)),
+            Class::Hello => self.reply(Local::Hello, cmd, env),
+            Class::Select => self.reply(Local::Select, cmd, env),
+            Class::Reset => self.reply(Local::Reset, cmd, env),
+            Class::ClientSetName => self.reply(Local::ClientSetName, cmd, env),
+            Class::ClientGetName => self.reply(Local::ClientGetName, cmd, env),
+            Class::ClientSetInfo => self.reply(Local::ClientSetInfo, cmd, env),
         }
+    }
+
+    /// A command the proxy answers for the session, its error included.
+    fn reply(&mut self, local: Local, cmd: &CommandView<'_>, env: &Env<'_>) -> Route {
+        Route::Reply(self.answer(local, cmd, env).unwrap_or_else(|e| e.to_reply()))
     }
 
     /// Starts `pin` on the session's own connection and routes `cmd` there.

@@ -52,9 +52,10 @@ pub enum Plan {
     /// The command, then the proxy's own commands (`PEXPIRE key ms NX`, ...): only the
     /// command's reply is the client's.
     Followed { command: Bytes, extra: Vec<Bytes> },
-    /// Not sent: the client gets this error.
-    Refused(ProxyError),
 }
+
+/// A plan, or the error a refused write gets instead of being sent.
+type Planned = Result<Plan, ProxyError>;
 
 /// Bytes to send in place of a client's command, and how its reply is recovered from theirs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +78,6 @@ impl Plan {
                 out.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
                 Rewrite { bytes: Some(out.freeze()), shape: Some(Shape::Transaction { extra: extra.len() as u32 }) }
             }
-            Plan::Refused(_) => unreachable!("a refused write is answered, not sent"),
         }
     }
 
@@ -90,7 +90,7 @@ impl Plan {
                 extra.iter().for_each(|c| out.extend_from_slice(c));
                 Rewrite { bytes: Some(out.freeze()), shape: Some(Shape::Trailing { hidden: extra.len() as u32 }) }
             }
-            plan => plan.in_transaction(),
+            plan @ Plan::Rewritten(_) => plan.in_transaction(),
         }
     }
 
@@ -108,10 +108,26 @@ pub fn wall_clock_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// What enforcement does to `cmd` (a write); `None` when it passes as it is. `now_ms`: the wall
-/// clock, for absolute expiries.
-/// `role`: what the command table says the command does to expiries.
-pub fn plan(cmd: &CommandView<'_>, role: Ttl, policy: &Policy, counters: &Counters, now_ms: i64) -> Option<Plan> {
+/// What enforcement does to `cmd` (a write): `Ok(None)` when it passes as it is, `Err` when it
+/// is refused (answered with that error, not sent). `role`: what the command table says the
+/// command does to expiries; `now_ms`: the wall clock, for absolute expiries.
+pub fn plan(
+    cmd: &CommandView<'_>,
+    role: Ttl,
+    policy: &Policy,
+    counters: &Counters,
+    now_ms: i64,
+) -> Result<Option<Plan>, ProxyError> {
+    let Some((planned, counter)) = decide(cmd, role, policy, now_ms) else { return Ok(None) };
+    inc(match (&planned, counter) {
+        (Err(_), _) => &counters.refused,
+        (_, Counter::Enforced) => &counters.enforced,
+        (_, Counter::Clamped) => &counters.clamped,
+    });
+    planned.map(Some)
+}
+
+fn decide(cmd: &CommandView<'_>, role: Ttl, policy: &Policy, now_ms: i64) -> Option<(Planned, Counter)> {
     if role == Ttl::None {
         return None;
     }
@@ -143,13 +159,7 @@ pub fn plan(cmd: &CommandView<'_>, role: Ttl, policy: &Policy, counters: &Counte
         Ttl::Restore => restore(cmd, &args, rule(), now_ms)?,
         Ttl::Creates(created) => follow_with_expiry(cmd, &args, created, policy)?,
     };
-    let counter = match (&plan, counter) {
-        (Plan::Refused(_), _) => &counters.refused,
-        (_, Counter::Enforced) => &counters.enforced,
-        (_, Counter::Clamped) => &counters.clamped,
-    };
-    inc(counter);
-    Some(plan)
+    Some((plan, counter))
 }
 
 enum Counter {
@@ -184,8 +194,8 @@ fn ms(ttl: Duration) -> String {
     ttl.as_millis().to_string()
 }
 
-fn rewrite(args: &[&[u8]]) -> (Plan, Counter) {
-    (Plan::Rewritten(encode_command(args)), Counter::Clamped)
+fn rewrite(args: &[&[u8]]) -> (Planned, Counter) {
+    (Ok(Plan::Rewritten(encode_command(args))), Counter::Clamped)
 }
 
 fn upper_eq(arg: &[u8], name: &str) -> bool {
@@ -219,7 +229,7 @@ fn expiry_option(options: &[&[u8]], flags: &[&str]) -> Result<Option<(usize, Uni
 }
 
 /// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]`
-fn set(cmd: &CommandView<'_>, args: &[&[u8]], rule: TtlRule, now_ms: i64) -> Option<(Plan, Counter)> {
+fn set(cmd: &CommandView<'_>, args: &[&[u8]], rule: TtlRule, now_ms: i64) -> Option<(Planned, Counter)> {
     let options = args.get(3..)?;
     let floor = rule.floor()?;
     let keepttl = options.iter().any(|o| upper_eq(o, "KEEPTTL"));
@@ -235,27 +245,27 @@ fn set(cmd: &CommandView<'_>, args: &[&[u8]], rule: TtlRule, now_ms: i64) -> Opt
         }
         // Like any other write, the key gains the rule's TTL if it has none.
         (None, true) => match (rule.max, rule.persist) {
-            (Some(max), Persist::Refuse) => Some((refusal("SET KEEPTTL", args[1], max), Counter::Clamped)),
+            (Some(max), Persist::Refuse) => Some((Err(refusal("SET KEEPTTL", args[1], max)), Counter::Clamped)),
             (max, _) => {
                 let counter = if max.is_some() { Counter::Clamped } else { Counter::Enforced };
-                Some((followed(cmd, vec![pexpire_nx(args[1], floor)]), counter))
+                Some((Ok(followed(cmd, vec![pexpire_nx(args[1], floor)])), counter))
             }
         },
         (None, false) => {
             let ttl = ms(floor);
             let mut out = args.to_vec();
             out.extend_from_slice(&[b"PX", ttl.as_bytes()]);
-            Some((Plan::Rewritten(encode_command(&out)), Counter::Enforced))
+            Some((Ok(Plan::Rewritten(encode_command(&out))), Counter::Enforced))
         }
     }
 }
 
 /// `PERSIST key`: under a `max_ttl`, followed by `PEXPIRE key <max_ttl>`, or refused.
-fn persist(cmd: &CommandView<'_>, key: &[u8], rule: TtlRule) -> Option<(Plan, Counter)> {
+fn persist(cmd: &CommandView<'_>, key: &[u8], rule: TtlRule) -> Option<(Planned, Counter)> {
     let max = rule.max?;
     let plan = match rule.persist {
-        Persist::Refuse => refusal("PERSIST", key, max),
-        Persist::Clamp => followed(cmd, vec![encode_command(&[&b"PEXPIRE"[..], key, ms(max).as_bytes()])]),
+        Persist::Refuse => Err(refusal("PERSIST", key, max)),
+        Persist::Clamp => Ok(followed(cmd, vec![encode_command(&[&b"PEXPIRE"[..], key, ms(max).as_bytes()])])),
     };
     Some((plan, Counter::Clamped))
 }
@@ -264,23 +274,23 @@ fn followed(cmd: &CommandView<'_>, extra: Vec<Bytes>) -> Plan {
     Plan::Followed { command: Bytes::copy_from_slice(cmd.bytes()), extra }
 }
 
-fn refusal(what: &'static str, key: &[u8], max: Duration) -> Plan {
-    Plan::Refused(ProxyError::TtlRefused {
+fn refusal(what: &'static str, key: &[u8], max: Duration) -> ProxyError {
+    ProxyError::TtlRefused {
         command: what,
         key: String::from_utf8_lossy(key).into_owned(),
         max_ttl: crate::config::Span(max).to_string(),
-    })
+    }
 }
 
 /// `GETEX key [EX s|PX ms|EXAT t|PXAT t|PERSIST]`
-fn getex(args: &[&[u8]], rule: TtlRule, now_ms: i64) -> Option<(Plan, Counter)> {
+fn getex(args: &[&[u8]], rule: TtlRule, now_ms: i64) -> Option<(Planned, Counter)> {
     let options = args.get(2..)?;
     let max_ttl = rule.max?;
     if let [persist] = options
         && upper_eq(persist, "PERSIST")
     {
         return Some(match rule.persist {
-            Persist::Refuse => (refusal("GETEX PERSIST", args[1], max_ttl), Counter::Clamped),
+            Persist::Refuse => (Err(refusal("GETEX PERSIST", args[1], max_ttl)), Counter::Clamped),
             Persist::Clamp => rewrite(&[b"GETEX", args[1], b"PX", ms(max_ttl).as_bytes()]),
         });
     }
@@ -293,10 +303,10 @@ fn getex(args: &[&[u8]], rule: TtlRule, now_ms: i64) -> Option<(Plan, Counter)> 
 }
 
 /// `RESTORE key ttl value [REPLACE] [ABSTTL] ...`: ttl 0 means no expiry.
-fn restore(cmd: &CommandView<'_>, args: &[&[u8]], rule: TtlRule, now_ms: i64) -> Option<(Plan, Counter)> {
+fn restore(cmd: &CommandView<'_>, args: &[&[u8]], rule: TtlRule, now_ms: i64) -> Option<(Planned, Counter)> {
     let ttl = args.get(2)?;
     if *ttl == b"0" {
-        return Some((followed(cmd, vec![pexpire_nx(args[1], rule.floor()?)]), Counter::Enforced));
+        return Some((Ok(followed(cmd, vec![pexpire_nx(args[1], rule.floor()?)])), Counter::Enforced));
     }
     let absolute = args.iter().skip(4).any(|a| upper_eq(a, "ABSTTL"));
     let unit = if absolute { Unit::UnixMillis } else { Unit::Millis };
@@ -319,7 +329,7 @@ fn follow_with_expiry(
     args: &[&[u8]],
     created: Created,
     policy: &Policy,
-) -> Option<(Plan, Counter)> {
+) -> Option<(Planned, Counter)> {
     let mut extra: Vec<Bytes> = Vec::new();
     let mut keys: Vec<&[u8]> = Vec::new();
     for key in created_keys(args, created) {
@@ -334,7 +344,7 @@ fn follow_with_expiry(
     if extra.is_empty() {
         return None;
     }
-    Some((followed(cmd, extra), Counter::Enforced))
+    Some((Ok(followed(cmd, extra)), Counter::Enforced))
 }
 
 /// The keys a write may create or leave without an expiry (the table's [`Created`]). Commands

@@ -32,7 +32,7 @@ async fn fill(pool: &Pool, tier: &Arc<Tier>, key: &str) -> Bytes {
     };
     let get = encode_command(&["GET", key]);
     let (sink, mut replies) = mpsc::unbounded_channel::<ReplyChunk>();
-    let delivery = Delivery::for_batch(Some(tier), &get, Some(ticket), None, false, vec![]).unwrap();
+    let delivery = Delivery::for_read(Some(tier), Some(ticket), None).unwrap();
     pool.send(0, delivery.into_batch(get, 0, 1, &sink));
     let chunk = tokio::time::timeout(PATIENCE, replies.recv()).await.expect("a reply in time").unwrap();
     chunk.bytes

@@ -6,7 +6,6 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::Client;
-use crate::cache::{FillTicket, SplitGet};
 use crate::delivery::Delivery;
 use crate::proxy::{Expect, Route};
 use crate::ttl::{Rewrite, Shape, Shaper};
@@ -53,8 +52,9 @@ pub(super) struct Held {
 /// reply shapes (by the index of the request's reply in the batch).
 #[derive(Default)]
 pub(super) struct TierWork {
-    pub(super) fill: Option<FillTicket>,
-    pub(super) split: Option<SplitGet>,
+    /// A read through the tier (a fill or a split MGET): its work, built when it was routed so
+    /// that the read in flight is released whatever happens to the request (dropped held).
+    read: Option<Box<Delivery>>,
     writes: bool,
     shaped: Vec<(u32, Shape)>,
     /// On the pinned connection: what comes back beyond one plain reply.
@@ -65,10 +65,7 @@ impl TierWork {
     /// Whether the request may join a run of others: nothing but forwarding and, on the
     /// shared pool (whose connections shape each request of a batch), reply shaping.
     fn joins_runs(&self, dest: Dest) -> bool {
-        self.fill.is_none()
-            && self.split.is_none()
-            && self.expect == Expect::One
-            && (self.shaped.is_empty() || matches!(dest, Dest::Shared(_)))
+        self.read.is_none() && self.expect == Expect::One && (self.shaped.is_empty() || matches!(dest, Dest::Shared(_)))
     }
 
     /// How many replies the request gets (on a destination whose replies are counted).
@@ -96,7 +93,6 @@ impl Client {
     pub(super) async fn dispatch(&mut self, route: Route, len: usize, mut inline: Option<Bytes>) {
         let close = matches!(route, Route::Close(_));
         let (dest, work) = match route {
-            Route::Admin => unreachable!("answered in process()"),
             Route::Reply(bytes) | Route::Hit(bytes) | Route::Close(bytes) => {
                 self.closing |= close;
                 self.skip_frame(len).await;
@@ -114,11 +110,15 @@ impl Client {
                 let shaped = rewritten(rewrite, &mut inline);
                 (Dest::Shared(key), TierWork { writes: true, shaped, ..TierWork::default() })
             }
-            Route::Fill(key, ticket) => (Dest::Shared(key), TierWork { fill: Some(ticket), ..TierWork::default() }),
+            Route::Fill(key, ticket) => {
+                let read = Delivery::for_read(self.ctx.tier.as_ref(), Some(ticket), None);
+                (Dest::Shared(key), TierWork { read, ..TierWork::default() })
+            }
             Route::Split(key, split, bytes) => {
                 // The client's MGET is replaced by one for the keys the tier did not have.
                 inline = Some(bytes);
-                (Dest::Shared(key), TierWork { split: Some(split), ..TierWork::default() })
+                let read = Delivery::for_read(self.ctx.tier.as_ref(), None, Some(split));
+                (Dest::Shared(key), TierWork { read, ..TierWork::default() })
             }
             Route::Pinned { stream, rewrite, expect } => {
                 let shaped = rewritten(rewrite, &mut inline);
@@ -204,9 +204,9 @@ impl Client {
         match dest {
             Dest::Shared(key) => {
                 let slot = self.session.id() as usize;
-                let TierWork { fill, split, writes, shaped, .. } = work;
+                let TierWork { read, writes, shaped, .. } = work;
                 let tier = self.ctx.tier.as_ref();
-                let batch = match Delivery::for_batch(tier, &bytes, fill, split, writes, shaped) {
+                let batch = match read.or_else(|| Delivery::for_batch(tier, &bytes, writes, shaped)) {
                     Some(delivery) => delivery.into_batch(bytes, seq, count, &self.sink),
                     None => Batch::plain(bytes, seq, count, self.sink.clone()),
                 };

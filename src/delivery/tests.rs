@@ -37,7 +37,7 @@ fn a_fill_reads_its_own_pttl_sent_in_its_own_batch() {
     let tier = tier();
     let get = encode_command(&["GET", "k"]);
     let ticket = miss(&tier, "k");
-    let delivery = Delivery::for_batch(Some(&tier), &get, Some(ticket), None, false, vec![]).unwrap();
+    let delivery = Delivery::for_read(Some(&tier), Some(ticket), None).unwrap();
     let mut batch = delivery.into_batch(get.clone(), 7, 1, &sink());
     assert_eq!(&batch.bytes[..], [&encode_command(&["PTTL", "k"])[..], &get[..]].concat(), "the probe, then the read");
     assert_eq!((batch.count, batch.replies), (1, 2));
@@ -54,12 +54,7 @@ fn an_mget_split_fills_each_key_with_its_own_pttl() {
     let (a, b) = (miss(&tier, "a"), miss(&tier, "b"));
     let split = SplitGet::new(vec![None, None], vec![Some(a), Some(b)]);
     let mget = encode_command(&["MGET", "a", "b"]);
-    let mut batch = Delivery::for_batch(Some(&tier), &mget, None, Some(split), false, vec![]).unwrap().into_batch(
-        mget,
-        0,
-        1,
-        &sink(),
-    );
+    let mut batch = Delivery::for_read(Some(&tier), None, Some(split)).unwrap().into_batch(mget, 0, 1, &sink());
     assert_eq!(batch.replies, 3);
     let steps = feed(&mut batch, &[b":-1\r\n", b":2000\r\n", b"*2\r\n$1\r\n1\r\n$1\r\n2\r\n"]);
     assert_eq!(steps[..2], [Step::Swallow, Step::Swallow]);
@@ -72,18 +67,12 @@ fn an_mget_split_fills_each_key_with_its_own_pttl() {
 fn a_batch_that_fails_or_is_dropped_releases_its_read() {
     let tier = tier();
     let get = encode_command(&["GET", "k"]);
-    let mut batch = Delivery::for_batch(Some(&tier), &get, Some(miss(&tier, "k")), None, false, vec![])
-        .unwrap()
-        .into_batch(get.clone(), 0, 1, &sink());
+    let mut batch =
+        Delivery::for_read(Some(&tier), Some(miss(&tier, "k")), None).unwrap().into_batch(get.clone(), 0, 1, &sink());
     batch.work.as_mut().unwrap().fail(&Bytes::from_static(b"-ERR lost\r\n"));
     // Released: the next read is a miss of its own, not joined to one that never completes.
     let ticket = miss(&tier, "k");
-    let batch = Delivery::for_batch(Some(&tier), &get, Some(ticket), None, false, vec![]).unwrap().into_batch(
-        get,
-        0,
-        1,
-        &sink(),
-    );
+    let batch = Delivery::for_read(Some(&tier), Some(ticket), None).unwrap().into_batch(get, 0, 1, &sink());
     drop(batch);
     miss(&tier, "k");
 }
@@ -95,12 +84,8 @@ fn written_keys_are_invalidated_when_their_reply_arrives() {
     tier.fill(ticket, Bytes::from_static(b"$1\r\nv\r\n"), Some(-1));
     let set = encode_command(&["SET", "k", "w"]);
     let requests = [&encode_command(&["GET", "x"])[..], &set[..]].concat().into();
-    let mut batch = Delivery::for_batch(Some(&tier), &requests, None, None, true, vec![]).unwrap().into_batch(
-        requests,
-        0,
-        2,
-        &sink(),
-    );
+    let mut batch =
+        Delivery::for_batch(Some(&tier), &requests, true, vec![]).unwrap().into_batch(requests, 0, 2, &sink());
     assert_eq!(feed(&mut batch, &[b"$-1\r\n"]), vec![Step::Deliver]);
     assert_eq!(tier.inspect(b"k").len(), 1, "GET x's reply: k not yet written");
     assert_eq!(feed(&mut batch, &[b"+OK\r\n"]), vec![Step::Deliver]);
@@ -122,8 +107,7 @@ fn a_shaped_request_becomes_one_reply_and_its_commands_are_invalidated_at_the_en
     .concat()
     .into();
     let shaped = vec![(1, Shape::Transaction { extra: 1 })];
-    let mut batch =
-        Delivery::for_batch(Some(&tier), &sent, None, None, true, shaped).unwrap().into_batch(sent, 0, 2, &sink());
+    let mut batch = Delivery::for_batch(Some(&tier), &sent, true, shaped).unwrap().into_batch(sent, 0, 2, &sink());
     assert_eq!((batch.count, batch.replies), (2, 5));
     let steps = feed(&mut batch, &[b"$-1\r\n", b"+OK\r\n", b"+QUEUED\r\n", b"+QUEUED\r\n"]);
     assert_eq!(steps, vec![Step::Deliver, Step::Swallow, Step::Swallow, Step::Swallow]);
@@ -136,6 +120,7 @@ fn a_shaped_request_becomes_one_reply_and_its_commands_are_invalidated_at_the_en
 #[test]
 fn replies_that_need_nothing_get_no_work() {
     let get = encode_command(&["GET", "k"]);
-    assert!(Delivery::for_batch(None, &get, None, None, true, vec![]).is_none(), "writes without a tier");
-    assert!(Delivery::for_batch(Some(&tier()), &get, None, None, false, vec![]).is_none());
+    assert!(Delivery::for_batch(None, &get, true, vec![]).is_none(), "writes without a tier");
+    assert!(Delivery::for_batch(Some(&tier()), &get, false, vec![]).is_none());
+    assert!(Delivery::for_read(Some(&tier()), None, None).is_none());
 }

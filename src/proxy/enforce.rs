@@ -70,8 +70,5 @@ pub(super) fn enforce_ttl(cmd: &CommandView<'_>, command: &Command, env: &Env<'_
     if !env.policy.enforces_ttl() || !matches!(command.effect(cmd), Effect::Writes(_)) {
         return Ok(None);
     }
-    match ttl::plan(cmd, command.spec.ttl, env.policy, env.ttl, ttl::wall_clock_ms()) {
-        Some(Plan::Refused(err)) => Err(err.to_reply()),
-        plan => Ok(plan),
-    }
+    ttl::plan(cmd, command.spec.ttl, env.policy, env.ttl, ttl::wall_clock_ms()).map_err(|refused| refused.to_reply())
 }

@@ -5,41 +5,53 @@ use bytes::Bytes;
 
 use super::{Env, Session};
 use crate::access::Access;
-use crate::command::Class;
 use crate::error::ProxyError;
 use crate::framing::{CommandView, parse_int};
 use crate::reply::{self, ReplyWriter};
 
+/// The commands the proxy answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Local {
+    Hello,
+    /// With the proxy's own users.
+    Auth,
+    Select,
+    Reset,
+    ClientSetName,
+    ClientGetName,
+    ClientSetInfo,
+}
+
 impl Session {
-    /// Commands the proxy answers for the session.
-    pub(super) fn answer(&mut self, class: Class, cmd: &CommandView<'_>, env: &Env<'_>) -> Result<Bytes, ProxyError> {
+    /// Answers `local` for the session.
+    pub(super) fn answer(&mut self, local: Local, cmd: &CommandView<'_>, env: &Env<'_>) -> Result<Bytes, ProxyError> {
         let argc = cmd.argc();
         let arity = |ok: bool, name: &'static str| if ok { Ok(()) } else { Err(ProxyError::WrongArity(name)) };
-        match class {
-            Class::Hello => self.hello(cmd, env),
-            Class::Auth => match argc {
+        match local {
+            Local::Hello => self.hello(cmd, env),
+            Local::Auth => match argc {
                 2 => self.login(env.access, b"default", cmd.arg(1)),
                 3 => self.login(env.access, cmd.arg(1).unwrap_or_default(), cmd.arg(2)),
                 _ => Err(ProxyError::WrongArity("auth")),
             },
-            Class::Select => {
+            Local::Select => {
                 arity(argc == 2, "select")?;
                 let db = cmd.arg(1).and_then(parse_int).ok_or(ProxyError::NotInteger)?;
                 self.db =
                     u32::try_from(db).ok().filter(|&db| db < env.server.databases()).ok_or(ProxyError::DbOutOfRange)?;
                 Ok(ok())
             }
-            Class::Reset => {
+            Local::Reset => {
                 (self.db, self.resp3, self.name, self.admin) = (0, false, None, false);
                 self.user = env.access.initial_user();
                 Ok(Bytes::from_static(b"+RESET\r\n"))
             }
-            Class::ClientSetName => {
+            Local::ClientSetName => {
                 arity(argc == 3, "client|setname")?;
                 self.name = valid_name(cmd.arg(2).unwrap_or_default())?;
                 Ok(ok())
             }
-            Class::ClientGetName => {
+            Local::ClientGetName => {
                 arity(argc == 2, "client|getname")?;
                 let mut w = ReplyWriter::new(self.resp3);
                 match &self.name {
@@ -48,7 +60,7 @@ impl Session {
                 };
                 Ok(w.finish())
             }
-            Class::ClientSetInfo => {
+            Local::ClientSetInfo => {
                 if !env.server.at_least(7, 2) {
                     // The upstream has no CLIENT SETINFO: answer as it would.
                     let sub = String::from_utf8_lossy(cmd.arg(1).unwrap_or_default()).into_owned();
@@ -66,7 +78,6 @@ impl Session {
                 }
                 Ok(ok())
             }
-            _ => unreachable!("{class:?} is not answered by the proxy"),
         }
     }
 

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::local::Local;
 use super::{Env, Route, Session};
 use crate::cache::{Cause, Tier};
 use crate::command::{Class, Command, Effect, written_keys};
@@ -202,7 +203,7 @@ impl Session {
         };
         if class == Class::ClientSetInfo && !self.pin.in_multi {
             // Redis answers; the proxy keeps the library info for connections opened later.
-            let _ = self.answer(class, cmd, env);
+            let _ = self.answer(Local::ClientSetInfo, cmd, env);
         }
         let pin = &mut self.pin;
         let mut expect = Expect::One;
