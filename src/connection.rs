@@ -38,7 +38,7 @@ use crate::context::Context;
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Parsed, RequestParser};
 use crate::metrics::{self, Metrics, Outcome};
-use crate::pinned::PinnedConn;
+use crate::pinned_conn::PinnedConn;
 use crate::proxy::{Env, Route, Session};
 use crate::transport::{Reader, Stream, Writer};
 use crate::upstream::{Pool, PoolKey, ReplyChunk, ReplySink};
@@ -48,10 +48,10 @@ use crate::writev;
 pub(crate) const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 mod dispatch;
-mod pinning;
+mod pinned_driver;
 
 use dispatch::{Dest, Held, Run};
-use pinning::read_pinned;
+use pinned_driver::read_pinned;
 
 /// Read buffer space: a client starts small (thousands of idle clients stay cheap) and gets
 /// more once a read fills what it had.

@@ -9,7 +9,7 @@
 //!        dispatch  runs of requests per destination, held requests, sending   (connection/dispatch.rs)
 //!        framing   find complete commands; size/argument limits; inline       (framing.rs)
 //!   -> command     the command table: route, keys, tier and TTL effect, metrics  (command.rs)
-//!   -> proxy       the session and the decision for each command              (proxy.rs, proxy/pinning.rs)
+//!   -> proxy       the session and the decision for each command              (proxy.rs, proxy/pin.rs)
 //!        access    users, NOAUTH, deny_commands                               (access.rs)
 //!        admin     the PROXY commands                                         (admin.rs)
 //!        policy    which rule a key falls under                               (policy.rs)
@@ -21,7 +21,7 @@
 //!   -> upstream    shared pipelined pools per (db, protocol): pipes             (upstream.rs, upstream/shared.rs, upstream/handshake.rs)
 //!        spares    connected spares for sessions that need their own         (upstream/spares.rs)
 //!        recovery  closing the breaker as soon as Redis answers              (upstream/recovery.rs)
-//!      pinned      a session's own connection for MULTI, blocking, pub/sub;   (pinned.rs)
+//!      pinned      a session's own connection for MULTI, blocking, pub/sub;   (pinned_conn.rs, connection/pinned_driver.rs)
 //!                  state changes Redis confirms, hidden commands that move it
 //!      tracking    Redis's invalidations for writes made elsewhere            (tracking.rs)
 //!   <- reply       reply boundaries, replies the proxy builds                 (reply.rs)
@@ -45,7 +45,7 @@ pub mod delivery;
 pub mod error;
 pub mod framing;
 pub mod metrics;
-pub mod pinned;
+pub mod pinned_conn;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

@@ -424,11 +424,11 @@ fn may_cache(mode: CacheMode, tier: &Tier) -> bool {
 
 mod enforce;
 mod local;
-mod pinning;
+mod pin;
 
 use enforce::enforce_ttl;
-use pinning::Pin;
-pub use pinning::{Confirm, Expect};
+use pin::Pin;
+pub use pin::{Confirm, Expect};
 
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use tracing::debug;
 
 use super::Client;
 use crate::error::ProxyError;
-use crate::pinned::PinnedConn;
+use crate::pinned_conn::PinnedConn;
 use crate::proxy::Expect;
 use crate::ttl::Shaper;
 use crate::upstream::ReplyChunk;
