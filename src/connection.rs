@@ -367,7 +367,7 @@ fn count(metrics: &Metrics, command: &Command, route: &Route) {
     let outcome = match route {
         Route::Hit(_) => Outcome::Hit,
         Route::Fill(..) | Route::Joined | Route::Split(..) => Outcome::Miss,
-        Route::Shared(_) | Route::Write(..) | Route::Pinned { .. } => Outcome::Forwarded,
+        Route::Shared(_) | Route::Info(_) | Route::Write(..) | Route::Pinned { .. } => Outcome::Forwarded,
         Route::Reply(reply) | Route::Close(reply) if reply.first() == Some(&b'-') => Outcome::Error,
         Route::Reply(_) | Route::Close(_) => Outcome::Local,
     };

@@ -38,6 +38,8 @@ pub struct Delivery {
     writes: Option<Written>,
     /// Requests whose replies are shaped (TTL enforcement), by the index of the client's reply.
     shaped: VecDeque<(u32, Shaper)>,
+    /// The batch is INFO: the proxy's own tracking connection is left out of its reply.
+    info: bool,
     /// Client replies produced so far.
     delivered: u32,
 }
@@ -88,6 +90,13 @@ impl Delivery {
         Some(Box::new(delivery))
     }
 
+    /// The work for INFO while the tier's tracking connection is up (see [`without_own_tracking`]).
+    pub fn for_info() -> Box<Delivery> {
+        let mut info = Delivery::empty(None);
+        info.info = true;
+        Box::new(info)
+    }
+
     fn empty(tier: Option<Arc<Tier>>) -> Delivery {
         Delivery {
             tier,
@@ -97,6 +106,7 @@ impl Delivery {
             split: None,
             writes: None,
             shaped: VecDeque::new(),
+            info: false,
             delivered: 0,
         }
     }
@@ -177,6 +187,8 @@ impl ReplyWork for Delivery {
             Step::Deliver
         } else if let (Some(split), Some(tier)) = (self.split.take(), &self.tier) {
             split.complete(tier, frame, &mut self.pttls).map_or(Step::Deliver, Step::Replace)
+        } else if self.info {
+            without_own_tracking(frame).map_or(Step::Deliver, Step::Replace)
         } else {
             Step::Deliver
         };
@@ -198,6 +210,42 @@ impl Drop for Delivery {
             self.release(&ProxyError::ReadAbandoned.to_reply());
         }
     }
+}
+
+/// INFO's reply as Redis would give it without the proxy's own tracking connection (the tier's
+/// `CLIENT TRACKING ON BCAST`): one tracking client fewer, and one prefix fewer (BCAST without
+/// a prefix registers the empty one). `None` when the reply has no tracking fields (another
+/// section, an error).
+///
+/// # Shared prefix
+/// Should a client also track with BCAST and no prefix, Redis counts the empty prefix once for
+/// both, and `tracking_total_prefixes` shows one fewer than Redis has.
+pub fn without_own_tracking(frame: &[u8]) -> Option<Bytes> {
+    let (&kind, _) = frame.split_first()?;
+    if !matches!(kind, b'$' | b'=') {
+        return None;
+    }
+    let header = frame.windows(2).position(|w| w == b"\r\n")? + 2;
+    let text = std::str::from_utf8(frame.get(header..frame.len().checked_sub(2)?)?).ok()?;
+    if !text.contains("\ntracking_clients:") && !text.contains("\ntracking_total_prefixes:") {
+        return None;
+    }
+    let lines: Vec<String> = text
+        .split("\r\n")
+        .map(|line| match line.split_once(':') {
+            Some((field @ ("tracking_clients" | "tracking_total_prefixes"), n)) => match n.parse::<u64>() {
+                Ok(n) => format!("{field}:{}", n.saturating_sub(1)),
+                Err(_) => line.to_owned(),
+            },
+            _ => line.to_owned(),
+        })
+        .collect();
+    let body = lines.join("\r\n");
+    let mut out = BytesMut::with_capacity(body.len() + 16);
+    out.extend_from_slice(format!("{}{}\r\n", kind as char, body.len()).as_bytes());
+    out.extend_from_slice(body.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    Some(out.freeze())
 }
 
 #[cfg(test)]

@@ -22,8 +22,7 @@ use crate::framing::encode_command;
 use crate::proxy::{Confirm, Expect};
 use crate::reply::{self, ReplyScanner, ScanError};
 use crate::transport::{Reader, Writer};
-use crate::ttl::Shaper;
-use crate::upstream::{ConnectionUp, PoolKey, Upstream};
+use crate::upstream::{ConnectionUp, PoolKey, ReplyWork, Step, Upstream};
 
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -50,8 +49,9 @@ struct Expected {
     seq: u64,
     /// Replies left.
     left: u32,
-    /// One request whose upstream replies make one reply of the client's (TTL enforcement).
-    shaper: Option<Shaper>,
+    /// What becomes of each upstream reply of the request (TTL enforcement's several replies made
+    /// into the client's one, INFO without the proxy's tracking connection); `None`: delivered.
+    work: Option<Box<dyn ReplyWork>>,
     /// Its replies may be pushes ((P|S)UNSUBSCRIBE outside a subscription, in RESP3).
     pushes: bool,
     /// A session change that its reply confirms or refuses.
@@ -117,7 +117,7 @@ impl PinnedConn {
             return Ok(());
         }
         let hidden =
-            Expected { seq: 0, left: sync.len() as u32, shaper: None, pushes: false, confirm: None, hidden: true };
+            Expected { seq: 0, left: sync.len() as u32, work: None, pushes: false, confirm: None, hidden: true };
         self.fifo.push_back(hidden);
         self.wr.write_all(&sync.concat()).await
     }
@@ -137,14 +137,14 @@ impl PinnedConn {
     }
 
     /// Sends requests; `count` replies are expected for them unless the connection streams.
-    /// With a `shaper`, the upstream's replies pass through it (and `count` is 1).
+    /// With `work`, the upstream's replies pass through it (and `count` is 1).
     pub async fn send(
         &mut self,
         bytes: &[u8],
         seq: u64,
         count: u32,
         stream: bool,
-        shaper: Option<Shaper>,
+        work: Option<Box<dyn ReplyWork>>,
         expect: Expect,
     ) -> io::Result<()> {
         if !stream {
@@ -153,7 +153,7 @@ impl PinnedConn {
                 Expect::Confirm(confirm) => Some(confirm),
                 _ => None,
             };
-            self.fifo.push_back(Expected { seq, left: count, shaper, pushes, confirm, hidden: false });
+            self.fifo.push_back(Expected { seq, left: count, work, pushes, confirm, hidden: false });
         }
         self.wr.write_all(bytes).await
     }
@@ -204,12 +204,10 @@ impl PinnedConn {
                 debug!("dropping a push on a pinned connection in counted mode");
                 continue;
             }
-            let bytes = match expected.shaper.as_mut() {
-                Some(shaper) => match shaper.feed(&bytes) {
-                    Some(reply) => reply,
-                    None => continue,
-                },
-                None => bytes,
+            let bytes = match expected.work.as_mut().map(|work| work.reply(&bytes)) {
+                None | Some(Step::Deliver) => bytes,
+                Some(Step::Replace(reply)) => reply,
+                Some(Step::Swallow) => continue,
             };
             out(Some(expected.seq), bytes, expected.confirm.take());
             expected.seq += 1;

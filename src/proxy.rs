@@ -43,6 +43,9 @@ pub enum Route {
     Hit(Bytes),
     /// Forwarded on the shared pool for this key.
     Shared(PoolKey),
+    /// INFO, forwarded on the shared pool while the tier's tracking connection is up: its reply
+    /// leaves out what that connection of the proxy's adds (`delivery.rs`).
+    Info(PoolKey),
     /// A write forwarded on the shared pool: its keys were invalidated, and are invalidated
     /// again when its reply arrives, before the client gets it (read-your-writes). With a
     /// rewrite, TTL enforcement changed what is sent.
@@ -57,7 +60,8 @@ pub enum Route {
     /// Forwarded on the session's pinned connection; `stream` once replies are no longer one
     /// per request. With a rewrite, TTL enforcement changed what is sent or how EXEC's reply
     /// reaches the client. `expect`: what comes back beyond one plain reply.
-    Pinned { stream: bool, rewrite: Option<Rewrite>, expect: Expect },
+    /// `info`: INFO, whose reply leaves out the proxy's own tracking connection.
+    Pinned { stream: bool, rewrite: Option<Rewrite>, expect: Expect, info: bool },
     /// Answer, then close the connection (QUIT).
     Close(Bytes),
 }
@@ -183,7 +187,12 @@ impl Session {
 
     /// Routes `cmd`, which the table describes as `command` ([`ServerInfo::command`]).
     pub fn route(&mut self, cmd: &CommandView<'_>, command: &Command, env: &Env<'_>) -> Route {
-        let class = command.class(cmd);
+        let class = match command.class(cmd) {
+            // In RESP2 Redis sends a tracking connection nothing of its own (invalidations go to
+            // the REDIRECT client, or nowhere): one reply per request, a sticky flag.
+            Class::Stream if !self.resp3 && pin::is_client_tracking(cmd) => Class::Sticky,
+            class => class,
+        };
         if env.access.denies_any()
             && let Some(name) = cmd.arg(0).filter(|name| env.access.denied(name))
         {
@@ -285,6 +294,7 @@ impl Session {
             return if rewrite.is_some() { Route::Write(pool, rewrite) } else { Route::Shared(pool) };
         };
         match effect {
+            Effect::Nothing if command.spec.name == "INFO" && tier.tracking_up() => Route::Info(pool),
             Effect::Nothing => Route::Shared(pool),
             Effect::Flush => {
                 tier.clear();

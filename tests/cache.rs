@@ -347,3 +347,34 @@ async fn a_read_in_flight_when_its_key_is_invalidated_is_not_cached() {
     assert_eq!(call(&mut proxy.raw().await, &["GET", "k"]).await, "$3\r\nnew\r\n", "the stale reply was cached");
     proxy.stop().await;
 }
+
+/// INFO through the proxy counts the clients' tracking, not the connection the tier tracks on
+/// (Redis's own suite checks `tracking_clients` and `tracking_total_prefixes`).
+#[tokio::test]
+async fn info_does_not_count_the_proxys_own_tracking_connection() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    let mut client = proxy.raw().await;
+    wait_for_caching(&mut client, &mut direct).await;
+    let field = |info: &str, name: &str| -> u64 {
+        let prefix = format!("{name}:");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {name} in {info}"))
+            .parse()
+            .unwrap()
+    };
+    let counts = |info: String| (field(&info, "tracking_clients"), field(&info, "tracking_total_prefixes"));
+    assert_eq!(counts(call(&mut direct, &["INFO"]).await), (1, 1), "Redis sees the tier's connection");
+    assert_eq!(counts(call(&mut client, &["INFO"]).await), (0, 0));
+    let stats = call(&mut client, &["INFO", "stats"]).await;
+    assert_eq!(field(&stats, "tracking_total_prefixes"), 0, "one section alone");
+
+    let mut tracker = proxy.raw().await;
+    assert_eq!(call(&mut tracker, &["CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "p:"]).await, "+OK\r\n");
+    assert_eq!(counts(call(&mut direct, &["INFO"]).await), (2, 2));
+    assert_eq!(counts(call(&mut client, &["INFO", "everything"]).await), (1, 1), "as Redis alone would count");
+    // Other sections pass untouched.
+    assert!(call(&mut client, &["INFO", "server"]).await.contains("redis_version:"));
+}

@@ -249,6 +249,33 @@ async fn clients_doing_their_own_caching_get_their_invalidations() {
     proxy.stop().await;
 }
 
+/// In RESP2 a tracking connection gets nothing of its own from Redis: its replies stay counted
+/// (INFO on it leaves out the tier's tracking connection, as elsewhere). Switched to RESP3, it
+/// gets its invalidation pushes among its replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp2_tracking_client_stays_counted_until_it_switches_to_resp3() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    let mut tracker = proxy.raw().await;
+    common::wait_for_caching(&mut tracker, &mut direct).await;
+    assert_eq!(call(&mut tracker, &["CLIENT", "TRACKING", "ON"]).await, "+OK\r\n");
+    let clients = |info: &str| info.lines().find_map(|l| l.strip_prefix("tracking_clients:")).map(str::to_owned);
+    let direct_info = call(&mut direct, &["INFO", "clients"]).await;
+    assert_eq!(clients(&direct_info).as_deref(), Some("2"), "{direct_info}");
+    let info = call(&mut tracker, &["INFO", "clients"]).await;
+    assert_eq!(clients(&info).as_deref(), Some("1"), "the client's own, not the tier's: {info}");
+    let mut writer = proxy.raw().await;
+    assert_eq!(call(&mut tracker, &["GET", "k"]).await, "$-1\r\n");
+    assert_eq!(call(&mut writer, &["SET", "k", "1"]).await, "+OK\r\n");
+    assert_eq!(call(&mut tracker, &["PING"]).await, "+PONG\r\n", "RESP2: no invalidation on this connection");
+    assert!(call(&mut tracker, &["HELLO", "3"]).await.starts_with("%7"));
+    assert_eq!(call(&mut tracker, &["GET", "k"]).await, "$1\r\n1\r\n");
+    assert_eq!(call(&mut writer, &["SET", "k", "2"]).await, "+OK\r\n");
+    assert_eq!(tracker.reply().await, ">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n");
+    proxy.stop().await;
+}
+
 /// A client id the proxy shows is one the client can use: it is the id of the session's own
 /// upstream connection, which the session keeps (in whatever db it moves to).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,8 +8,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::Client;
 use crate::delivery::Delivery;
 use crate::proxy::{Expect, Route};
-use crate::ttl::{Rewrite, Shape, Shaper};
-use crate::upstream::{Batch, Pool, PoolKey, ReplyChunk};
+use crate::ttl::{Rewrite, Shape};
+use crate::upstream::{Batch, Pool, PoolKey, ReplyChunk, ReplyWork};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Dest {
@@ -56,6 +56,8 @@ pub(super) struct TierWork {
     /// that the read in flight is released whatever happens to the request (dropped held).
     read: Option<Box<Delivery>>,
     writes: bool,
+    /// INFO: its reply leaves out the proxy's own tracking connection.
+    info: bool,
     shaped: Vec<(u32, Shape)>,
     /// On the pinned connection: what comes back beyond one plain reply.
     pub(super) expect: Expect,
@@ -65,7 +67,10 @@ impl TierWork {
     /// Whether the request may join a run of others: nothing but forwarding and, on the
     /// shared pool (whose connections shape each request of a batch), reply shaping.
     fn joins_runs(&self, dest: Dest) -> bool {
-        self.read.is_none() && self.expect == Expect::One && (self.shaped.is_empty() || matches!(dest, Dest::Shared(_)))
+        self.read.is_none()
+            && !self.info
+            && self.expect == Expect::One
+            && (self.shaped.is_empty() || matches!(dest, Dest::Shared(_)))
     }
 
     /// How many replies the request gets (on a destination whose replies are counted).
@@ -106,6 +111,7 @@ impl Client {
                 return;
             }
             Route::Shared(key) => (Dest::Shared(key), TierWork::default()),
+            Route::Info(key) => (Dest::Shared(key), TierWork { info: true, ..TierWork::default() }),
             Route::Write(key, rewrite) => {
                 let shaped = rewritten(rewrite, &mut inline);
                 (Dest::Shared(key), TierWork { writes: true, shaped, ..TierWork::default() })
@@ -120,13 +126,13 @@ impl Client {
                 let read = Delivery::for_read(self.ctx.tier.as_ref(), None, Some(split));
                 (Dest::Shared(key), TierWork { read, ..TierWork::default() })
             }
-            Route::Pinned { stream, rewrite, expect } => {
+            Route::Pinned { stream, rewrite, expect, info } => {
                 let shaped = rewritten(rewrite, &mut inline);
                 if expect == Expect::Quit {
                     // Redis answers QUIT and closes; the client is closed once that happened.
                     (self.closing, self.quitting) = (true, true);
                 }
-                (Dest::Pinned { stream }, TierWork { shaped, expect, ..TierWork::default() })
+                (Dest::Pinned { stream }, TierWork { shaped, expect, info, ..TierWork::default() })
             }
         };
         let counted = u32::from(dest.counted()) * work.replies();
@@ -199,26 +205,35 @@ impl Client {
         }
     }
 
-    pub(super) async fn send(&mut self, dest: Dest, bytes: Bytes, seq: u64, count: u32, mut work: TierWork) {
+    pub(super) async fn send(&mut self, dest: Dest, bytes: Bytes, seq: u64, count: u32, work: TierWork) {
         self.last_dest = Some(dest);
         match dest {
             Dest::Shared(key) => {
                 let slot = self.session.id() as usize;
-                let TierWork { read, writes, shaped, .. } = work;
+                let TierWork { read, writes, info, shaped, .. } = work;
                 let tier = self.ctx.tier.as_ref();
-                let batch = match read.or_else(|| Delivery::for_batch(tier, &bytes, writes, shaped)) {
+                let work = match (read, info) {
+                    (Some(read), _) => Some(read),
+                    (None, true) => Some(Delivery::for_info()),
+                    (None, false) => Delivery::for_batch(tier, &bytes, writes, shaped),
+                };
+                let batch = match work {
                     Some(delivery) => delivery.into_batch(bytes, seq, count, &self.sink),
                     None => Batch::plain(bytes, seq, count, self.sink.clone()),
                 };
                 self.pool(key).send(slot, batch);
             }
             Dest::Pinned { stream } => {
-                // A shaped request is sent to a pinned connection on its own.
-                let shaper = work.shaped.pop().map(|(_, shape)| Shaper::new(shape));
+                // A shaped request (or INFO) is sent to a pinned connection on its own.
+                let TierWork { info, shaped, expect, .. } = work;
+                let replies: Option<Box<dyn ReplyWork>> = match info {
+                    true => Some(Delivery::for_info()),
+                    false => Delivery::for_batch(None, &bytes, false, shaped).map(|d| d as Box<dyn ReplyWork>),
+                };
                 // Boxed: every caller's future (and so every client's task) would hold its
                 // state, the size of a write to the pinned connection, while only pinned
                 // sessions use it.
-                Box::pin(self.send_pinned(bytes, seq, count, stream, shaper, work.expect)).await
+                Box::pin(self.send_pinned(bytes, seq, count, stream, replies, expect)).await
             }
         }
     }

@@ -10,18 +10,18 @@ use super::Client;
 use crate::error::ProxyError;
 use crate::pinned_conn::PinnedConn;
 use crate::proxy::Expect;
-use crate::ttl::Shaper;
-use crate::upstream::ReplyChunk;
+use crate::upstream::{ReplyChunk, ReplyWork};
 
 impl Client {
-    /// `shaper`: TTL enforcement sent more than the client's one request (`count` is then 1).
+    /// `work`: what becomes of the upstream replies (TTL enforcement sent more than the client's
+    /// one request, INFO's tracking fields; `count` is then 1).
     pub(super) async fn send_pinned(
         &mut self,
         bytes: Bytes,
         seq: u64,
         count: u32,
         stream: bool,
-        shaper: Option<Shaper>,
+        work: Option<Box<dyn ReplyWork>>,
         expect: Expect,
     ) {
         let key = self.session.pin_key();
@@ -49,7 +49,7 @@ impl Client {
         let conn = self.pinned.as_mut().expect("opened above");
         let state = self.session.pin_needs_state().then_some((key, self.session.pin_identity()));
         let sent = match conn.begin_pin(state).await {
-            Ok(()) => conn.send(&bytes, seq, count, stream, shaper, expect).await,
+            Ok(()) => conn.send(&bytes, seq, count, stream, work, expect).await,
             Err(e) => Err(e),
         };
         if let Err(e) = sent {

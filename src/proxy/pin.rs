@@ -30,6 +30,10 @@ pub(super) struct Pin {
     /// SCRIPT KILL and the like: on a kept connection in whatever db it is in, on a new one in
     /// db 0 (see `Class::Interrupt`).
     pub(super) interrupt: bool,
+    /// CLIENT TRACKING ON in RESP2: Redis sends the connection nothing of its own, so its
+    /// replies stay counted; a HELLO (to RESP3, which brings invalidation pushes) makes it a
+    /// stream.
+    pub(super) tracking: bool,
 }
 
 /// What a request sent on the pinned connection gets back, beyond one plain reply.
@@ -207,6 +211,7 @@ impl Session {
         }
         let pin = &mut self.pin;
         let mut expect = Expect::One;
+        let mut at_once = None;
         match class {
             Class::Quit => expect = Expect::Quit,
             Class::Multi if !pin.in_multi => {
@@ -225,7 +230,10 @@ impl Session {
             Class::Unsubscribe if !pin.in_multi && !pin.stream => {
                 expect = Expect::Pushes(cmd.argc().saturating_sub(1).max(1) as u32);
             }
-            Class::Sticky => pin.sticky = true,
+            Class::Sticky => {
+                pin.sticky = true;
+                pin.tracking |= is_client_tracking(cmd);
+            }
             Class::Blocking if !pin.in_multi => _ = pin.blocked_at.get_or_insert(env.seq),
             // Queued in a transaction, they apply only if EXEC runs it: only the pinned
             // connection knows the session's db, protocol and name afterwards, so the session
@@ -253,6 +261,12 @@ impl Session {
                     expect = Expect::Confirm(Confirm::Select(db));
                 }
             }
+            Class::Hello if pin.tracking && !pin.in_multi => {
+                // From here invalidation pushes may arrive among the replies: a stream, where
+                // replies are not matched to requests, so the change applies at once.
+                pin.stream = true;
+                at_once = Some(Confirm::Hello(hello_change(cmd)));
+            }
             Class::Hello if !env.access.required() && super::logs_in(class, cmd, env) => {
                 expect = Expect::Confirm(Confirm::Login(Some(hello_change(cmd))));
             }
@@ -264,8 +278,21 @@ impl Session {
             }
             _ => {}
         }
-        Route::Pinned { stream: self.pin.stream, rewrite, expect }
+        if let Some(change) = at_once {
+            self.confirm(change, b"+OK\r\n");
+        }
+        // INFO answered in counted mode (not queued, not in a stream) leaves out the tier's
+        // tracking connection, as on the shared pool.
+        let counted = !self.pin.stream && !self.pin.in_multi;
+        let info = counted && command.spec.name == "INFO" && env.tier.is_some_and(Tier::tracking_up);
+        Route::Pinned { stream: self.pin.stream, rewrite, expect, info }
     }
+}
+
+/// `CLIENT TRACKING ...`.
+pub(super) fn is_client_tracking(cmd: &CommandView<'_>) -> bool {
+    cmd.arg(0).is_some_and(|a| a.eq_ignore_ascii_case(b"CLIENT"))
+        && cmd.arg(1).is_some_and(|a| a.eq_ignore_ascii_case(b"TRACKING"))
 }
 
 /// What `HELLO [protover [AUTH user pass] [SETNAME name]]` changes when Redis accepts it.

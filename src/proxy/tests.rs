@@ -38,10 +38,11 @@ fn admin(_: &mut Session, _: &CommandView<'_>) -> Bytes {
 }
 
 const SHARED_DB0: Route = Route::Shared(PoolKey { db: 0, resp3: false });
-const PINNED: Route = Route::Pinned { stream: false, rewrite: None, expect: Expect::One };
+const PINNED: Route = Route::Pinned { stream: false, rewrite: None, expect: Expect::One, info: false };
 /// MULTI opening a transaction (its sequence number is 0 in these tests).
-const MULTI_OPENED: Route = Route::Pinned { stream: false, rewrite: None, expect: Expect::Confirm(Confirm::Multi(0)) };
-const STREAM: Route = Route::Pinned { stream: true, rewrite: None, expect: Expect::One };
+const MULTI_OPENED: Route =
+    Route::Pinned { stream: false, rewrite: None, expect: Expect::Confirm(Confirm::Multi(0)), info: false };
+const STREAM: Route = Route::Pinned { stream: true, rewrite: None, expect: Expect::One, info: false };
 
 #[test]
 fn ordinary_commands_use_the_shared_pool_of_the_session() {
@@ -173,7 +174,10 @@ fn streams_and_sticky_flags_pin_for_good() {
     assert_eq!(route(&mut s, &["RESET"]), STREAM);
     assert!(!s.try_unpin());
     // Redis answers QUIT after what it streamed before it, then closes.
-    assert_eq!(route(&mut s, &["QUIT"]), Route::Pinned { stream: true, rewrite: None, expect: Expect::Quit });
+    assert_eq!(
+        route(&mut s, &["QUIT"]),
+        Route::Pinned { stream: true, rewrite: None, expect: Expect::Quit, info: false }
+    );
     let mut s = session();
     assert_eq!(route(&mut s, &["CLIENT", "NO-EVICT", "on"]), PINNED);
     assert!(!s.try_unpin());
@@ -279,7 +283,10 @@ fn session_state_follows_what_redis_accepted_on_the_pinned_connection() {
     assert_eq!(route(&mut s, &["WATCH", "k"]), PINNED);
     // Refused by Redis: the db stays.
     let select = route(&mut s, &["SELECT", "99"]);
-    assert_eq!(select, Route::Pinned { stream: false, rewrite: None, expect: Expect::Confirm(Confirm::Select(99)) });
+    assert_eq!(
+        select,
+        Route::Pinned { stream: false, rewrite: None, expect: Expect::Confirm(Confirm::Select(99)), info: false }
+    );
     s.confirm(Confirm::Select(99), b"-ERR DB index is out of range\r\n");
     assert_eq!(s.pin_key().db, 0);
     s.confirm(Confirm::Select(2), b"+OK\r\n");
@@ -308,7 +315,7 @@ fn session_state_follows_what_redis_accepted_on_the_pinned_connection() {
 #[test]
 fn unsubscribing_outside_a_subscription_expects_a_reply_per_channel() {
     let mut s = session();
-    let expect = |n| Route::Pinned { stream: false, rewrite: None, expect: Expect::Pushes(n) };
+    let expect = |n| Route::Pinned { stream: false, rewrite: None, expect: Expect::Pushes(n), info: false };
     assert_eq!(route(&mut s, &["UNSUBSCRIBE"]), expect(1));
     assert_eq!(route(&mut s, &["PUNSUBSCRIBE", "a", "b", "c"]), expect(3));
     assert!(s.try_unpin(), "pinned only until answered");
