@@ -169,9 +169,12 @@ impl PinnedConn {
     /// Hands over what was read: every complete reply matched to its request while counted
     /// requests wait, then (`stream`) every further complete reply as it is, `None` for its
     /// sequence number. A counted reply comes with the session change it confirms, if any.
+    /// `pass_pushes`: a push that is no request's reply (a tracking invalidation) goes to the
+    /// client as it comes, unnumbered, instead of being dropped.
     pub fn take_replies(
         &mut self,
         stream: bool,
+        pass_pushes: bool,
         mut out: impl FnMut(Option<u64>, Bytes, Option<Confirm>),
     ) -> Result<(), ScanError> {
         let mut scanned = 0;
@@ -181,9 +184,13 @@ impl PinnedConn {
                     scanned += len;
                     continue;
                 }
-                let bytes = self.buf.split_to(len);
+                let bytes = self.buf.split_to(len).freeze();
                 if reply::is_push(&bytes) {
-                    debug!("dropping a push on a pinned connection in counted mode");
+                    if pass_pushes {
+                        out(None, bytes, None);
+                    } else {
+                        debug!("dropping a push on a pinned connection in counted mode");
+                    }
                     continue;
                 }
                 return Err(ScanError::unexpected());
@@ -201,7 +208,11 @@ impl PinnedConn {
                 continue;
             }
             if reply::is_push(&bytes) && !expected.pushes {
-                debug!("dropping a push on a pinned connection in counted mode");
+                if pass_pushes {
+                    out(None, bytes, None);
+                } else {
+                    debug!("dropping a push on a pinned connection in counted mode");
+                }
                 continue;
             }
             let bytes = match expected.work.as_mut().map(|work| work.reply(&bytes)) {

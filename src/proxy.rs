@@ -188,9 +188,9 @@ impl Session {
     /// Routes `cmd`, which the table describes as `command` ([`ServerInfo::command`]).
     pub fn route(&mut self, cmd: &CommandView<'_>, command: &Command, env: &Env<'_>) -> Route {
         let class = match command.class(cmd) {
-            // In RESP2 Redis sends a tracking connection nothing of its own (invalidations go to
-            // the REDIRECT client, or nowhere): one reply per request, a sticky flag.
-            Class::Stream if !self.resp3 && pin::is_client_tracking(cmd) => Class::Sticky,
+            // Tracking keeps one reply per request: its invalidations are pushes (RESP3), passed
+            // on as they come, or go to the REDIRECT client (RESP2). A sticky flag, not a stream.
+            Class::Stream if pin::is_client_tracking(cmd) => Class::Sticky,
             class => class,
         };
         if env.access.denies_any()

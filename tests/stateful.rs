@@ -249,11 +249,11 @@ async fn clients_doing_their_own_caching_get_their_invalidations() {
     proxy.stop().await;
 }
 
-/// In RESP2 a tracking connection gets nothing of its own from Redis: its replies stay counted
-/// (INFO on it leaves out the tier's tracking connection, as elsewhere). Switched to RESP3, it
-/// gets its invalidation pushes among its replies.
+/// A tracking connection's replies stay counted, one per request (INFO on it leaves out the
+/// tier's tracking connection, as elsewhere): in RESP2 Redis sends it nothing else; switched to
+/// RESP3, it gets its invalidation pushes among its replies, as they come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resp2_tracking_client_stays_counted_until_it_switches_to_resp3() {
+async fn a_tracking_client_stays_counted_and_gets_its_pushes() {
     let redis = Redis::start();
     let proxy = Proxy::in_front_of(&redis).await;
     let mut direct = Raw::connect(redis.addr()).await;
@@ -273,6 +273,8 @@ async fn a_resp2_tracking_client_stays_counted_until_it_switches_to_resp3() {
     assert_eq!(call(&mut tracker, &["GET", "k"]).await, "$1\r\n1\r\n");
     assert_eq!(call(&mut writer, &["SET", "k", "2"]).await, "+OK\r\n");
     assert_eq!(tracker.reply().await, ">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n");
+    let info = call(&mut tracker, &["INFO", "clients"]).await;
+    assert!(info.starts_with('=') && clients(&info).as_deref() == Some("1"), "RESP3 too: {info}");
     proxy.stop().await;
 }
 

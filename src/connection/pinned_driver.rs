@@ -63,10 +63,10 @@ impl Client {
             Err(e) => return self.pinned_failed(self.lost(e)),
             Ok(_) => {}
         }
-        let stream = self.session.is_streaming();
+        let (stream, pass_pushes) = (self.session.is_streaming(), self.session.passes_pushes());
         let Some(conn) = self.pinned.as_mut() else { return };
         let (replies, session) = (&mut self.replies, &mut self.session);
-        let taken = conn.take_replies(stream, |seq, bytes, confirm| {
+        let taken = conn.take_replies(stream, pass_pushes, |seq, bytes, confirm| {
             if let Some(confirm) = confirm {
                 session.confirm(confirm, &bytes);
             }

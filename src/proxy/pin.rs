@@ -30,9 +30,8 @@ pub(super) struct Pin {
     /// SCRIPT KILL and the like: on a kept connection in whatever db it is in, on a new one in
     /// db 0 (see `Class::Interrupt`).
     pub(super) interrupt: bool,
-    /// CLIENT TRACKING ON in RESP2: Redis sends the connection nothing of its own, so its
-    /// replies stay counted; a HELLO (to RESP3, which brings invalidation pushes) makes it a
-    /// stream.
+    /// CLIENT TRACKING ON: replies stay counted, and the invalidation pushes Redis sends among
+    /// them (RESP3) are passed to the client as they come.
     pub(super) tracking: bool,
 }
 
@@ -142,6 +141,12 @@ impl Session {
         }
     }
 
+    /// Pushes that are no request's reply are the client's (tracking invalidations), not
+    /// strays to drop.
+    pub fn passes_pushes(&self) -> bool {
+        self.pin.tracking
+    }
+
     /// Whether the session's pinned connection must be in the session's db, protocol and name
     /// for this pin. Not for an interrupt (SCRIPT KILL, ...): it runs in whatever db the
     /// connection is in (a busy Redis would refuse the SELECT), or in db 0 on a new one.
@@ -211,7 +216,6 @@ impl Session {
         }
         let pin = &mut self.pin;
         let mut expect = Expect::One;
-        let mut at_once = None;
         match class {
             Class::Quit => expect = Expect::Quit,
             Class::Multi if !pin.in_multi => {
@@ -261,12 +265,6 @@ impl Session {
                     expect = Expect::Confirm(Confirm::Select(db));
                 }
             }
-            Class::Hello if pin.tracking && !pin.in_multi => {
-                // From here invalidation pushes may arrive among the replies: a stream, where
-                // replies are not matched to requests, so the change applies at once.
-                pin.stream = true;
-                at_once = Some(Confirm::Hello(hello_change(cmd)));
-            }
             Class::Hello if !env.access.required() && super::logs_in(class, cmd, env) => {
                 expect = Expect::Confirm(Confirm::Login(Some(hello_change(cmd))));
             }
@@ -277,9 +275,6 @@ impl Session {
                 expect = Expect::Confirm(Confirm::Hello(Box::new(HelloChange { resp3: None, name: Some(name) })));
             }
             _ => {}
-        }
-        if let Some(change) = at_once {
-            self.confirm(change, b"+OK\r\n");
         }
         // INFO answered in counted mode (not queued, not in a stream) leaves out the tier's
         // tracking connection, as on the shared pool.
