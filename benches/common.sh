@@ -24,11 +24,12 @@ start_redis() {
   wait_ping "$RPORT"
 }
 
-# start_proxy CONFIG: sets PPORT and PROXY (the pid); its log goes to $work/proxy.log.
+# start_proxy CONFIG [UPSTREAM_PORT]: sets PPORT and PROXY (the pid); its log goes to
+# $work/proxy.log. Its upstream is Redis on RPORT unless UPSTREAM_PORT is given (a relay).
 start_proxy() {
   PPORT=$(free_port)
   RUST_LOG=warn target/release/nearcache --config "$1" --listen "127.0.0.1:$PPORT" \
-    --upstream "127.0.0.1:$RPORT" >>"$work/proxy.log" 2>&1 &
+    --upstream "127.0.0.1:${2:-$RPORT}" >>"$work/proxy.log" 2>&1 &
   PROXY=$!
   PIDS+=("$PROXY")
   wait_ping "$PPORT"
