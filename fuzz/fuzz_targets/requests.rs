@@ -1,6 +1,7 @@
 //! Arbitrary bytes as a client's stream: framed by the request parser (whole, and again in two
-//! parts, which must give the same requests), every command routed by a session (classification,
-//! tier effects, TTL enforcement, MGET splitting, local answers), and the same bytes scanned as
+//! parts, which must give the same requests), every command looked up in the command table (its
+//! key positions within its arguments) and routed by a session (classification, tier effects,
+//! TTL enforcement, MGET splitting, local answers), and the same bytes scanned as
 //! upstream replies. Nothing may panic, loop or disagree.
 
 #![no_main]
@@ -11,11 +12,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use nearcache::access::Access;
-use nearcache::breaker::Breaker;
 use nearcache::cache::Tier;
+use nearcache::command::{self, key_args};
 use nearcache::config::Config;
 use nearcache::framing::{CommandView, Limits, Parsed, RequestParser};
-use nearcache::metrics::command_index;
 use nearcache::policy::Policy;
 use nearcache::proxy::{Env, Session};
 use nearcache::reply::ReplyScanner;
@@ -27,7 +27,6 @@ const LIMITS: Limits = Limits { max_request_size: 1 << 16, max_args: 256 };
 struct World {
     policy: Policy,
     access: Access,
-    breaker: Breaker,
     server: ServerInfo,
     counters: ttl::Counters,
 }
@@ -41,7 +40,6 @@ fn world() -> &'static World {
         World {
             policy: Policy::new(&config),
             access: Access::new(&config).unwrap(),
-            breaker: Breaker::new(&config.breaker, "127.0.0.1:6379"),
             server: ServerInfo::new("7.0.0", 16),
             counters: ttl::Counters::default(),
         }
@@ -91,10 +89,11 @@ fuzz_target!(|data: &[u8]| {
     let mut session = Session::new(1);
     let mut parser = RequestParser::new(LIMITS);
     let mut at = 0;
+    let admin = |_: &mut Session, _: &CommandView<'_>| Bytes::new();
     while at < data.len() {
         let env = Env {
             server: &w.server,
-            breaker: &w.breaker,
+            admin: &admin,
             policy: &w.policy,
             access: &w.access,
             tier: Some(&tier),
@@ -107,11 +106,15 @@ fuzz_target!(|data: &[u8]| {
         let (len, route) = match parser.parse(&data[at..]) {
             Ok(Some(Parsed::Command { len, argc })) => {
                 let cmd = CommandView::new(&data[at..at + len], argc);
-                let _ = command_index(cmd.arg(0).unwrap_or_default());
-                (len, Some(session.route(&cmd, &env)))
+                let found = command::lookup(cmd.arg(0).unwrap_or_default());
+                // Key positions from any arguments: never out of the command's arguments.
+                assert!(key_args(&cmd, found.spec.keys).count() < argc.max(1));
+                (len, Some(session.route(&cmd, &found, &env)))
             }
             Ok(Some(Parsed::Inline { len, argc, encoded })) => {
-                (len, Some(session.route(&CommandView::new(&encoded, argc), &env)))
+                let cmd = CommandView::new(&encoded, argc);
+                let found = command::lookup(cmd.arg(0).unwrap_or_default());
+                (len, Some(session.route(&cmd, &found, &env)))
             }
             Ok(Some(Parsed::Empty { len })) => (len, None),
             Ok(None) | Err(_) => break,
