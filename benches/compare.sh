@@ -19,6 +19,11 @@
 # otherwise) and how much of one core redis-benchmark itself used in the proxy run: near 100%,
 # redis-benchmark (one thread) is the bottleneck and no server can go faster behind it.
 #
+# On the pass rows, twemproxy (Debian's nutcracker, installed when missing; PEER=0 leaves it
+# out) runs the same load as a pass-through peer, interleaved with the others: a second table
+# gives its ratio to direct next to the proxy's, its CPU per request, and Redis's CPU per
+# request behind each (what each proxy's way of writing upstream costs the shared Redis).
+#
 # Starts its own redis-server, and for each row only the release proxy it needs (tier off or on),
 # on free loopback ports; stops them at exit.
 set -euo pipefail
@@ -31,8 +36,14 @@ CLIENTS=${CLIENTS:-50}
 PIPELINES=${PIPELINES:-"1 16"}
 SCENARIOS=${SCENARIOS:-"pass hit hit1k write"}
 CONFIG=${CONFIG:-proxy.toml}   # the proxy configuration (the pass row turns the tier off)
+PEER=${PEER:-1}
 
 source "$(dirname "$0")/common.sh"
+if [ "$PEER" = 1 ] && ! command -v nutcracker >/dev/null; then
+  echo "installing nutcracker (twemproxy) from Debian's packages..." >&2
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nutcracker >/dev/null
+fi
 start_redis
 REDIS_PID=$REDIS
 sed -e '/^\[cache\]/,/^\[/ s/^enabled = .*/enabled = false/' "$CONFIG" > "$work/plain.toml"
@@ -45,11 +56,34 @@ hz=$(getconf CLK_TCK)
 TIMEFORMAT="%R %U %S"  # bash's time: wall, user, system seconds of redis-benchmark
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# twemproxy in front of the same Redis (one server, one connection, as its docs suggest).
+start_peer() {
+  TPORT=$(free_port)
+  cat >"$work/nutcracker.yml" <<YML
+peer:
+  listen: 127.0.0.1:$TPORT
+  redis: true
+  hash: fnv1a_64
+  distribution: ketama
+  auto_eject_hosts: false
+  servers:
+   - 127.0.0.1:$RPORT:1
+YML
+  nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" -s "$(free_port)" &
+  PEER_PID=$!
+  PIDS+=("$PEER_PID")
+  wait_ping "$TPORT"
+}
+stop_peer() { kill "$PEER_PID" 2>/dev/null || true; wait "$PEER_PID" 2>/dev/null || true; }
+
 # Only the proxy a row needs runs during it (a second proxy's tracking connection would make
 # Redis send it a push per write, and both would compete for the same cores).
 scenario_setup() { # name -> starts the proxy, sets TESTS_OF and EXTRA
   case "$1" in
-    pass) start_proxy "$work/plain.toml"; TESTS_OF=set,get; EXTRA="" ;;
+    pass)
+      start_proxy "$work/plain.toml"
+      [ "$PEER" = 1 ] && start_peer
+      TESTS_OF=set,get; EXTRA="" ;;
     hit | hit1k | write)
       start_proxy "$CONFIG"
       size=3; [ "$1" = hit1k ] && size=1024
@@ -69,23 +103,29 @@ for s in $SCENARIOS; do
   for rep in $(seq "$REPS"); do
     for p in $PIPELINES; do
       n=$N1; [ "$p" -gt 1 ] && n=$N16
-      for target in direct proxy; do
-        # CPU per request of the server answering: redis-server directly, the proxy otherwise.
+      targets="direct proxy"
+      [ "$s" = pass ] && [ "$PEER" = 1 ] && targets="direct proxy peer"
+      for target in $targets; do
+        # CPU per request of the server answering: redis-server directly, the proxy otherwise;
+        # and Redis's own behind it.
         port=$RPORT pid=$REDIS_PID
         [ "$target" = proxy ] && port=$PPORT pid=$PROXY
-        before=$(ticks "$pid")
+        [ "$target" = peer ] && port=$TPORT pid=$PEER_PID
+        before=$(ticks "$pid") rbefore=$(ticks "$REDIS_PID")
         # shellcheck disable=SC2086
         { time redis-benchmark -p "$port" -t "$TESTS_OF" -c "$CLIENTS" -P "$p" -n "$n" $EXTRA --csv >"$work/out"; } 2>"$work/time"
-        after=$(ticks "$pid")
+        after=$(ticks "$pid") rafter=$(ticks "$REDIS_PID")
         cpu=$(awk -v d=$((after - before)) -v hz="$hz" -v req=$((n * ntests)) 'BEGIN { printf "%.2f", d / hz * 1e6 / req }')
+        rcpu=$(awk -v d=$((rafter - rbefore)) -v hz="$hz" -v req=$((n * ntests)) 'BEGIN { printf "%.2f", d / hz * 1e6 / req }')
         bench=$(awk '{ printf "%.0f", ($2 + $3) / $1 * 100 }' "$work/time")
-        tr -d '"' <"$work/out" | awk -F, -v s="$s" -v t="$target" -v p="$p" -v cpu="$cpu" -v b="$bench" \
-          'NR > 1 { print s, p, $1, t, $2, $5, cpu, b }' >> "$results"
+        tr -d '"' <"$work/out" | awk -F, -v s="$s" -v t="$target" -v p="$p" -v cpu="$cpu" -v b="$bench" -v r="$rcpu" \
+          'NR > 1 { print s, p, $1, t, $2, $5, cpu, b, r }' >> "$results"
       done
     done
     echo "$s: rep $rep/$REPS done" >&2
   done
   stop_proxy
+  [ "$s" = pass ] && [ "$PEER" = 1 ] && stop_peer
 done
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
@@ -107,3 +147,19 @@ for s in $SCENARIOS; do
     done
   done
 done
+
+if [ "$PEER" = 1 ] && grep -q ' peer ' "$results"; then
+  echo
+  echo "pass-through peers in the same run: ratio to direct, CPU per request of each proxy, and of Redis behind it"
+  echo
+  printf '| %-4s | %-3s | %11s | %10s | %10s | %12s | %11s | %12s | %11s |\n' test -P "direct rps" "nearcache" "twemproxy" "nearcache µs" "twemproxy µs" "redis µs (nc)" "redis µs (tw)"
+  printf '|------|-----|-------------|------------|------------|--------------|-------------|---------------|---------------|\n'
+  for p in $PIPELINES; do
+    for x in $(awk -v p="$p" '$1 == "pass" && $2 == p { print $3 }' "$results" | awk '!seen[$0]++'); do
+      awk -v x="$x" -v p="$p" -v d="$(field pass "$p" "$x" direct 5)" -v q="$(field pass "$p" "$x" proxy 5)" \
+        -v t="$(field pass "$p" "$x" peer 5)" -v qc="$(field pass "$p" "$x" proxy 7)" -v tc="$(field pass "$p" "$x" peer 7)" \
+        -v qr="$(field pass "$p" "$x" proxy 9)" -v tr="$(field pass "$p" "$x" peer 9)" 'BEGIN {
+        printf "| %-4s | %-3s | %11.0f | %9.2fx | %9.2fx | %12s | %11s | %13s | %13s |\n", x, p, d, q / d, t / d, qc, tc, qr, tr }'
+    done
+  done
+fi
