@@ -26,9 +26,10 @@ start_redis() {
 
 # start_proxy CONFIG [UPSTREAM_PORT]: sets PPORT and PROXY (the pid); its log goes to
 # $work/proxy.log. Its upstream is Redis on RPORT unless UPSTREAM_PORT is given (a relay).
+# PROXY_BIN runs another build (to compare two versions with the same script).
 start_proxy() {
   PPORT=$(free_port)
-  RUST_LOG=warn target/release/nearcache --config "$1" --listen "127.0.0.1:$PPORT" \
+  RUST_LOG=warn "${PROXY_BIN:-target/release/nearcache}" --config "$1" --listen "127.0.0.1:$PPORT" \
     --upstream "127.0.0.1:${2:-$RPORT}" >>"$work/proxy.log" 2>&1 &
   PROXY=$!
   PIDS+=("$PROXY")
