@@ -281,3 +281,27 @@ async fn admin_commands_need_the_admin_password_when_one_is_set() {
     assert_eq!(call(&mut client, &["RESET"]).await, "+RESET\r\n");
     assert_eq!(call(&mut client, &["PROXY", "INFO"]).await, noauth);
 }
+
+/// The shipped dashboard (`deploy/grafana/nearcache.json`) and alert rules
+/// (`deploy/prometheus/alerts.yml`) query only metrics the proxy exports.
+#[tokio::test]
+async fn the_dashboard_and_alert_rules_name_only_exported_metrics() {
+    let Setup { _redis, _proxy, mut client, direct: _, metrics } = setup().await;
+    // A write through the proxy: the invalidation delay histogram has a sample to show.
+    call(&mut client, &["SET", "k", "v"]).await;
+    let (_, body) = http_get(&metrics, "/metrics").await;
+    let exported: Vec<&str> =
+        body.lines().filter(|line| !line.starts_with('#')).filter_map(|line| line.split(['{', ' ']).next()).collect();
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in ["deploy/grafana/nearcache.json", "deploy/prometheus/alerts.yml"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        let mut named = 0;
+        for (at, _) in text.match_indices("nearcache_") {
+            let name: String =
+                text[at..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+            assert!(exported.contains(&name.as_str()), "{file} queries {name}, which /metrics does not export");
+            named += 1;
+        }
+        assert!(named >= 5, "{file} names {named} metrics");
+    }
+}
