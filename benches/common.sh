@@ -43,3 +43,6 @@ warm_tier() {
   sleep 1
   redis-benchmark -p "$PPORT" -t get -r 1000 -n 100000 -c 50 -q >/dev/null
 }
+
+# The median of the numbers on stdin, one per line.
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }

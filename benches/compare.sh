@@ -128,7 +128,6 @@ for s in $SCENARIOS; do
   [ "$s" = pass ] && [ "$PEER" = 1 ] && stop_peer
 done
 
-median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 field() { awk -v s="$1" -v p="$2" -v x="$3" -v t="$4" -v col="$5" '$1 == s && $2 == p && $3 == x && $4 == t { print $col }' "$results" | median; }
 
 echo

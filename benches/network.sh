@@ -75,7 +75,6 @@ for delay in $DELAYS; do
   echo "delay $delay us done" >&2
 done
 
-median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 field() { awk -v r="$1" -v d="$2" -v x="$3" -v t="$4" -v col="$5" '$1 == r && $2 == d && $3 == x && $4 == t { print $col }' "$results" | median; }
 
 echo
