@@ -6,7 +6,7 @@
 //!
 //! Commands the table does not name (a newer Redis, a module) get [`Command::OTHER`]'s safe
 //! answers (shared, may write any of its arguments), refined by what the upstream's own `COMMAND`
-//! says about them (`upstream/commands.rs`).
+//! says about them (`command/learned.rs`).
 
 mod learned;
 mod table;
@@ -44,9 +44,11 @@ pub enum Class {
     /// its reply arrives.
     Blocking,
     /// Turns the connection into a stream that is not one reply per request (pub/sub,
-    /// MONITOR, CLIENT REPLY OFF|SKIP, CLIENT TRACKING ON, replication): pinned for good.
+    /// MONITOR, CLIENT REPLY OFF|SKIP, replication): pinned for good.
     Stream,
-    /// Sets per-connection flags with no end command (CLIENT NO-EVICT, READONLY): pinned for good.
+    /// Sets per-connection flags with no end command (CLIENT NO-EVICT, READONLY, CLIENT TRACKING
+    /// ON): pinned for good. Tracking keeps one reply per request: its invalidations are pushes
+    /// among the replies (RESP3), passed on as they come, or go to the REDIRECT client (RESP2).
     Sticky,
     /// (P|S)UNSUBSCRIBE: outside a subscription Redis answers once per channel argument (at
     /// least once), as pushes in RESP3. Never on a shared connection, whose replies are matched
@@ -350,11 +352,6 @@ fn upper<'b>(arg: &[u8], buf: &'b mut [u8; NAME_MAX]) -> &'b [u8] {
     out
 }
 
-/// The connection `cmd` needs (one lookup; callers that also need the rest use [`lookup`]).
-pub fn classify(cmd: &CommandView<'_>) -> Class {
-    lookup(cmd.arg(0).unwrap_or_default()).class(cmd)
-}
-
 fn classify_client(sub: Option<&[u8]>, arg: Option<&[u8]>) -> Class {
     let Some(sub) = sub else { return Class::Ordinary };
     let mut buf = [0u8; NAME_MAX];
@@ -366,7 +363,7 @@ fn classify_client(sub: Option<&[u8]>, arg: Option<&[u8]>) -> Class {
         b"INFO" => Class::ClientInfo,
         b"SETINFO" => Class::ClientSetInfo,
         b"REPLY" if on_off(arg, b"OFF") || on_off(arg, b"SKIP") => Class::Stream,
-        b"TRACKING" if on_off(arg, b"ON") => Class::Stream,
+        b"TRACKING" if on_off(arg, b"ON") => Class::Sticky,
         b"NO-EVICT" | b"NO-TOUCH" => Class::Sticky,
         _ => Class::Ordinary,
     }

@@ -20,7 +20,7 @@ use crate::cache::{Cause, FillTicket, SplitGet, Tier};
 use crate::command::{self, Effect};
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Limits, Parsed, RequestParser, encode_command, parse_int};
-use crate::ttl::{Shape, Shaper};
+use crate::ttl::{Shape, Shaped, Shaper};
 use crate::upstream::{Batch, ReplySink, ReplyWork, Step};
 
 /// The work on one batch's replies.
@@ -37,7 +37,7 @@ pub struct Delivery {
     /// The batch has writes: its requests, to invalidate their keys again as they are answered.
     writes: Option<Written>,
     /// Requests whose replies are shaped (TTL enforcement), by the index of the client's reply.
-    shaped: VecDeque<(u32, Shaper)>,
+    shaped: Shaped,
     /// The batch is INFO: the proxy's own tracking connection is left out of its reply.
     info: bool,
     /// Client replies produced so far.

@@ -185,14 +185,9 @@ impl Session {
         commands
     }
 
-    /// Routes `cmd`, which the table describes as `command` ([`ServerInfo::command`]).
+    /// Routes `cmd`, which the table describes as `command` ([`crate::command::Learned::command`]).
     pub fn route(&mut self, cmd: &CommandView<'_>, command: &Command, env: &Env<'_>) -> Route {
-        let class = match command.class(cmd) {
-            // Tracking keeps one reply per request: its invalidations are pushes (RESP3), passed
-            // on as they come, or go to the REDIRECT client (RESP2). A sticky flag, not a stream.
-            Class::Stream if pin::is_client_tracking(cmd) => Class::Sticky,
-            class => class,
-        };
+        let class = command.class(cmd);
         if env.access.denies_any()
             && let Some(name) = cmd.arg(0).filter(|name| env.access.denied(name))
         {
@@ -294,7 +289,7 @@ impl Session {
             return if rewrite.is_some() { Route::Write(pool, rewrite) } else { Route::Shared(pool) };
         };
         match effect {
-            Effect::Nothing if command.spec.name == "INFO" && tier.tracking_up() => Route::Info(pool),
+            Effect::Nothing if reports_own_tracking(command, env) => Route::Info(pool),
             Effect::Nothing => Route::Shared(pool),
             Effect::Flush => {
                 tier.clear();
@@ -433,6 +428,12 @@ fn may_cache(mode: CacheMode, tier: &Tier) -> bool {
 }
 
 mod enforce;
+/// INFO while the tier's tracking connection is up: its reply must leave that connection of the
+/// proxy's out (`delivery::without_own_tracking`), on the shared pool and on a pinned connection.
+fn reports_own_tracking(command: &Command, env: &Env<'_>) -> bool {
+    command.spec.name == "INFO" && env.tier.is_some_and(Tier::tracking_up)
+}
+
 mod local;
 mod pin;
 

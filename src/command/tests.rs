@@ -5,7 +5,8 @@ use crate::framing::encode_command;
 
 fn class_of(args: &[&str]) -> Class {
     let bytes = encode_command(args);
-    classify(&CommandView::new(&bytes, args.len()))
+    let cmd = CommandView::new(&bytes, args.len());
+    lookup(cmd.arg(0).unwrap_or_default()).class(&cmd)
 }
 
 #[test]
@@ -34,7 +35,7 @@ fn client_subcommands() {
     assert_eq!(class_of(&["CLIENT", "setname", "x"]), Class::ClientSetName);
     assert_eq!(class_of(&["CLIENT", "REPLY", "off"]), Class::Stream);
     assert_eq!(class_of(&["CLIENT", "REPLY", "ON"]), Class::Ordinary);
-    assert_eq!(class_of(&["CLIENT", "TRACKING", "on", "BCAST"]), Class::Stream);
+    assert_eq!(class_of(&["CLIENT", "TRACKING", "on", "BCAST"]), Class::Sticky, "counted, pushes passed on");
     assert_eq!(class_of(&["CLIENT", "LIST"]), Class::Ordinary);
     assert_eq!(class_of(&["CLIENT"]), Class::Ordinary);
     assert_eq!(class_of(&["CLIENT", "NO-EVICT", "on"]), Class::Sticky);

@@ -279,13 +279,13 @@ impl Session {
         // INFO answered in counted mode (not queued, not in a stream) leaves out the tier's
         // tracking connection, as on the shared pool.
         let counted = !self.pin.stream && !self.pin.in_multi;
-        let info = counted && command.spec.name == "INFO" && env.tier.is_some_and(Tier::tracking_up);
+        let info = counted && super::reports_own_tracking(command, env);
         Route::Pinned { stream: self.pin.stream, rewrite, expect, info }
     }
 }
 
 /// `CLIENT TRACKING ...`.
-pub(super) fn is_client_tracking(cmd: &CommandView<'_>) -> bool {
+fn is_client_tracking(cmd: &CommandView<'_>) -> bool {
     cmd.arg(0).is_some_and(|a| a.eq_ignore_ascii_case(b"CLIENT"))
         && cmd.arg(1).is_some_and(|a| a.eq_ignore_ascii_case(b"TRACKING"))
 }
