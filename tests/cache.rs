@@ -378,3 +378,42 @@ async fn info_does_not_count_the_proxys_own_tracking_connection() {
     // Other sections pass untouched.
     assert!(call(&mut client, &["INFO", "server"]).await.contains("redis_version:"));
 }
+
+/// INFO's reply is reworked on its way back; on ONE upstream connection shared by several
+/// clients, pipelining INFO among their reads and writes, every client still gets its own
+/// replies, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_among_other_clients_on_one_upstream_connection_reaches_only_its_client() {
+    let redis = Redis::start();
+    let mut config = config_for(&redis.addr());
+    config.upstream.connections = 1;
+    let (proxy, _client, _direct) = setup(config).await;
+    let mut tasks = Vec::new();
+    for c in 0..6 {
+        let mut raw = proxy.raw().await;
+        tasks.push(tokio::spawn(async move {
+            for round in 0..40 {
+                let (key, value) = (format!("c{c}"), format!("{c}-{round}"));
+                let mut pipeline = Vec::new();
+                for args in
+                    [&["SET", &key, &value][..], &["INFO", "clients"], &["GET", &key], &["INFO"], &["GET", &key]]
+                {
+                    pipeline.extend_from_slice(&nearcache::framing::encode_command(args));
+                }
+                raw.send(&pipeline).await;
+                assert_eq!(raw.reply().await, "+OK\r\n");
+                let info = String::from_utf8_lossy(&raw.reply().await).into_owned();
+                assert!(info.contains("# Clients") && info.contains("\r\ntracking_clients:0\r\n"), "{info}");
+                let get = format!("${}\r\n{value}\r\n", value.len());
+                assert_eq!(raw.reply().await, get.as_bytes());
+                let info = String::from_utf8_lossy(&raw.reply().await).into_owned();
+                assert!(info.contains("# Server") && info.contains("\r\ntracking_clients:0\r\n"), "{info}");
+                assert_eq!(raw.reply().await, get.as_bytes());
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    proxy.stop().await;
+}
