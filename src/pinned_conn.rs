@@ -179,6 +179,12 @@ impl PinnedConn {
     ) -> Result<(), ScanError> {
         let mut scanned = 0;
         while let Some(len) = self.scanner.scan(&self.buf[scanned..])? {
+            if pass_pushes && scanned == 0 && reply::is_tracking_push(&self.buf[..len]) {
+                // An invalidation among counted replies: the client's, but no request's reply
+                // (an UNSUBSCRIBE waiting for its pushes must not take it).
+                out(None, self.buf.split_to(len).freeze(), None);
+                continue;
+            }
             let Some(expected) = self.fifo.front_mut() else {
                 if stream {
                     scanned += len;

@@ -110,6 +110,15 @@ pub fn is_push(reply: &[u8]) -> bool {
     reply.first() == Some(&b'>')
 }
 
+/// True for the pushes client-side caching sends on its own (`invalidate`,
+/// `tracking-redir-broken`): never the reply to a request, unlike an (un)subscribe push.
+pub fn is_tracking_push(reply: &[u8]) -> bool {
+    let Some(rest) = reply.strip_prefix(b">") else { return false };
+    let Some(header) = rest.windows(2).position(|w| w == b"\r\n") else { return false };
+    let kind = &rest[header + 2..];
+    kind.starts_with(b"$10\r\ninvalidate\r\n") || kind.starts_with(b"$21\r\ntracking-redir-broken\r\n")
+}
+
 pub const OK: &[u8] = b"+OK\r\n";
 
 /// `-<message>\r\n`. CR and LF inside the message would break framing and are replaced.
@@ -201,6 +210,15 @@ impl ReplyWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracking_pushes_are_told_from_subscription_replies() {
+        assert!(is_tracking_push(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n"));
+        assert!(is_tracking_push(b">2\r\n$10\r\ninvalidate\r\n_\r\n"));
+        assert!(is_tracking_push(b">1\r\n$21\r\ntracking-redir-broken\r\n"));
+        assert!(!is_tracking_push(b">3\r\n$12\r\npunsubscribe\r\n$2\r\nch\r\n:0\r\n"));
+        assert!(!is_tracking_push(b"*2\r\n$10\r\ninvalidate\r\n*0\r\n"), "RESP2 arrays are replies");
+    }
 
     fn scan_all(input: &[u8]) -> Vec<usize> {
         let mut scanner = ReplyScanner::default();

@@ -278,6 +278,36 @@ async fn a_tracking_client_stays_counted_and_gets_its_pushes() {
     proxy.stop().await;
 }
 
+/// On a RESP3 tracking connection, an invalidation arriving while a PUNSUBSCRIBE waits for its
+/// push, and the pushes Redis sends before RESET's reply (tracking ends with that reply, not when
+/// RESET is sent), reach the client as Redis sends them (found by tests/crossing.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_beside_an_unsubscribe_and_before_reset_reach_the_client() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    let mut through = proxy.raw().await;
+    let mut replies = Vec::new();
+    for raw in [&mut direct, &mut through] {
+        assert!(call(raw, &["HELLO", "3"]).await.starts_with("%7"));
+        assert_eq!(call(raw, &["CLIENT", "TRACKING", "ON"]).await, "+OK\r\n");
+        call(raw, &["GET", "k"]).await;
+        let mut pipeline = Vec::new();
+        for args in [&["SET", "k", "v"][..], &["PUNSUBSCRIBE", "ch"], &["RESET"], &["PING", "after"]] {
+            pipeline.extend_from_slice(&nearcache::framing::encode_command(args));
+        }
+        raw.send(&pipeline).await;
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(String::from_utf8_lossy(&raw.reply().await).into_owned());
+        }
+        replies.push(got);
+    }
+    assert_eq!(replies[1], replies[0], "through the proxy as directly");
+    assert!(replies[0][1].contains("invalidate") && replies[0][2].contains("punsubscribe"), "{:?}", replies[0]);
+    proxy.stop().await;
+}
+
 /// A client id the proxy shows is one the client can use: it is the id of the session's own
 /// upstream connection, which the session keeps (in whatever db it moves to).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,7 +126,10 @@ impl Session {
                     self.name = name;
                 }
             }
-            Confirm::Reset => (self.db, self.resp3, self.name) = (0, false, None),
+            Confirm::Reset => {
+                (self.db, self.resp3, self.name) = (0, false, None);
+                self.pin.tracking = false;
+            }
             Confirm::Login(hello) if accepted => {
                 self.pin.sticky = true;
                 if let Some(change) = hello {
@@ -250,7 +253,9 @@ impl Session {
                 // connection stays pinned (its replies are not counted any more). The db,
                 // protocol and name follow its reply, in order with the SELECT/HELLO before it.
                 // (A stream's replies are not counted: there it applies at once.)
-                *pin = Pin { active: true, stream: pin.stream, key: pin.key, ..Pin::default() };
+                // Tracking ends with RESET's reply: invalidations sent before it are still the
+                // client's.
+                *pin = Pin { active: true, stream: pin.stream, key: pin.key, tracking: pin.tracking, ..Pin::default() };
                 self.admin = false;
                 self.user = env.access.initial_user();
                 if self.pin.stream {
