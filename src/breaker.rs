@@ -55,6 +55,8 @@ pub enum TripReason {
     SlowCallRate,
     ConnectFailures,
     ProbeFailed,
+    /// Sentinel names no primary: there is nothing to send to.
+    NoPrimary,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +247,14 @@ impl Breaker {
                 return;
             }
             opened.await;
+        }
+    }
+
+    /// No primary is known (Sentinel): open now, unless already open.
+    pub fn no_primary(&self) {
+        let mut inner = self.lock();
+        if inner.state != State::Open {
+            self.trip(&mut inner, TripReason::NoPrimary);
         }
     }
 

@@ -208,20 +208,31 @@ impl Tier {
         self.tracking_up.store(true, Ordering::Release);
     }
 
-    /// Tracking lost: invalidations may have been missed, so nothing cached can be trusted.
-    /// Without `serve_stale` everything is dropped; with it, entries are demoted: never a
-    /// normal hit again, only a stale answer while the upstream is down.
+    /// Tracking lost: invalidations may have been missed, so nothing cached can be trusted
+    /// (see [`Tier::distrust`]); tracked rules stop caching until it is back.
     pub fn tracking_lost(&self) {
         self.tracking_up.store(false, Ordering::Release);
+        self.distrust(|| ());
+    }
+
+    /// Nothing cached can be trusted any more (tracking lost; a new primary that never tracked
+    /// it). Without `serve_stale` everything is dropped; with it, entries are demoted: never a
+    /// normal hit again, only a stale answer while the upstream is down. `change` runs while no
+    /// fill can happen (a primary switch), so nothing filled before it survives, and a read in
+    /// flight across it is refused.
+    pub fn distrust<T>(&self, change: impl FnOnce() -> T) -> T {
         self.stats.forget_timed();
-        if self.serve_stale.is_zero() {
-            return self.clear();
-        }
         let _exclusive = self.clearing.write().unwrap_or_else(|e| e.into_inner());
-        self.clears.fetch_add(1, Ordering::AcqRel);
-        // +1: an entry filled in this very millisecond is demoted too.
-        let ms = Instant::now().duration_since(self.born).as_millis() as u64 + 1;
-        self.demoted_at.store(ms, Ordering::Release);
+        let changed = change();
+        if self.serve_stale.is_zero() {
+            self.drop_all();
+        } else {
+            self.clears.fetch_add(1, Ordering::AcqRel);
+            // +1: an entry filled in this very millisecond is demoted too.
+            let ms = Instant::now().duration_since(self.born).as_millis() as u64 + 1;
+            self.demoted_at.store(ms, Ordering::Release);
+        }
+        changed
     }
 
     fn demoted(&self, filled_at: Instant) -> bool {
@@ -347,6 +358,10 @@ impl Tier {
     /// Drops everything and refuses fills of every read in flight.
     pub fn clear(&self) {
         let _exclusive = self.clearing.write().unwrap_or_else(|e| e.into_inner());
+        self.drop_all();
+    }
+
+    fn drop_all(&self) {
         self.clears.fetch_add(1, Ordering::AcqRel);
         inc(&self.stats.clears);
         self.entries.clear();

@@ -283,6 +283,15 @@ pub struct Upstream {
     pub tls_key_file: Option<PathBuf>,
     /// The name Redis's certificate must carry; default: the host of `address`.
     pub tls_server_name: Option<String>,
+    /// Sentinels (`host:port`) that name the primary of `master_name`; instead of `address`.
+    pub sentinels: Vec<String>,
+    pub master_name: String,
+    /// Credentials for the sentinels (their `requirepass`/ACL), as for Redis.
+    pub sentinel_username: String,
+    pub sentinel_password: String,
+    pub sentinel_password_env: String,
+    /// Reach the sentinels over TLS (same CA and client certificate as for Redis).
+    pub sentinel_tls: bool,
 }
 
 impl Default for Listen {
@@ -338,6 +347,12 @@ impl Default for Upstream {
             tls_cert_file: None,
             tls_key_file: None,
             tls_server_name: None,
+            sentinels: Vec::new(),
+            master_name: String::new(),
+            sentinel_username: String::new(),
+            sentinel_password: String::new(),
+            sentinel_password_env: String::new(),
+            sentinel_tls: false,
         }
     }
 }

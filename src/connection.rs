@@ -394,6 +394,7 @@ mod tests {
             ttl: crate::ttl::Counters::default(),
             metrics,
             commands: Default::default(),
+            sentinel: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();

@@ -51,6 +51,7 @@ pub mod proxy;
 pub mod reload;
 pub mod reply;
 pub mod report;
+pub mod sentinel;
 pub mod server;
 pub mod tracking;
 pub mod transport;

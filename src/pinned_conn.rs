@@ -22,7 +22,7 @@ use crate::framing::encode_command;
 use crate::proxy::{Confirm, Expect};
 use crate::reply::{self, ReplyScanner, ScanError};
 use crate::transport::{Reader, Writer};
-use crate::upstream::{ConnectionUp, PoolKey, ReplyWork, Step, Upstream};
+use crate::upstream::{ConnectionUp, PoolKey, ReplyWork, Step, Switch, Upstream};
 
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -40,6 +40,9 @@ pub struct PinnedConn {
     scanner: ReplyScanner,
     /// Counted requests still waiting for replies.
     fifo: VecDeque<Expected>,
+    /// Tells when the primary it was opened to stops being the primary (Sentinel): it is then
+    /// lost, like a closed connection, and what it read after the switch is dropped.
+    switch: Switch,
     _up: ConnectionUp,
 }
 
@@ -72,7 +75,8 @@ impl PinnedConn {
         identity: Vec<Bytes>,
         stream: bool,
     ) -> Result<PinnedConn, ProxyError> {
-        let (rd, wr) = upstream.connect_pinned(key, &identity, !stream).await?.into_split();
+        let (stream, switch) = upstream.connect_pinned(key, &identity, !stream).await?;
+        let (rd, wr) = stream.into_split();
         let up = upstream.connection_up();
         debug!(db = key.db, resp3 = key.resp3, "pinned upstream connection opened");
         Ok(PinnedConn {
@@ -84,6 +88,7 @@ impl PinnedConn {
             buf: BytesMut::with_capacity(READ_CHUNK),
             scanner: ReplyScanner::default(),
             fifo: VecDeque::new(),
+            switch,
             _up: up,
         })
     }
@@ -158,12 +163,20 @@ impl PinnedConn {
         self.wr.write_all(bytes).await
     }
 
-    /// Reads more bytes; `Ok(0)` means closed. Cancel-safe (for `select!`).
+    /// Reads more bytes; `Ok(0)` means closed, an error also that the primary changed.
+    /// Cancel-safe (for `select!`).
     pub async fn read(&mut self) -> io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
-        self.rd.read_buf(&mut self.buf).await
+        let switched = || io::Error::other("the primary changed (Sentinel failover)");
+        tokio::select! {
+            read = self.rd.read_buf(&mut self.buf) => match read {
+                Ok(_) if self.switch.happened() => Err(switched()),
+                read => read,
+            },
+            _ = self.switch.wait() => Err(switched()),
+        }
     }
 
     /// Hands over what was read: every complete reply matched to its request while counted

@@ -110,6 +110,11 @@ pub fn is_push(reply: &[u8]) -> bool {
     reply.first() == Some(&b'>')
 }
 
+/// True for Redis's refusal of a write on a replica: the primary has moved (Sentinel).
+pub fn is_readonly(reply: &[u8]) -> bool {
+    reply.starts_with(b"-READONLY ")
+}
+
 /// True for the pushes client-side caching sends on its own (`invalidate`,
 /// `tracking-redir-broken`): never the reply to a request, unlike an (un)subscribe push.
 pub fn is_tracking_push(reply: &[u8]) -> bool {

@@ -27,8 +27,7 @@ use crate::tracking;
 use crate::transport;
 use crate::ttl;
 use crate::upstream::{PoolKey, Upstream};
-use rustls::pki_types::ServerName;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
 
 /// Why the proxy cannot start: a setting whose file, variable or value cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +49,9 @@ pub struct Resolved {
     pub config: Config,
     pub live: Live,
     pub listen_tls: Option<TlsAcceptor>,
-    pub upstream_tls: Option<(TlsConnector, ServerName<'static>)>,
+    pub upstream_tls: Option<transport::UpstreamTls>,
     pub upstream_password: Option<String>,
+    pub sentinel_password: Option<String>,
 }
 
 /// Reads what `config` refers to (`nearcache --check` and [`run`] both start here).
@@ -60,6 +60,7 @@ pub fn resolve(config: Config) -> Result<Resolved, StartError> {
         listen_tls: transport::acceptor(&config.listen)?,
         upstream_tls: transport::connector(&config.upstream)?,
         upstream_password: config.upstream_password()?,
+        sentinel_password: config.sentinel_password()?,
         live: Live::new(config.clone())?,
         config,
     })
@@ -70,9 +71,19 @@ pub fn resolve(config: Config) -> Result<Resolved, StartError> {
 /// `listen.drain_timeout`), and closes the rest. An error when what the configuration refers
 /// to cannot be used (nothing is served then).
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    let Resolved { config, live, listen_tls: tls, upstream_tls, upstream_password: password } = resolve(config)?;
+    let Resolved { config, live, listen_tls: tls, upstream_tls, upstream_password: password, sentinel_password } =
+        resolve(config)?;
     let metrics = Arc::new(Metrics::default());
-    let upstream = Upstream::new(&config, password, upstream_tls, Arc::clone(&metrics));
+    let upstream = Upstream::new(&config, password, upstream_tls.clone(), Arc::clone(&metrics));
+    let cache = &config.cache;
+    let tier = cache
+        .enabled
+        .then(|| Arc::new(Tier::new(cache.max_memory.0, cache.max_entry_size.0 as usize, false, cache.serve_stale.0)));
+    // With Sentinel, the primary is found first (the connections below wait for it).
+    let sentinel = (!config.upstream.sentinels.is_empty()).then(|| {
+        let settings = crate::sentinel::Settings::new(&config.upstream, sentinel_password.clone(), upstream_tls);
+        crate::sentinel::start(settings, Arc::clone(&upstream), tier.clone())
+    });
     // Dial the default pool now, so an unreachable upstream is reported at start.
     upstream.pool(PoolKey::default());
     // Clients are served once the first handshake told Redis's version (HELLO's reply has it),
@@ -88,10 +99,6 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             }
         }
     });
-    let cache = &config.cache;
-    let tier = cache
-        .enabled
-        .then(|| Arc::new(Tier::new(cache.max_memory.0, cache.max_entry_size.0 as usize, false, cache.serve_stale.0)));
     let recovery = tokio::spawn(crate::upstream::recover(Arc::clone(&upstream)));
     let tracking = match (&tier, cache.tracking) {
         (Some(tier), Tracking::Bcast) => Some(tokio::spawn(tracking::run(Arc::clone(&upstream), Arc::clone(tier)))),
@@ -110,6 +117,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         ttl: ttl::Counters::default(),
         metrics,
         commands,
+        sentinel: sentinel.as_ref().map(|(stats, _)| Arc::clone(stats)),
     });
     let exporter = serve_metrics(&config.metrics.address, &ctx).await;
     let hangups = tokio::spawn(reload::on_sighup(Arc::clone(&ctx)));
@@ -156,7 +164,8 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         warn!(clients = clients.len(), "drain timeout: closing the remaining clients");
         clients.shutdown().await;
     }
-    for task in [tracking, exporter, Some(hangups), Some(recovery), Some(learning)].into_iter().flatten() {
+    let following = sentinel.map(|(_, task)| task);
+    for task in [tracking, exporter, following, Some(hangups), Some(recovery), Some(learning)].into_iter().flatten() {
         task.abort();
     }
     upstream.close();

@@ -44,8 +44,8 @@ pub async fn run(upstream: Arc<Upstream>, tier: Arc<Tier>) {
 
 /// One tracking connection, until it fails.
 async fn track(upstream: &Upstream, tier: &Tier) -> String {
-    let mut stream = match upstream.connect(PoolKey { db: 0, resp3: true }).await {
-        Ok(stream) => stream,
+    let (mut stream, mut switch) = match upstream.connect_watched(PoolKey { db: 0, resp3: true }).await {
+        Ok(opened) => opened,
         Err(err) => return err.to_string(),
     };
     let _up = upstream.connection_up();
@@ -77,10 +77,16 @@ async fn track(upstream: &Upstream, tier: &Tier) -> String {
             }
             apply(&frame, tier);
         }
-        match stream.read_buf(&mut buf).await {
-            Ok(0) => return "closed by upstream".into(),
-            Ok(_) => {}
-            Err(e) => return e.to_string(),
+        // A new primary never tracked what is cached: the tier is cleared (by `sentinel.rs`,
+        // and again here) and tracking starts over on the new one.
+        tokio::select! {
+            read = stream.read_buf(&mut buf) => match read {
+                Ok(0) => return "closed by upstream".into(),
+                Ok(_) if switch.happened() => return "the primary changed".into(),
+                Ok(_) => {}
+                Err(e) => return e.to_string(),
+            },
+            _ = switch.wait() => return "the primary changed".into(),
         }
     }
 }

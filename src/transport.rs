@@ -202,9 +202,9 @@ pub fn acceptor(listen: &config::Listen) -> Result<Option<TlsAcceptor>, (&'stati
 }
 
 /// The upstream TLS connector and the name the server's certificate must carry, when
-/// `[upstream] tls` is on.
-pub fn connector(up: &config::Upstream) -> Result<Option<(TlsConnector, ServerName<'static>)>, (&'static str, String)> {
-    if !up.tls {
+/// `[upstream] tls` (or `sentinel_tls`) is on.
+pub fn connector(up: &config::Upstream) -> Result<Option<UpstreamTls>, (&'static str, String)> {
+    if !up.tls && !up.sentinel_tls {
         return Ok(None);
     }
     let ca = up.tls_ca_file.as_ref().ok_or(("upstream.tls_ca_file", "needed with upstream.tls = true".to_owned()))?;
@@ -226,11 +226,39 @@ pub fn connector(up: &config::Upstream) -> Result<Option<(TlsConnector, ServerNa
             .map_err(|e| ("upstream.tls_key_file", e.to_string()))?,
         _ => return Err(("upstream.tls_cert_file", "tls_cert_file and tls_key_file go together".into())),
     };
-    let host = match &up.tls_server_name {
-        Some(name) => name.clone(),
-        None => up.address.rsplit_once(':').map_or(up.address.clone(), |(host, _)| host.to_owned()),
+    // With Sentinel the primary's host changes: each connection checks the host it dials.
+    let name = match (&up.tls_server_name, up.sentinels.is_empty()) {
+        (Some(name), _) => Some(server_name(name).map_err(|e| ("upstream.tls_server_name", e))?),
+        (None, true) => Some(server_name(host_of(&up.address)).map_err(|e| ("upstream.address", e))?),
+        (None, false) => None,
     };
-    let name =
-        ServerName::try_from(host.clone()).map_err(|e| ("upstream.tls_server_name", format!("{host:?}: {e}")))?;
-    Ok(Some((TlsConnector::from(Arc::new(config)), name)))
+    Ok(Some(UpstreamTls { connector: TlsConnector::from(Arc::new(config)), server_name: name }))
+}
+
+/// TLS towards Redis (and its sentinels): the connector, and the name Redis's certificate must
+/// carry when `tls_server_name` (or a fixed address) says it.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    connector: TlsConnector,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl UpstreamTls {
+    /// TLS over `tcp` to `addr`: its certificate must name `tls_server_name`, or else the host
+    /// of `addr`. `own_name`: check the host of `addr` whatever the setting (a sentinel).
+    pub async fn connect(&self, tcp: TcpStream, addr: &str, own_name: bool) -> io::Result<Stream> {
+        let name = match (&self.server_name, own_name) {
+            (Some(name), false) => name.clone(),
+            _ => server_name(host_of(addr)).map_err(io::Error::other)?,
+        };
+        Ok(Stream::TlsClient(Box::new(self.connector.connect(name, tcp).await?)))
+    }
+}
+
+fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+}
+
+fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(host.to_owned()).map_err(|e| format!("{host:?}: {e}"))
 }

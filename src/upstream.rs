@@ -18,11 +18,13 @@ mod handshake;
 mod recovery;
 mod shared;
 mod spares;
+mod target;
 
 pub use handshake::ServerInfo;
 pub use recovery::recover;
+pub use target::{Switch, Target};
 
-use handshake::read_replies;
+pub use handshake::read_replies;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -39,8 +41,7 @@ use crate::config;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::transport::Stream;
-use rustls::pki_types::ServerName;
-use tokio_rustls::TlsConnector;
+use crate::transport::UpstreamTls;
 
 /// Delays between reconnection attempts: 50 ms doubling up to 200 ms.
 #[derive(Debug)]
@@ -164,9 +165,10 @@ impl Drop for ConnectionUp {
 }
 
 pub struct Upstream {
-    addr: String,
-    /// With `[upstream] tls`: every connection is TLS, to a server with this name.
-    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// Where connections go: a fixed address or Sentinel's current primary.
+    target: Arc<Target>,
+    /// With `[upstream] tls`: every connection is TLS.
+    tls: Option<UpstreamTls>,
     pub metrics: Arc<Metrics>,
     breaker: Arc<Breaker>,
     connections: usize,
@@ -182,7 +184,7 @@ pub struct Upstream {
 
 /// A shared pool: the senders of its connection tasks.
 pub struct Pool {
-    addr: String,
+    target: Arc<Target>,
     breaker: Arc<Breaker>,
     conns: Box<[mpsc::UnboundedSender<Batch>]>,
 }
@@ -192,11 +194,11 @@ impl Pool {
     /// refuses it: then it is answered at once.
     pub fn send(&self, slot: usize, batch: Batch) {
         if let Admission::Refused { retry_in } = self.breaker.admit() {
-            return batch.fail(&ProxyError::BreakerOpen { addr: self.addr.clone(), retry_in });
+            return batch.fail(&ProxyError::BreakerOpen { addr: self.target.describe(), retry_in });
         }
         if let Err(mpsc::error::SendError(batch)) = self.conns[slot % self.conns.len()].send(batch) {
             batch.fail(&ProxyError::UpstreamUnavailable {
-                addr: self.addr.clone(),
+                addr: self.target.describe(),
                 reason: "proxy is shutting down".into(),
             });
         }
@@ -205,19 +207,28 @@ impl Pool {
 
 impl Upstream {
     /// `password`: from `Config::upstream_password`; `tls`: from `transport::connector`.
+    /// With `[upstream] sentinels`, no primary is known until `sentinel.rs` names one.
     pub fn new(
         config: &config::Config,
         password: Option<String>,
-        tls: Option<(TlsConnector, ServerName<'static>)>,
+        tls: Option<UpstreamTls>,
         metrics: Arc<Metrics>,
     ) -> Arc<Upstream> {
         let (breaker, config) = (&config.breaker, &config.upstream);
         let user = if config.username.is_empty() { "default".to_owned() } else { config.username.clone() };
+        let target = match config.sentinels.is_empty() {
+            true => Target::fixed(&config.address),
+            false => Target::sentinel(&config.master_name),
+        };
+        let name = match config.sentinels.is_empty() {
+            true => config.address.clone(),
+            false => format!("'{}' (Sentinel)", config.master_name),
+        };
         Arc::new(Upstream {
-            addr: config.address.clone(),
-            tls,
+            target: Arc::new(target),
+            tls: tls.filter(|_| config.tls),
             metrics,
-            breaker: Arc::new(Breaker::new(breaker, &config.address)),
+            breaker: Arc::new(Breaker::new(breaker, &name)),
             connections: config.connections,
             connect_timeout: config.connect_timeout.0,
             command_timeout: config.command_timeout.0,
@@ -229,8 +240,13 @@ impl Upstream {
         })
     }
 
-    pub fn addr(&self) -> &str {
-        &self.addr
+    /// The upstream as errors and logs name it (see [`Target::describe`]).
+    pub fn addr(&self) -> String {
+        self.target.describe()
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 
     pub fn info(&self) -> &ServerInfo {
@@ -252,22 +268,23 @@ impl Upstream {
         key: PoolKey,
         setup: &[Bytes],
         refill: bool,
-    ) -> Result<Stream, ProxyError> {
+    ) -> Result<(Stream, Switch), ProxyError> {
         if let Some(retry_in) = self.breaker.refusal() {
-            return Err(ProxyError::BreakerOpen { addr: self.addr.clone(), retry_in });
+            return Err(ProxyError::BreakerOpen { addr: self.addr(), retry_in });
         }
         let spare = self.take_spare(key);
         if refill {
             self.refill_spares(key);
         }
-        let mut stream = match spare {
+        let stream = match spare {
             Some(stream) => stream,
             None => {
-                let connected = self.connect(key).await;
+                let connected = self.connect_watched(key).await;
                 self.record_connect(&connected);
                 connected?
             }
         };
+        let (mut stream, switch) = stream;
         if !setup.is_empty() {
             self.within("setup", async {
                 stream.write_all(&setup.concat()).await.map_err(|e| e.to_string())?;
@@ -275,7 +292,7 @@ impl Upstream {
             })
             .await?;
         }
-        Ok(stream)
+        Ok((stream, switch))
     }
 
     /// A connection attempt's outcome for the breaker. An error Redis answered (-BUSY, a
@@ -310,9 +327,28 @@ impl Upstream {
                     tx
                 })
                 .collect();
-            Arc::new(Pool { addr: self.addr.clone(), breaker: Arc::clone(&self.breaker), conns })
+            Arc::new(Pool { target: Arc::clone(&self.target), breaker: Arc::clone(&self.breaker), conns })
         });
         Arc::clone(pool)
+    }
+
+    /// Sentinel named a new primary, or none (`sentinel.rs`). Every connection to the old one
+    /// closes (see [`Switch`]), spares go, and connections waiting to reconnect dial at once;
+    /// the breaker closes for the new primary (Sentinel just confirmed it answers as one) and
+    /// opens while there is none. False when nothing changed.
+    pub fn switch_primary(&self, addr: Option<&str>) -> bool {
+        if !self.target.switch(addr) {
+            return false;
+        }
+        self.drop_spares();
+        match addr {
+            Some(_) => {
+                self.breaker.recovered();
+                self.back.notify_waiters();
+            }
+            None => self.breaker.no_primary(),
+        }
+        true
     }
 
     /// Counts an upstream connection as up for as long as the guard lives.
@@ -328,7 +364,7 @@ impl Upstream {
     }
 
     fn unavailable(&self, reason: String) -> ProxyError {
-        ProxyError::UpstreamUnavailable { addr: self.addr.clone(), reason }
+        ProxyError::UpstreamUnavailable { addr: self.addr(), reason }
     }
 
     pub fn connect_timeout(&self) -> Duration {

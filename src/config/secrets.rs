@@ -43,6 +43,20 @@ impl Config {
         }
     }
 
+    /// The sentinels' password (`sentinel_password` or `sentinel_password_env`), if any.
+    pub fn sentinel_password(&self) -> Result<Option<String>, (&'static str, String)> {
+        let up = &self.upstream;
+        match (up.sentinel_password.is_empty(), up.sentinel_password_env.is_empty()) {
+            (true, true) => Ok(None),
+            (false, true) => Ok(Some(up.sentinel_password.clone())),
+            (true, false) => env_password("upstream.sentinel_password_env", &up.sentinel_password_env).map(Some),
+            (false, false) => Err((
+                "upstream.sentinel_password",
+                "set either sentinel_password or sentinel_password_env, not both".into(),
+            )),
+        }
+    }
+
     /// The admin password, read from `admin.password_env` (`None` when not configured).
     pub fn admin_password(&self) -> Result<Option<String>, (&'static str, String)> {
         let name = &self.admin.password_env;

@@ -5,6 +5,28 @@ use std::time::Duration;
 use super::{ByteSize, Config, Span};
 
 impl Config {
+    /// `sentinels` and `master_name` go together, and replace `address`.
+    fn check_sentinels(&self) -> Result<(), (&'static str, String)> {
+        let up = &self.upstream;
+        self.sentinel_password()?;
+        match (up.sentinels.is_empty(), up.master_name.is_empty()) {
+            (true, true) => return Ok(()),
+            (false, true) => return Err(("upstream.master_name", "needed with upstream.sentinels".into())),
+            (true, false) => return Err(("upstream.sentinels", "needed with upstream.master_name".into())),
+            (false, false) => {}
+        }
+        if up.address != super::Upstream::default().address {
+            return Err((
+                "upstream.address",
+                format!("{:?} conflicts with upstream.sentinels: the primary is the one Sentinel names", up.address),
+            ));
+        }
+        for sentinel in &up.sentinels {
+            check_address("upstream.sentinels", sentinel)?;
+        }
+        Ok(())
+    }
+
     /// Checks what types alone cannot; errors name the key. The passwords it names are checked
     /// here (a file that names an unset variable is refused with its line); the TLS files are
     /// read once, at start (`server::resolve`, which `--check` runs too).
@@ -14,6 +36,7 @@ impl Config {
         self.upstream_password()?;
         check_address("listen.address", &self.listen.address)?;
         check_address("upstream.address", &self.upstream.address)?;
+        self.check_sentinels()?;
         if !self.metrics.address.is_empty() {
             check_address("metrics.address", &self.metrics.address)?;
         }

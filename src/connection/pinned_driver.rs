@@ -65,8 +65,12 @@ impl Client {
         }
         let (stream, pass_pushes) = (self.session.is_streaming(), self.session.passes_pushes());
         let Some(conn) = self.pinned.as_mut() else { return };
-        let (replies, session) = (&mut self.replies, &mut self.session);
+        let (replies, session, target) = (&mut self.replies, &mut self.session, self.ctx.upstream.target());
         let taken = conn.take_replies(stream, pass_pushes, |seq, bytes, confirm| {
+            if crate::reply::is_readonly(&bytes) {
+                // A replica: the primary moved (Sentinel). The client gets Redis's error.
+                target.doubt();
+            }
             if let Some(confirm) = confirm {
                 session.confirm(confirm, &bytes);
             }

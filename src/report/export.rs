@@ -91,7 +91,19 @@ impl Collector for Exporter {
         let help = "Upstream connections whose login Redis refused (check [upstream] credentials)";
         counter(&mut e, "upstream_login_refused", help, s.upstream_login_refused)?;
         let help = "From a batch's write to its last reply, on shared upstream connections";
-        histogram(&mut e, "upstream_latency", help, &s.upstream_latency)
+        histogram(&mut e, "upstream_latency", help, &s.upstream_latency)?;
+        let Some(sentinel) = &s.sentinel else { return Ok(()) };
+        let help = "1 for the primary Sentinel named and ROLE confirmed; no series while none is known";
+        let mut primary = e.encode_descriptor("sentinel_primary", help, None, MetricType::Gauge)?;
+        if !sentinel.primary.is_empty() {
+            primary.encode_family(&[("address", sentinel.primary.as_str())])?.encode_gauge(&1i64)?;
+        }
+        gauge(&mut e, "sentinels_known", "Sentinels the proxy knows of", sentinel.known as i64)?;
+        gauge(&mut e, "sentinels_reachable", "Sentinels that answered the last round", sentinel.reachable as i64)?;
+        counter(&mut e, "sentinel_failovers", "Times the primary changed to another address", sentinel.failovers)?;
+        let help = "Time with no primary known (clients refused at once, stale reads under serve_stale)";
+        e.encode_descriptor("sentinel_without_primary", help, Some(&Unit::Seconds), MetricType::Counter)?
+            .encode_counter::<NoLabelSet, f64, f64>(&sentinel.seconds_without_primary, None)
     }
 }
 

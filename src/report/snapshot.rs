@@ -33,6 +33,19 @@ pub struct Snapshot {
     pub upstream_connections: i64,
     pub upstream_login_refused: u64,
     pub upstream_latency: HistogramSnapshot,
+    /// With `[upstream] sentinels`.
+    pub sentinel: Option<SentinelSnapshot>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SentinelSnapshot {
+    pub master_name: String,
+    /// Empty while none is known.
+    pub primary: String,
+    pub known: u64,
+    pub reachable: u64,
+    pub failovers: u64,
+    pub seconds_without_primary: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -105,10 +118,19 @@ impl Snapshot {
             upstream_connections: m.upstream_connections.load(Ordering::Relaxed),
             upstream_login_refused: get(&m.upstream_login_refused),
             upstream_latency: m.upstream_latency.snapshot(),
+            sentinel: ctx.sentinel.as_deref().map(|s| SentinelSnapshot {
+                master_name: ctx.upstream.target().master_name().unwrap_or_default().to_owned(),
+                primary: ctx.upstream.target().addr().as_deref().unwrap_or_default().to_owned(),
+                known: s.known.load(Ordering::Relaxed) as u64,
+                reachable: s.reachable.load(Ordering::Relaxed) as u64,
+                failovers: get(&s.failovers),
+                seconds_without_primary: s.seconds_without_primary(),
+            }),
         }
     }
 
-    /// `PROXY INFO`: Redis INFO format, sections `# Proxy`, `# Cache`, `# Breaker`, `# Upstream`.
+    /// `PROXY INFO`: Redis INFO format, sections `# Proxy`, `# Cache`, `# Breaker`, `# Upstream`
+    /// (and `# Sentinel`).
     pub fn info(&self) -> String {
         let mut out = Info::default();
         out.section("Proxy");
@@ -173,6 +195,15 @@ impl Snapshot {
         out.line("upstream_calls", &latency.count);
         out.line("upstream_latency_p50_ms", &(latency.quantile(0.5) * 1e3));
         out.line("upstream_latency_p99_ms", &(latency.quantile(0.99) * 1e3));
+        if let Some(s) = &self.sentinel {
+            out.section("Sentinel");
+            out.line("sentinel_master_name", &s.master_name);
+            out.line("sentinel_primary", &s.primary);
+            out.line("sentinels_known", &s.known);
+            out.line("sentinels_reachable", &s.reachable);
+            out.line("sentinel_failovers", &s.failovers);
+            out.line("sentinel_seconds_without_primary", &format!("{:.3}", s.seconds_without_primary));
+        }
         out.0
     }
 }

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::{PoolKey, Upstream};
+use super::{PoolKey, Switch, Upstream};
 use crate::error::ProxyError;
 use crate::framing::encode_command;
 use crate::reply::ReplyScanner;
@@ -97,23 +97,69 @@ impl ServerInfo {
 impl Upstream {
     /// A new connection to the upstream, handshake done, in the protocol and db of `key`.
     pub async fn connect(&self, key: PoolKey) -> Result<Stream, ProxyError> {
-        let mut stream = self.open().await?;
-        self.within("handshake", self.handshake(&mut stream, key)).await?;
-        Ok(stream)
+        Ok(self.connect_watched(key).await?.0)
     }
 
-    /// TCP (and TLS), no handshake.
-    async fn open(&self) -> Result<Stream, ProxyError> {
-        let tcp =
-            self.within("connect", async { TcpStream::connect(&self.addr).await.map_err(|e| e.to_string()) }).await?;
+    /// Like [`Upstream::connect`], with the [`Switch`] that tells when the primary it was
+    /// opened to is no longer the current one.
+    pub async fn connect_watched(&self, key: PoolKey) -> Result<(Stream, Switch), ProxyError> {
+        let (mut stream, switch) = self.open().await?;
+        self.within("handshake", self.handshake(&mut stream, key)).await?;
+        if switch.happened() {
+            return Err(self.unavailable("the primary changed while connecting".into()));
+        }
+        Ok((stream, switch))
+    }
+
+    /// TCP (and TLS) to the current primary, no handshake.
+    async fn open(&self) -> Result<(Stream, Switch), ProxyError> {
+        let (addr, switch) = self.target.current();
+        let Some(addr) = addr else {
+            return Err(
+                self.unavailable("no primary known: Sentinel has not named one that says it is a primary".into())
+            );
+        };
+        let tcp = self.within("connect", async { TcpStream::connect(&*addr).await.map_err(|e| e.to_string()) }).await?;
         let _ = tcp.set_nodelay(true);
-        Ok(match &self.tls {
+        let stream = match &self.tls {
             None => Stream::Plain(tcp),
-            Some((connector, name)) => {
-                let handshake = async { connector.connect(name.clone(), tcp).await.map_err(|e| e.to_string()) };
-                Stream::TlsClient(Box::new(self.within("TLS handshake", handshake).await?))
+            Some(tls) => {
+                let handshake = async { tls.connect(tcp, &addr, false).await.map_err(|e| e.to_string()) };
+                self.within("TLS handshake", handshake).await?
             }
-        })
+        };
+        Ok((stream, switch))
+    }
+
+    /// What the server at `addr` says it is (`ROLE`'s first element: "master", "slave", ...),
+    /// asked on a connection of its own, logged in as the proxy's connections are: Sentinel's
+    /// word is checked before any request goes there.
+    pub async fn role_of(&self, addr: &str) -> Result<String, String> {
+        let ask = async {
+            let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let mut stream = match &self.tls {
+                None => Stream::Plain(tcp),
+                Some(tls) => tls.connect(tcp, addr, false).await.map_err(|e| e.to_string())?,
+            };
+            let mut request = match &self.info.login {
+                Some((user, password)) => encode_command(&["HELLO", "2", "AUTH", user, password]).to_vec(),
+                None => encode_command(&["HELLO", "2"]).to_vec(),
+            };
+            request.extend_from_slice(&encode_command(&["ROLE"]));
+            stream.write_all(&request).await.map_err(|e| e.to_string())?;
+            let replies = read_replies(&mut stream, 2).await?;
+            if replies[0].starts_with(b"-") {
+                return Err(format!("HELLO failed: {}", String::from_utf8_lossy(&replies[0]).trim_end()));
+            }
+            match redis_protocol::resp2::decode::decode(&replies[1]) {
+                Ok(Some((Resp2Frame::Array(items), _))) => {
+                    items.first().and_then(|role| role.to_string()).ok_or_else(|| "empty ROLE reply".into())
+                }
+                _ => Err(format!("ROLE failed: {}", String::from_utf8_lossy(&replies[1]).trim_end())),
+            }
+        };
+        let limit = self.connect_timeout;
+        timeout(limit, ask).await.map_err(|_| format!("no answer within {}ms", limit.as_millis()))?
     }
 
     /// Whether Redis answers a `PING` on a new connection within `limit`: any reply counts
@@ -121,7 +167,7 @@ impl Upstream {
     /// Redis, which other clients would simply wait for, from one that is gone.
     pub async fn answers_ping(&self, limit: Duration) -> Option<Bytes> {
         let ping = async {
-            let mut stream = self.open().await.ok()?;
+            let (mut stream, _) = self.open().await.ok()?;
             stream.write_all(b"*1\r\n$4\r\nPING\r\n").await.ok()?;
             read_replies(&mut stream, 1).await.ok()?.pop()
         };
@@ -170,7 +216,7 @@ impl Upstream {
 }
 
 /// Reads exactly `n` complete replies.
-pub(super) async fn read_replies(stream: &mut Stream, n: usize) -> Result<Vec<Bytes>, String> {
+pub async fn read_replies(stream: &mut Stream, n: usize) -> Result<Vec<Bytes>, String> {
     let mut buf = BytesMut::with_capacity(1024);
     let mut scanner = ReplyScanner::default();
     let mut replies = Vec::with_capacity(n);

@@ -25,7 +25,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
-use super::{Backoff, Batch, PoolKey, ReplyChunk, ReplySink, ReplyWork, Step, Upstream};
+use super::{Backoff, Batch, PoolKey, ReplyChunk, ReplySink, ReplyWork, Step, Switch, Upstream};
 use crate::breaker::{self, Outcome};
 use crate::error::ProxyError;
 use crate::reply::{self, ReplyScanner};
@@ -80,25 +80,30 @@ pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batche
     let mut backoff = Backoff::default();
     let mut failures = 0u32;
     loop {
-        let connected = up.connect(key).await;
+        let connected = up.connect_watched(key).await;
         up.record_connect(&connected);
         match connected {
-            Ok(stream) => {
-                info!(upstream = %up.addr, db = key.db, resp3 = key.resp3, slot, "upstream connection up");
+            Ok((stream, switch)) => {
+                info!(upstream = %up.addr(), db = key.db, resp3 = key.resp3, slot, "upstream connection up");
                 let _up = up.connection_up();
                 backoff.reset();
                 failures = 0;
-                match serve(&up, stream, &mut batches).await {
+                match serve(&up, stream, switch, &mut batches).await {
                     None => return,
-                    Some(err) => warn!(upstream = %up.addr, slot, error = %err, "upstream connection lost"),
+                    Some(Lost::Switched) => info!(upstream = %up.addr(), slot, "the primary changed: reconnecting"),
+                    Some(Lost::Error(err)) => {
+                        warn!(upstream = %up.addr(), slot, error = %err, "upstream connection lost");
+                        up.target.doubt();
+                    }
                 }
             }
             Err(err) => {
+                up.target.doubt();
                 failures += 1;
                 if failures == 1 {
-                    warn!(upstream = %up.addr, slot, error = %err, "cannot connect to upstream; retrying with backoff");
+                    warn!(upstream = %up.addr(), slot, error = %err, "cannot connect to upstream; retrying with backoff");
                 } else {
-                    debug!(upstream = %up.addr, slot, error = %err, failures, "still cannot connect to upstream");
+                    debug!(upstream = %up.addr(), slot, error = %err, failures, "still cannot connect to upstream");
                 }
                 if !refuse_for(&up, &mut batches, backoff.next_delay(), &err).await {
                     return;
@@ -131,26 +136,48 @@ async fn refuse_for(up: &Upstream, batches: &mut UnboundedReceiver<Batch>, wait:
     }
 }
 
+/// Why a connected socket was given up.
+enum Lost {
+    /// The primary changed (Sentinel): not a failure of the upstream.
+    Switched,
+    Error(ProxyError),
+}
+
 /// Serves one connected socket. `None` when the pool is gone; otherwise why the socket was lost
 /// (after failing every request that was sent on it and not answered).
-async fn serve(up: &Upstream, stream: Stream, batches: &mut UnboundedReceiver<Batch>) -> Option<ProxyError> {
+async fn serve(
+    up: &Upstream,
+    stream: Stream,
+    mut switch: Switch,
+    batches: &mut UnboundedReceiver<Batch>,
+) -> Option<Lost> {
     let (rd, wr) = stream.into_split();
     let (route_tx, mut routes) = mpsc::unbounded_channel();
     let mut current: Option<Route> = None;
     let outcome = tokio::select! {
         done = write_loop(up, wr, batches, &route_tx) => done,
-        lost = read_loop(up, rd, &mut routes, &mut current) => Err(lost),
+        lost = read_loop(up, rd, &mut switch, &mut routes, &mut current) => Err(lost),
     };
     let err = outcome.err()?;
+    let is_switch = matches!(err, ProxyError::UpstreamLost { ref reason, .. } if reason == SWITCHED);
     for route in current.take().into_iter().chain(std::iter::from_fn(|| routes.try_recv().ok())) {
-        up.breaker.record(Outcome::Failed);
+        if !is_switch {
+            up.breaker.record(Outcome::Failed);
+        }
         route.fail(&err);
     }
-    Some(err)
+    Some(if is_switch { Lost::Switched } else { Lost::Error(err) })
+}
+
+const SWITCHED: &str = "the primary changed (Sentinel failover); the outcome of this request is unknown";
+
+/// What requests in flight to a primary that is no longer the primary get.
+fn switched(up: &Upstream) -> ProxyError {
+    lost(up, SWITCHED)
 }
 
 fn lost(up: &Upstream, reason: impl ToString) -> ProxyError {
-    ProxyError::UpstreamLost { addr: up.addr.clone(), reason: reason.to_string() }
+    ProxyError::UpstreamLost { addr: up.addr(), reason: reason.to_string() }
 }
 
 /// Sends batches as they come, several per write. `Ok` when the pool is gone.
@@ -183,6 +210,7 @@ async fn write_loop(
 async fn read_loop(
     up: &Upstream,
     mut rd: Reader,
+    switch: &mut Switch,
     routes: &mut UnboundedReceiver<Route>,
     current: &mut Option<Route>,
 ) -> ProxyError {
@@ -215,6 +243,7 @@ async fn read_loop(
                 Ok(_) => {}
                 Err(e) => return lost(up, e),
             },
+            _ = switch.wait() => return switched(up),
             route = routes.recv(), if current.is_none() => {
                 *current = route;
                 continue;
@@ -224,12 +253,16 @@ async fn read_loop(
                 // clients of Redis would wait. Only when a new connection's PING is not answered
                 // within another command_timeout either is this one given up.
                 if up.answers_ping(up.command_timeout()).await.is_some() {
-                    debug!(upstream = %up.addr, "no reply within command_timeout, but Redis answers: waiting on");
+                    debug!(upstream = %up.addr(), "no reply within command_timeout, but Redis answers: waiting on");
                     alive_at = Some(Instant::now());
                     continue;
                 }
-                return ProxyError::UpstreamTimeout { addr: up.addr.clone(), after: up.command_timeout() };
+                return ProxyError::UpstreamTimeout { addr: up.addr(), after: up.command_timeout() };
             }
+        }
+        // What the old primary answers after a switch reaches no client and no tier.
+        if switch.happened() {
+            return switched(up);
         }
         if let Err(err) = deliver(up, &mut buf, &mut scanner, routes, current) {
             return err;
@@ -265,6 +298,10 @@ fn deliver(
         };
         let frame = &buf[scanned..scanned + len];
         route.unusable |= breaker::is_unusable(frame);
+        if reply::is_readonly(frame) {
+            // A replica: the primary moved. The write gets Redis's error, never a retry.
+            up.target.doubt();
+        }
         route.read += 1;
         match route.work.as_mut().map_or(Step::Deliver, |work| work.reply(frame)) {
             Step::Deliver => {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::debug;
 
-use super::{PoolKey, Upstream};
+use super::{PoolKey, Switch, Upstream};
 use crate::transport::Stream;
 
 #[derive(Default)]
@@ -22,7 +22,8 @@ pub struct Spares {
 
 #[derive(Default)]
 struct Ready {
-    streams: Vec<Stream>,
+    /// With the primary each was opened to: one opened before a switch is never handed out.
+    streams: Vec<(Stream, Switch)>,
     /// Connections being opened for this key.
     opening: usize,
 }
@@ -35,12 +36,12 @@ impl Spares {
 
 impl Upstream {
     /// A spare connection in `key` that is still open, if there is one.
-    pub(super) fn take_spare(&self, key: PoolKey) -> Option<Stream> {
+    pub(super) fn take_spare(&self, key: PoolKey) -> Option<(Stream, Switch)> {
         let mut spares = self.spares.lock();
         let ready = spares.get_mut(&key)?;
-        while let Some(stream) = ready.streams.pop() {
-            if still_open(&stream) {
-                return Some(stream);
+        while let Some((stream, switch)) = ready.streams.pop() {
+            if still_open(&stream) && !switch.happened() {
+                return Some((stream, switch));
             }
         }
         None
@@ -60,7 +61,7 @@ impl Upstream {
         for _ in 0..missing {
             let up = Arc::clone(self);
             tokio::spawn(async move {
-                let opened = up.connect(key).await;
+                let opened = up.connect_watched(key).await;
                 let mut spares = up.spares.lock();
                 let ready = spares.entry(key).or_default();
                 ready.opening -= 1;
