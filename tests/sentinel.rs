@@ -28,14 +28,19 @@ struct Sentinel {
 
 impl Sentinel {
     fn start(port: u16, primary: u16) -> Sentinel {
+        Sentinel::start_with(port, primary, 2, "")
+    }
+
+    /// With `quorum` and more configuration lines.
+    fn start_with(port: u16, primary: u16, quorum: u32, extra: &str) -> Sentinel {
         let dir = std::env::temp_dir().join(format!("nearcache-sentinel-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let conf = dir.join("sentinel.conf");
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\nsentinel monitor {MASTER} 127.0.0.1 {primary} 2\n\
-                 sentinel down-after-milliseconds {MASTER} 1000\nsentinel failover-timeout {MASTER} 5000\n",
+                "port {port}\nbind 127.0.0.1\ndir {dir}\nsentinel monitor {MASTER} 127.0.0.1 {primary} {quorum}\n\
+                 sentinel down-after-milliseconds {MASTER} 1000\nsentinel failover-timeout {MASTER} 5000\n{extra}\n",
                 dir = dir.display()
             ),
         )
@@ -533,4 +538,25 @@ fn contradicting_sentinel_settings_are_refused() {
     assert_eq!(config.validate().unwrap_err().0, "upstream.sentinels");
     config.upstream.sentinels.clear();
     assert_eq!(config.validate().unwrap_err().0, "upstream.sentinels");
+}
+
+/// Sentinels with a password: the proxy logs in with `sentinel_password`; without it, it says
+/// why no primary is known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_with_a_password() {
+    let primary = Redis::start();
+    let sentinel = Sentinel::start_with(free_port(), primary.port, 1, "requirepass sentinel-secret");
+    let mut config = sentinel_config(vec![sentinel.addr()], MASTER);
+    config.upstream.sentinel_password = "sentinel-secret".into();
+    let proxy = Proxy::start(config.clone()).await;
+    let mut client = proxy.raw().await;
+    common::until_reply(&mut client, &["SET", "x", "1"], "the primary found", |r| r == "+OK\r\n").await;
+    assert_eq!(proxy_info(&mut client, "sentinels_reachable").await, "1");
+
+    config.upstream.sentinel_password = "wrong".into();
+    let refused = Proxy::start(config).await;
+    let mut other = refused.raw().await;
+    let reply = call(&mut other, &["GET", "x"]).await;
+    assert!(reply.starts_with('-') && reply.contains("no primary known"), "{reply}");
+    assert_eq!(proxy_info(&mut other, "sentinels_reachable").await, "0");
 }

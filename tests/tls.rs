@@ -138,3 +138,49 @@ async fn the_proxy_connects_to_redis_with_tls_and_a_client_certificate() {
     let refused = call(&mut client, &["GET", "k"]).await;
     assert!(refused.starts_with(&format!("-LOADING upstream 127.0.0.1:{tls_port} unavailable")), "{refused}");
 }
+
+/// `sentinel_tls`: the sentinels are reached over TLS (each certificate checked for the
+/// sentinel's own host), while Redis itself may speak plain TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_over_tls() {
+    let pki = Pki::new("sentinel");
+    let redis = Redis::start();
+    let tls_port = free_port();
+    let conf = pki.path("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port 0\ntls-port {tls_port}\nbind 127.0.0.1\ndir {dir}\ntls-cert-file {cert}\ntls-key-file {key}\n\
+             tls-ca-cert-file {ca}\ntls-auth-clients no\nsentinel monitor mymaster 127.0.0.1 {port} 1\n",
+            dir = pki.dir.display(),
+            cert = pki.arg("server.pem"),
+            key = pki.arg("server.key"),
+            ca = pki.arg("ca.pem"),
+            port = redis.port,
+        ),
+    )
+    .unwrap();
+    let _sentinel = Killed(
+        Command::new("redis-server").arg(&conf).arg("--sentinel").stdout(std::process::Stdio::null()).spawn().unwrap(),
+    );
+    let mut config = nearcache::config::Config::default();
+    config.upstream.sentinels = vec![format!("127.0.0.1:{tls_port}")];
+    config.upstream.master_name = "mymaster".into();
+    config.upstream.sentinel_tls = true;
+    config.upstream.tls_ca_file = Some(pki.path("ca.pem"));
+    let proxy = Proxy::start(config).await;
+    let mut client = proxy.raw().await;
+    common::until_reply(&mut client, &["SET", "k", "v"], "the primary found over TLS", |r| r == "+OK\r\n").await;
+    let mut direct = common::Raw::connect(redis.addr()).await;
+    assert_eq!(call(&mut direct, &["GET", "k"]).await, "$1\r\nv\r\n");
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
