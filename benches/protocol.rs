@@ -54,6 +54,7 @@ fn routing(c: &mut Criterion) {
     let policy = Policy::new(&Config::default());
     let admin = |_: &mut Session, _: &CommandView<'_>| Bytes::new();
     let (sink, _replies) = tokio::sync::mpsc::unbounded_channel();
+    let clients = nearcache::client_table::ClientTable::default();
     let counters = ttl::Counters::default();
     let access = nearcache::access::Access::default();
     let get = encode_command(&["GET", "user:1234"]);
@@ -70,6 +71,7 @@ fn routing(c: &mut Criterion) {
                 upstream_down: false,
                 seq: 0,
                 sink: &sink,
+                clients: &clients,
             };
             let cmd = CommandView::new(black_box(&get), 2);
             session.route(&cmd, &nearcache::command::lookup(cmd.arg(0).unwrap_or_default()), &env)
@@ -90,6 +92,7 @@ fn routing(c: &mut Criterion) {
         upstream_down: false,
         seq: 0,
         sink: &sink,
+        clients: &clients,
     };
     let get_command = nearcache::command::lookup(b"GET");
     let Route::Fill(_, ticket) = session.route(&CommandView::new(&get, 2), &get_command, &env) else {
@@ -111,6 +114,7 @@ fn routing(c: &mut Criterion) {
                 upstream_down: false,
                 seq: 0,
                 sink: &sink,
+                clients: &clients,
             };
             let cmd = CommandView::new(&get[..len], argc);
             match session.route(&cmd, &nearcache::command::lookup(cmd.arg(0).unwrap_or_default()), &env) {

@@ -28,6 +28,16 @@ impl Access {
         Ok(Access { users, denied })
     }
 
+    /// The name of user `id`, when the proxy has users.
+    pub fn user_name(&self, id: UserId) -> Option<&str> {
+        self.users.get(usize::from(id)).map(|(name, _)| name.as_str())
+    }
+
+    /// Whether the proxy has a user of this name.
+    pub fn knows(&self, name: &[u8]) -> bool {
+        self.users.iter().any(|(n, _)| n.as_bytes() == name)
+    }
+
     /// Clients must authenticate.
     pub fn required(&self) -> bool {
         !self.users.is_empty()

@@ -31,6 +31,9 @@ pub enum Class {
     ClientGetName,
     ClientId,
     ClientInfo,
+    /// CLIENT LIST and CLIENT KILL: answered from the proxy's own client table.
+    ClientList,
+    ClientKill,
     ClientSetInfo,
     /// The proxy's own admin family (`PROXY BREAKER STATUS`, ...).
     Proxy,
@@ -361,6 +364,8 @@ fn classify_client(sub: Option<&[u8]>, arg: Option<&[u8]>) -> Class {
         b"GETNAME" => Class::ClientGetName,
         b"ID" => Class::ClientId,
         b"INFO" => Class::ClientInfo,
+        b"LIST" => Class::ClientList,
+        b"KILL" => Class::ClientKill,
         b"SETINFO" => Class::ClientSetInfo,
         b"REPLY" if on_off(arg, b"OFF") || on_off(arg, b"SKIP") => Class::Stream,
         b"TRACKING" if on_off(arg, b"ON") => Class::Sticky,

@@ -33,6 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use crate::admin;
+use crate::client_table::Registration;
 use crate::command::Command;
 use crate::context::Context;
 use crate::error::ProxyError;
@@ -102,6 +103,8 @@ pub struct Client {
     last_dest: Option<Dest>,
     pool: Option<(PoolKey, Arc<Pool>)>,
     pinned: Option<PinnedConn>,
+    /// Its row in the proxy's client table (CLIENT LIST, CLIENT KILL), while it is served.
+    listed: Registration,
     /// No more requests are read (QUIT, protocol error, EOF, shutdown); close once answered.
     closing: bool,
     /// The client closed its side (it may still read: replies in flight are delivered).
@@ -130,7 +133,8 @@ pub async fn serve(
     ctx: Arc<Context>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Ok(peer) = stream.peer_addr() else { return };
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
+    let listed = ctx.clients.register(id, peer, local, i64::from(std::os::fd::AsRawFd::as_raw_fd(&stream)));
     let _ = stream.set_nodelay(true);
     let stream = match Box::pin(Stream::accept(stream, tls.as_ref())).await {
         Ok(stream) => stream,
@@ -156,6 +160,7 @@ pub async fn serve(
         last_dest: None,
         pool: None,
         pinned: None,
+        listed,
         closing: false,
         hung_up: false,
         quitting: false,
@@ -212,6 +217,8 @@ impl Client {
                     self.on_pinned(read);
                     self.resume().await;
                 }
+                // CLIENT KILL from another client.
+                _ = self.listed.listed.killed() => return Ok(()),
                 _ = shutdown.changed(), if !self.closing => self.closing = true,
             }
         }
@@ -322,6 +329,7 @@ impl Client {
                 upstream_down,
                 seq: self.next_seq,
                 sink: &self.sink,
+                clients: &self.ctx.clients,
             };
             match self.parser.parse(&self.rbuf[offset..]) {
                 Ok(None) => {
@@ -359,6 +367,23 @@ impl Client {
             }
         }
         self.flush_run().await;
+        self.publish();
+    }
+
+    /// Brings the client's row in the client table up to date (after each batch of requests
+    /// and each batch of pinned replies, which may change the session).
+    fn publish(&mut self) {
+        if self.session.take_killed() {
+            // CLIENT KILL named this client: closed once its replies are written.
+            self.closing = true;
+        }
+        let live = self.ctx.live.load();
+        let user = self.session.user_name(&live.access);
+        let (qbuf, pending) = (self.rbuf.len(), self.outstanding());
+        self.listed.listed.publish(|row| {
+            self.session.fill_row(row, user);
+            (row.qbuf, row.pending) = (qbuf, pending);
+        });
     }
 }
 
@@ -395,6 +420,7 @@ mod tests {
             metrics,
             commands: Default::default(),
             sentinel: None,
+            clients: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();

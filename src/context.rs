@@ -31,6 +31,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// What the upstream's `COMMAND` said of commands the table does not name.
     pub commands: Arc<Learned>,
+    /// Every connected client (CLIENT LIST, CLIENT KILL).
+    pub clients: Arc<crate::client_table::ClientTable>,
     /// With `[upstream] sentinels`: what following the primary has seen.
     pub sentinel: Option<Arc<crate::sentinel::Stats>>,
 }

@@ -62,6 +62,16 @@ pub enum ProxyError {
         "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time"
     )]
     HelloNoAuth,
+    #[error("syntax error")]
+    Syntax,
+    #[error("client-id should be greater than 0")]
+    InvalidClientId,
+    #[error("No such client")]
+    NoSuchClient,
+    #[error("No such user '{0}'")]
+    NoSuchUser(String),
+    #[error("Unknown client type '{0}'")]
+    UnknownClientType(String),
     #[error("command '{0}' is denied by this proxy (listen.deny_commands)")]
     Denied(String),
 

@@ -37,6 +37,7 @@ pub mod access;
 pub mod admin;
 pub mod breaker;
 pub mod cache;
+pub mod client_table;
 pub mod command;
 pub mod config;
 pub mod connection;

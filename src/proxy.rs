@@ -24,6 +24,7 @@ use bytes::Bytes;
 
 use crate::access::{Access, UserId};
 use crate::cache::{Cause, FillTicket, Lookup, LookupAt, SplitGet, Tier, Waiter};
+use crate::client_table::ClientTable;
 use crate::command::{Class, Command, Effect, written_keys};
 use crate::config::CacheMode;
 use crate::error::ProxyError;
@@ -83,6 +84,8 @@ pub struct Env<'a> {
     /// The request's sequence number, and where its reply goes if it joins a read in flight.
     pub seq: u64,
     pub sink: &'a ReplySink,
+    /// Every client of the proxy (CLIENT LIST, CLIENT KILL).
+    pub clients: &'a ClientTable,
 }
 
 impl Env<'_> {
@@ -119,6 +122,14 @@ pub struct Session {
     queued: Vec<bool>,
     /// TTL enforcement refused a command of the open transaction: EXEC must abort it.
     refused_in_multi: bool,
+    /// What CLIENT ID answered (its own upstream connection's id), once it has.
+    shown_id: Option<u64>,
+    /// The last command, for CLIENT LIST (`last_sub`: its full label when it is not just
+    /// the table name in lowercase: `client|list`, or a command the table does not know).
+    last_name: &'static str,
+    last_sub: Option<Bytes>,
+    /// CLIENT KILL named this very client.
+    killed: bool,
 }
 
 impl Session {
@@ -139,6 +150,10 @@ impl Session {
             user: Some(0),
             queued: Vec::new(),
             refused_in_multi: false,
+            shown_id: None,
+            last_name: "NULL",
+            last_sub: None,
+            killed: false,
         }
     }
 
@@ -188,6 +203,7 @@ impl Session {
     /// Routes `cmd`, which the table describes as `command` ([`crate::command::Learned::command`]).
     pub fn route(&mut self, cmd: &CommandView<'_>, command: &Command, env: &Env<'_>) -> Route {
         let class = command.class(cmd);
+        self.note_command(command, cmd);
         if env.access.denies_any()
             && let Some(name) = cmd.arg(0).filter(|name| env.access.denied(name))
         {
@@ -212,7 +228,7 @@ impl Session {
         if class == Class::Auth && !redis_login && !self.pin.active {
             return Route::Reply(Bytes::from_static(reply::OK));
         }
-        if matches!(class, Class::ClientId | Class::ClientInfo) {
+        if class == Class::ClientId {
             // The id of the session's own upstream connection, which it keeps from now on: one
             // it can use (CLIENT UNBLOCK, CLIENT KILL ID, CLIENT TRACKING ... REDIRECT).
             self.id_shown = true;
@@ -234,7 +250,6 @@ impl Session {
             | Class::Sticky
             | Class::Unsubscribe
             | Class::ClientId
-            | Class::ClientInfo
             | Class::Auth => self.pin_and_route(Pin::new(self.pool_key()), class, cmd, command, env),
             Class::Hello if redis_login => self.pin_and_route(Pin::new(self.pool_key()), class, cmd, command, env),
             Class::Interrupt => {
@@ -251,6 +266,9 @@ impl Session {
             Class::ClientSetName => self.reply(Local::ClientSetName, cmd, env),
             Class::ClientGetName => self.reply(Local::ClientGetName, cmd, env),
             Class::ClientSetInfo => self.reply(Local::ClientSetInfo, cmd, env),
+            Class::ClientInfo => Route::Reply(self.client_info(cmd, env).unwrap_or_else(|e| e.to_reply())),
+            Class::ClientList => Route::Reply(self.client_list(cmd, env).unwrap_or_else(|e| e.to_reply())),
+            Class::ClientKill => Route::Reply(self.client_kill(cmd, env).unwrap_or_else(|e| e.to_reply())),
         }
     }
 
@@ -434,6 +452,7 @@ fn reports_own_tracking(command: &Command, env: &Env<'_>) -> bool {
     command.spec.name == "INFO" && env.tier.is_some_and(Tier::tracking_up)
 }
 
+mod listing;
 mod local;
 mod pin;
 

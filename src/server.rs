@@ -117,6 +117,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         ttl: ttl::Counters::default(),
         metrics,
         commands,
+        clients: Default::default(),
         sentinel: sentinel.as_ref().map(|(stats, _)| Arc::clone(stats)),
     });
     let exporter = serve_metrics(&config.metrics.address, &ctx).await;

@@ -86,6 +86,7 @@ fuzz_target!(|data: &[u8]| {
 
     let tier = Tier::new(1 << 20, 1 << 16, true, Duration::from_secs(1));
     let (sink, _replies) = tokio::sync::mpsc::unbounded_channel();
+    let clients = nearcache::client_table::ClientTable::default();
     let mut session = Session::new(1);
     let mut parser = RequestParser::new(LIMITS);
     let mut at = 0;
@@ -102,6 +103,7 @@ fuzz_target!(|data: &[u8]| {
             upstream_down: data.len() % 7 == 0,
             seq: at as u64,
             sink: &sink,
+            clients: &clients,
         };
         let (len, route) = match parser.parse(&data[at..]) {
             Ok(Some(Parsed::Command { len, argc })) => {

@@ -36,7 +36,8 @@ fn client_subcommands() {
     assert_eq!(class_of(&["CLIENT", "REPLY", "off"]), Class::Stream);
     assert_eq!(class_of(&["CLIENT", "REPLY", "ON"]), Class::Ordinary);
     assert_eq!(class_of(&["CLIENT", "TRACKING", "on", "BCAST"]), Class::Sticky, "counted, pushes passed on");
-    assert_eq!(class_of(&["CLIENT", "LIST"]), Class::Ordinary);
+    assert_eq!(class_of(&["CLIENT", "LIST"]), Class::ClientList);
+    assert_eq!(class_of(&["client", "kill", "id", "3"]), Class::ClientKill);
     assert_eq!(class_of(&["CLIENT"]), Class::Ordinary);
     assert_eq!(class_of(&["CLIENT", "NO-EVICT", "on"]), Class::Sticky);
 }

@@ -145,7 +145,7 @@ impl Session {
         w.bulk(b"server").bulk(b"redis");
         w.bulk(b"version").bulk(server.version().as_bytes());
         w.bulk(b"proto").int(if resp3 { 3 } else { 2 });
-        w.bulk(b"id").int(self.id as i64);
+        w.bulk(b"id").int(self.shown_id.unwrap_or(crate::client_table::UNSHOWN_IDS + self.id) as i64);
         w.bulk(b"mode").bulk(b"standalone");
         w.bulk(b"role").bulk(b"master");
         w.bulk(b"modules").array(0);

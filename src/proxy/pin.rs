@@ -17,6 +17,8 @@ pub(super) struct Pin {
     pub(super) key: PoolKey,
     pub(super) stream: bool,
     pub(super) in_multi: bool,
+    /// Commands sent into the open transaction (CLIENT LIST's `multi`).
+    pub(super) queued: u32,
     pub(super) watching: bool,
     pub(super) sticky: bool,
     /// The sequence number of the first blocking command (outside MULTI) that may still be
@@ -61,6 +63,8 @@ pub enum Confirm {
     /// AUTH (or HELLO ... AUTH, with its changes) as a Redis user other than the proxy's: once
     /// Redis accepts it, the connection is that user's, and the session stays on it.
     Login(Option<Box<HelloChange>>),
+    /// CLIENT ID: the id Redis gave the session's connection, which CLIENT LIST shows.
+    ShownId,
 }
 
 /// What HELLO changes: the protocol (if given) and the name (if SETNAME was given; empty clears).
@@ -134,6 +138,12 @@ impl Session {
                 self.pin.sticky = true;
                 if let Some(change) = hello {
                     self.confirm(Confirm::Hello(change), reply);
+                }
+            }
+            Confirm::ShownId => {
+                let id = reply.strip_prefix(b":").and_then(|r| r.strip_suffix(b"\r\n")).and_then(parse_int);
+                if let Some(id) = id.and_then(|id| u64::try_from(id).ok()) {
+                    self.shown_id = Some(id);
                 }
             }
             Confirm::Multi(seq) if !accepted && self.pin.in_multi && self.pin.multi_seq == seq => {
@@ -219,10 +229,15 @@ impl Session {
         }
         let pin = &mut self.pin;
         let mut expect = Expect::One;
+        let queues =
+            !matches!(class, Class::Exec | Class::Discard | Class::Multi | Class::Watch | Class::Quit | Class::Reset);
+        if pin.in_multi && queues {
+            pin.queued += 1;
+        }
         match class {
             Class::Quit => expect = Expect::Quit,
             Class::Multi if !pin.in_multi => {
-                (pin.in_multi, pin.multi_seq) = (true, env.seq);
+                (pin.in_multi, pin.multi_seq, pin.queued) = (true, env.seq, 0);
                 expect = Expect::Confirm(Confirm::Multi(env.seq));
             }
             // Without MULTI they are errors, and the WATCHed keys stay watched.
@@ -275,6 +290,7 @@ impl Session {
             }
             Class::Hello => expect = Expect::Confirm(Confirm::Hello(hello_change(cmd))),
             Class::Auth => expect = Expect::Confirm(Confirm::Login(None)),
+            Class::ClientId if !pin.in_multi && !pin.stream => expect = Expect::Confirm(Confirm::ShownId),
             Class::ClientSetName if cmd.argc() == 3 => {
                 let name = cmd.arg(2).filter(|n| !n.is_empty()).map(Bytes::copy_from_slice);
                 expect = Expect::Confirm(Confirm::Hello(Box::new(HelloChange { resp3: None, name: Some(name) })));

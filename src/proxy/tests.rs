@@ -18,7 +18,20 @@ fn route_with(session: &mut Session, args: &[&str], tier: Option<&Tier>, policy:
     let server = &ServerInfo::new("7.0.0", 16);
     let ttl = &ttl::Counters::default();
     let access = &crate::access::Access::default();
-    let env = Env { server, admin: &admin, policy, access, tier, ttl, now, upstream_down: false, seq: 0, sink: &sink };
+    let clients = &crate::client_table::ClientTable::default();
+    let env = Env {
+        server,
+        admin: &admin,
+        policy,
+        access,
+        tier,
+        ttl,
+        now,
+        upstream_down: false,
+        seq: 0,
+        sink: &sink,
+        clients,
+    };
     let cmd = CommandView::new(&bytes, args.len());
     session.route(&cmd, &crate::command::lookup(cmd.arg(0).unwrap_or_default()), &env)
 }
@@ -69,7 +82,9 @@ fn hello_switches_protocol_and_answers_in_it() {
     let mut s = session();
     let hello3 = reply(&mut s, &["HELLO", "3", "SETNAME", "app"]);
     assert!(hello3.starts_with("%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n"), "{hello3}");
-    assert!(hello3.contains("$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:7\r\n"), "{hello3}");
+    // Until CLIENT ID tells it its upstream connection's id, a client's id is the proxy's.
+    let id = crate::client_table::UNSHOWN_IDS + 7;
+    assert!(hello3.contains(&format!("$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:{id}\r\n")), "{hello3}");
     assert_eq!(route(&mut s, &["GET", "k"]), Route::Shared(PoolKey { db: 0, resp3: true }));
     assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), "$3\r\napp\r\n");
     assert!(reply(&mut s, &["HELLO", "2"]).starts_with("*14\r\n"));
@@ -103,10 +118,11 @@ fn client_session_commands() {
     );
     // The id is Redis's, of the session's own connection (which then carries its name).
     assert!(!s.id_shown());
-    assert_eq!(route(&mut s, &["CLIENT", "ID"]), PINNED);
+    let expect = Expect::Confirm(Confirm::ShownId);
+    assert_eq!(route(&mut s, &["CLIENT", "ID"]), Route::Pinned { stream: false, rewrite: None, expect, info: false });
     assert!(s.id_shown() && s.try_unpin());
-    assert_eq!(route(&mut s, &["CLIENT", "INFO"]), PINNED);
-    assert!(s.try_unpin());
+    // CLIENT INFO, like CLIENT LIST, comes from the proxy's client table.
+    assert!(matches!(route(&mut s, &["CLIENT", "INFO"]), Route::Reply(_)));
     assert_eq!(reply(&mut s, &["RESET"]), "+RESET\r\n");
     assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), "$-1\r\n");
     assert!(matches!(route(&mut s, &["QUIT"]), Route::Close(_)));

@@ -1,0 +1,140 @@
+//! CLIENT LIST, CLIENT INFO and CLIENT KILL through the proxy show and act on the proxy's own
+//! clients, the way Redis shows and acts on its own (compared with a direct client's line).
+
+mod common;
+
+use common::{Proxy, Raw, Redis, call};
+
+/// `field=value` pairs of one CLIENT LIST line, in order.
+fn fields(line: &str) -> Vec<(String, String)> {
+    line.split(' ').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+fn field(line: &str, name: &str) -> String {
+    fields(line).into_iter().find(|(k, _)| k == name).map(|(_, v)| v).unwrap_or_else(|| panic!("no {name} in {line}"))
+}
+
+/// The lines of a CLIENT LIST / CLIENT INFO reply (a bulk string).
+fn lines(reply: &str) -> Vec<String> {
+    assert!(reply.starts_with('$'), "{reply}");
+    reply.split("\r\n").nth(1).unwrap().lines().map(str::to_owned).collect()
+}
+
+fn local_addr(raw: &Raw) -> String {
+    raw.stream.local_addr().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn client_list_shows_the_proxys_clients_as_redis_shows_its_own() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    // What Redis prints for a direct client in the same state.
+    let mut direct = Raw::connect(redis.addr()).await;
+    call(&mut direct, &["CLIENT", "SETNAME", "alpha"]).await;
+    call(&mut direct, &["SELECT", "2"]).await;
+    let redis_line = lines(&call(&mut direct, &["CLIENT", "INFO"]).await).remove(0);
+
+    let mut a = proxy.raw().await;
+    call(&mut a, &["CLIENT", "SETNAME", "alpha"]).await;
+    call(&mut a, &["SELECT", "2"]).await;
+    let mut b = proxy.raw().await;
+    call(&mut b, &["CLIENT", "SETNAME", "beta"]).await;
+    call(&mut b, &["MULTI"]).await;
+    call(&mut b, &["SET", "k", "1"]).await;
+    call(&mut b, &["INCR", "n"]).await;
+    let mut c = proxy.raw().await;
+    call(&mut c, &["SUBSCRIBE", "news"]).await;
+
+    let list = lines(&call(&mut a, &["CLIENT", "LIST"]).await);
+    assert_eq!(list.len(), 3, "the proxy's three clients, nothing of its pooled connections: {list:?}");
+    let line_of = |raw: &Raw| list.iter().find(|l| field(l, "addr") == local_addr(raw)).cloned().unwrap();
+    let (a_line, b_line, c_line) = (line_of(&a), line_of(&b), line_of(&c));
+    // Redis's fields, in Redis's order.
+    let names = |line: &str| fields(line).into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(names(&a_line), names(&redis_line));
+    // The same values as Redis shows for a client in the same state.
+    for name in ["name", "db", "flags", "sub", "psub", "multi", "user", "redir", "resp", "events"] {
+        assert_eq!(field(&a_line, name), field(&redis_line, name), "{name}: {a_line} vs {redis_line}");
+    }
+    assert_eq!(field(&a_line, "cmd"), "client|list");
+    assert_eq!(field(&redis_line, "cmd"), "client|info");
+    assert_eq!(field(&a_line, "laddr"), proxy.addr.to_string());
+    assert_eq!(
+        (field(&b_line, "name"), field(&b_line, "flags"), field(&b_line, "multi")),
+        ("beta".into(), "x".into(), "2".into())
+    );
+    assert_eq!(field(&b_line, "cmd"), "incr");
+    assert_eq!((field(&c_line, "flags"), field(&c_line, "cmd")), ("P".into(), "subscribe".into()));
+
+    // Filters.
+    let pubsub = lines(&call(&mut a, &["CLIENT", "LIST", "TYPE", "pubsub"]).await);
+    assert_eq!(pubsub.len(), 1);
+    assert_eq!(field(&pubsub[0], "addr"), local_addr(&c));
+    assert_eq!(lines(&call(&mut a, &["CLIENT", "LIST", "TYPE", "normal"]).await).len(), 2);
+    assert_eq!(call(&mut a, &["CLIENT", "LIST", "TYPE", "master"]).await, "$0\r\n\r\n");
+
+    // CLIENT ID, CLIENT INFO and CLIENT LIST agree.
+    let id = call(&mut a, &["CLIENT", "ID"]).await;
+    let id = id.trim_start_matches(':').trim_end().to_owned();
+    let info = lines(&call(&mut a, &["CLIENT", "INFO"]).await).remove(0);
+    assert_eq!(field(&info, "id"), id);
+    assert_eq!(field(&info, "addr"), local_addr(&a));
+    assert_eq!(field(&info, "cmd"), "client|info");
+    let only = lines(&call(&mut a, &["CLIENT", "LIST", "ID", &id]).await);
+    assert_eq!(only.len(), 1);
+    assert_eq!(field(&only[0], "name"), "alpha");
+    assert!(call(&mut a, &["CLIENT", "LIST", "ID", "0"]).await.starts_with("-ERR"));
+    assert!(call(&mut a, &["CLIENT", "LIST", "TYPE", "bogus"]).await.starts_with("-ERR Unknown client type"));
+}
+
+#[tokio::test]
+async fn client_kill_filters_act_on_the_proxys_clients() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    let mut me = proxy.raw().await;
+    let mut by_id = proxy.raw().await;
+    let mut by_addr = proxy.raw().await;
+    let mut old_form = proxy.raw().await;
+    let mut rest: Vec<Raw> = Vec::new();
+    for _ in 0..3 {
+        let mut raw = proxy.raw().await;
+        call(&mut raw, &["PING"]).await;
+        rest.push(raw);
+    }
+
+    let id = call(&mut by_id, &["CLIENT", "ID"]).await;
+    let id = id.trim_start_matches(':').trim_end().to_owned();
+    assert_eq!(call(&mut me, &["CLIENT", "KILL", "ID", &id]).await, ":1\r\n");
+    assert!(by_id.closed().await, "killed by id");
+    assert_eq!(call(&mut me, &["CLIENT", "KILL", "ADDR", &local_addr(&by_addr)]).await, ":1\r\n");
+    assert!(by_addr.closed().await, "killed by address");
+    assert_eq!(call(&mut me, &["CLIENT", "KILL", &local_addr(&old_form)]).await, "+OK\r\n");
+    assert!(old_form.closed().await, "killed by the old form");
+    assert_eq!(call(&mut me, &["CLIENT", "KILL", "127.0.0.1:1"]).await, "-ERR No such client\r\n");
+    assert_eq!(call(&mut me, &["CLIENT", "KILL", "ADDR", "127.0.0.1:1"]).await, ":0\r\n");
+    assert_eq!(call(&mut me, &["CLIENT", "KILL", "LADDR", "127.0.0.1:1"]).await, ":0\r\n");
+    for raw in &mut rest {
+        assert_eq!(call(raw, &["PING"]).await, "+PONG\r\n", "the others are untouched");
+    }
+
+    // Errors as Redis gives them.
+    assert_eq!(
+        call(&mut me, &["CLIENT", "KILL"]).await,
+        "-ERR wrong number of arguments for 'client|kill' command\r\n"
+    );
+    assert_eq!(call(&mut me, &["CLIENT", "KILL", "ID", "0"]).await, "-ERR client-id should be greater than 0\r\n");
+    assert_eq!(call(&mut me, &["CLIENT", "KILL", "TYPE", "wrong"]).await, "-ERR Unknown client type 'wrong'\r\n");
+    assert_eq!(call(&mut me, &["CLIENT", "KILL", "SKIPME", "maybe"]).await, "-ERR syntax error\r\n");
+    assert_eq!(call(&mut me, &["CLIENT", "KILL", "ID", "10", "extra"]).await, "-ERR syntax error\r\n");
+
+    // USER default, skipping the caller: every other client of the proxy, none of Redis's.
+    assert_eq!(call(&mut me, &["CLIENT", "KILL", "USER", "default"]).await, format!(":{}\r\n", rest.len()));
+    for raw in &mut rest {
+        assert!(raw.closed().await);
+    }
+    assert_eq!(call(&mut direct, &["PING"]).await, "+PONG\r\n", "Redis's own clients are not the proxy's");
+    // SKIPME no: the caller too, after its reply.
+    assert_eq!(call(&mut me, &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no"]).await, ":1\r\n");
+    assert!(me.closed().await);
+}
