@@ -57,6 +57,8 @@ pub struct Row {
     pub cmd_label: Option<Bytes>,
     pub last: Instant,
     pub pubsub: bool,
+    /// Channels, patterns, shard channels.
+    pub subscriptions: [u32; 3],
     /// Bytes read and not yet answered, and replies waiting to be written.
     pub qbuf: usize,
     pub pending: usize,
@@ -78,6 +80,7 @@ impl Default for Row {
             cmd_label: None,
             last: Instant::now(),
             pubsub: false,
+            subscriptions: [0; 3],
             qbuf: 0,
             pending: 0,
         }
@@ -189,7 +192,7 @@ impl Listed {
         let mut line = String::with_capacity(300);
         let _ = write!(
             line,
-            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db={} sub=0 psub=0 ssub=0 multi={} \
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db={} sub={} psub={} ssub={} multi={} \
              qbuf={} qbuf-free={} argv-mem=0 multi-mem=0 rbs=16384 rbp=0 obl=0 oll={} omem=0 tot-mem={} \
              events=r cmd={} user={} redir=-1 resp={}",
             row.shown_id.unwrap_or(UNSHOWN_IDS + self.number),
@@ -201,6 +204,9 @@ impl Listed {
             row.last.elapsed().as_secs(),
             flags,
             row.db,
+            row.subscriptions[0],
+            row.subscriptions[1],
+            row.subscriptions[2],
             row.multi,
             row.qbuf,
             (16 * 1024usize).saturating_sub(row.qbuf),

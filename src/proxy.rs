@@ -130,6 +130,10 @@ pub struct Session {
     last_sub: Option<Bytes>,
     /// CLIENT KILL named this very client.
     killed: bool,
+    /// The Redis user the session logged in as on its own connection (an ACL user of Redis's).
+    redis_user: Option<Bytes>,
+    /// Channels, patterns and shard channels subscribed to (from Redis's confirmations).
+    subscriptions: [u32; 3],
 }
 
 impl Session {
@@ -154,6 +158,8 @@ impl Session {
             last_name: "NULL",
             last_sub: None,
             killed: false,
+            subscriptions: [0; 3],
+            redis_user: None,
         }
     }
 
@@ -398,18 +404,28 @@ impl Session {
 /// AUTH, or HELLO with its AUTH option, with credentials other than the proxy's own upstream
 /// login (which every shared connection has already).
 fn logs_in(class: Class, cmd: &CommandView<'_>, env: &Env<'_>) -> bool {
+    match login_of(class, cmd) {
+        Some((user, password)) => !env.server.is_upstream_login(user, password),
+        // A malformed AUTH is Redis's to refuse; a HELLO without AUTH logs in nobody.
+        None => class == Class::Auth,
+    }
+}
+
+/// The user and password AUTH or HELLO ... AUTH logs in with; `None` for a malformed AUTH
+/// and for a HELLO without AUTH.
+fn login_of<'c>(class: Class, cmd: &CommandView<'c>) -> Option<(&'c [u8], &'c [u8])> {
     let (user, password) = match (class, cmd.argc()) {
         (Class::Auth, 2) => (&b"default"[..], cmd.arg(1)),
         (Class::Auth, 3) => (cmd.arg(1).unwrap_or_default(), cmd.arg(2)),
-        (Class::Auth, _) => return true,
+        (Class::Auth, _) => return None,
         (Class::Hello, _) => {
             let mut args = cmd.args().skip(2);
-            let Some(_) = args.by_ref().find(|a| a.eq_ignore_ascii_case(b"AUTH")) else { return false };
+            args.by_ref().find(|a| a.eq_ignore_ascii_case(b"AUTH"))?;
             (args.next().unwrap_or_default(), args.next())
         }
-        _ => return false,
+        _ => return None,
     };
-    !env.server.is_upstream_login(user, password.unwrap_or_default())
+    Some((user, password.unwrap_or_default()))
 }
 
 fn is_ping(cmd: &CommandView<'_>) -> bool {

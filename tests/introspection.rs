@@ -43,7 +43,9 @@ async fn client_list_shows_the_proxys_clients_as_redis_shows_its_own() {
     call(&mut b, &["SET", "k", "1"]).await;
     call(&mut b, &["INCR", "n"]).await;
     let mut c = proxy.raw().await;
-    call(&mut c, &["SUBSCRIBE", "news"]).await;
+    call(&mut c, &["SUBSCRIBE", "news", "sport"]).await;
+    c.reply().await;
+    call(&mut c, &["PSUBSCRIBE", "n*"]).await;
 
     let list = lines(&call(&mut a, &["CLIENT", "LIST"]).await);
     assert_eq!(list.len(), 3, "the proxy's three clients, nothing of its pooled connections: {list:?}");
@@ -64,7 +66,8 @@ async fn client_list_shows_the_proxys_clients_as_redis_shows_its_own() {
         ("beta".into(), "x".into(), "2".into())
     );
     assert_eq!(field(&b_line, "cmd"), "incr");
-    assert_eq!((field(&c_line, "flags"), field(&c_line, "cmd")), ("P".into(), "subscribe".into()));
+    assert_eq!((field(&c_line, "flags"), field(&c_line, "cmd")), ("P".into(), "psubscribe".into()));
+    assert_eq!((field(&c_line, "sub"), field(&c_line, "psub")), ("2".into(), "1".into()), "{c_line}");
 
     // Filters.
     let pubsub = lines(&call(&mut a, &["CLIENT", "LIST", "TYPE", "pubsub"]).await);
@@ -127,6 +130,16 @@ async fn client_kill_filters_act_on_the_proxys_clients() {
     assert_eq!(call(&mut me, &["CLIENT", "KILL", "TYPE", "wrong"]).await, "-ERR Unknown client type 'wrong'\r\n");
     assert_eq!(call(&mut me, &["CLIENT", "KILL", "SKIPME", "maybe"]).await, "-ERR syntax error\r\n");
     assert_eq!(call(&mut me, &["CLIENT", "KILL", "ID", "10", "extra"]).await, "-ERR syntax error\r\n");
+
+    // A client logged in as one of Redis's ACL users is listed and killed as that user.
+    call(&mut direct, &["ACL", "SETUSER", "alice", "on", ">pw", "~*", "+@all"]).await;
+    let mut alice = proxy.raw().await;
+    assert_eq!(call(&mut alice, &["AUTH", "alice", "pw"]).await, "+OK\r\n");
+    let info = lines(&call(&mut alice, &["CLIENT", "INFO"]).await).remove(0);
+    assert_eq!(field(&info, "user"), "alice");
+    assert_eq!(call(&mut me, &["CLIENT", "KILL", "USER", "alice"]).await, ":1\r\n");
+    assert!(alice.closed().await);
+    assert_eq!(call(&mut me, &["CLIENT", "KILL", "USER", "nobody"]).await, "-ERR No such user 'nobody'\r\n");
 
     // USER default, skipping the caller: every other client of the proxy, none of Redis's.
     assert_eq!(call(&mut me, &["CLIENT", "KILL", "USER", "default"]).await, format!(":{}\r\n", rest.len()));

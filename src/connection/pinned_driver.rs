@@ -67,6 +67,7 @@ impl Client {
         let Some(conn) = self.pinned.as_mut() else { return };
         let (replies, session, target) = (&mut self.replies, &mut self.session, self.ctx.upstream.target());
         let taken = conn.take_replies(stream, pass_pushes, |seq, bytes, confirm| {
+            session.note_subscription(&bytes);
             if crate::reply::is_readonly(&bytes) {
                 // A replica: the primary moved (Sentinel). The client gets Redis's error.
                 target.doubt();

@@ -37,8 +37,42 @@ impl Session {
         }
     }
 
-    /// Writes what the session is into its row of the client table.
+    /// Follows the subscription counts in Redis's (un)subscribe confirmations, which carry the
+    /// client's total of channels and patterns (shard channels apart).
+    pub fn note_subscription(&mut self, reply: &[u8]) {
+        const KINDS: [(&[u8], usize); 6] = [
+            (b"$9\r\nsubscribe\r\n", 0),
+            (b"$11\r\nunsubscribe\r\n", 0),
+            (b"$10\r\npsubscribe\r\n", 1),
+            (b"$12\r\npunsubscribe\r\n", 1),
+            (b"$10\r\nssubscribe\r\n", 2),
+            (b"$12\r\nsunsubscribe\r\n", 2),
+        ];
+        let Some(rest) = reply.strip_prefix(b"*3\r\n").or_else(|| reply.strip_prefix(b">3\r\n")) else { return };
+        let Some(&(_, kind)) = KINDS.iter().find(|(prefix, _)| rest.starts_with(prefix)) else { return };
+        let Some(count) = reply
+            .strip_suffix(b"\r\n")
+            .and_then(|r| r.iter().rposition(|&c| c == b':').map(|at| &r[at + 1..]))
+            .and_then(parse_int)
+            .and_then(|n| u32::try_from(n).ok())
+        else {
+            return;
+        };
+        let s = &mut self.subscriptions;
+        match kind {
+            0 => s[0] = count.saturating_sub(s[1]),
+            1 => s[1] = count.saturating_sub(s[0]),
+            _ => s[2] = count,
+        }
+    }
+
+    /// Writes what the session is into its row of the client table (`env_user`: the proxy
+    /// user's name; a Redis ACL login on the session's own connection shows instead).
     pub fn fill_row(&self, row: &mut Row, env_user: &str) {
+        let env_user = match &self.redis_user {
+            Some(user) => std::str::from_utf8(user).unwrap_or(env_user),
+            None => env_user,
+        };
         row.shown_id = self.shown_id;
         row.name.clone_from(&self.name);
         row.lib_name.clone_from(&self.lib_name);
@@ -53,6 +87,7 @@ impl Session {
         row.flags = flags.iter().enumerate().fold(0, |bits, (i, &on)| bits | (u8::from(on) << i));
         row.multi = if pin.active && pin.in_multi { i64::from(pin.queued) } else { -1 };
         row.pubsub = streaming;
+        row.subscriptions = self.subscriptions;
         row.cmd_name = self.last_name;
         row.cmd_label.clone_from(&self.last_sub);
     }

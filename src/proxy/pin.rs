@@ -62,7 +62,8 @@ pub enum Confirm {
     Reset,
     /// AUTH (or HELLO ... AUTH, with its changes) as a Redis user other than the proxy's: once
     /// Redis accepts it, the connection is that user's, and the session stays on it.
-    Login(Option<Box<HelloChange>>),
+    /// With the user it logs in as (CLIENT LIST shows it).
+    Login(Option<Box<HelloChange>>, Bytes),
     /// CLIENT ID: the id Redis gave the session's connection, which CLIENT LIST shows.
     ShownId,
 }
@@ -132,10 +133,13 @@ impl Session {
             }
             Confirm::Reset => {
                 (self.db, self.resp3, self.name) = (0, false, None);
+                self.subscriptions = [0; 3];
+                self.redis_user = None;
                 self.pin.tracking = false;
             }
-            Confirm::Login(hello) if accepted => {
+            Confirm::Login(hello, user) if accepted => {
                 self.pin.sticky = true;
+                self.redis_user = Some(user);
                 if let Some(change) = hello {
                     self.confirm(Confirm::Hello(change), reply);
                 }
@@ -286,10 +290,16 @@ impl Session {
                 }
             }
             Class::Hello if !env.access.required() && super::logs_in(class, cmd, env) => {
-                expect = Expect::Confirm(Confirm::Login(Some(hello_change(cmd))));
+                let user =
+                    super::login_of(class, cmd).map(|(user, _)| Bytes::copy_from_slice(user)).unwrap_or_default();
+                expect = Expect::Confirm(Confirm::Login(Some(hello_change(cmd)), user));
             }
             Class::Hello => expect = Expect::Confirm(Confirm::Hello(hello_change(cmd))),
-            Class::Auth => expect = Expect::Confirm(Confirm::Login(None)),
+            Class::Auth => {
+                let user =
+                    super::login_of(class, cmd).map(|(user, _)| Bytes::copy_from_slice(user)).unwrap_or_default();
+                expect = Expect::Confirm(Confirm::Login(None, user));
+            }
             Class::ClientId if !pin.in_multi && !pin.stream => expect = Expect::Confirm(Confirm::ShownId),
             Class::ClientSetName if cmd.argc() == 3 => {
                 let name = cmd.arg(2).filter(|n| !n.is_empty()).map(Bytes::copy_from_slice);
