@@ -97,15 +97,20 @@ impl Session {
         self.user.and_then(|id| access.user_name(id)).unwrap_or("default")
     }
 
-    fn own_row(&self, env: &Env<'_>) -> Option<std::sync::Arc<Listed>> {
+    /// The session's row, brought up to date; `cmd` is the request being answered (in the
+    /// query buffer while it is, as Redis counts it).
+    fn own_row(&self, cmd: &CommandView<'_>, env: &Env<'_>) -> Option<std::sync::Arc<Listed>> {
         let listed = env.clients.get(self.id)?;
-        listed.publish(|row| self.fill_row(row, self.user_name(env.access)));
+        listed.publish(|row| {
+            self.fill_row(row, self.user_name(env.access));
+            row.qbuf = cmd.bytes().len();
+        });
         Some(listed)
     }
 
     /// `CLIENT LIST [TYPE normal|pubsub|master|replica] [ID id ...]`.
     pub(super) fn client_list(&self, cmd: &CommandView<'_>, env: &Env<'_>) -> Result<Bytes, ProxyError> {
-        self.own_row(env);
+        self.own_row(cmd, env);
         let mut args = cmd.args().skip(2);
         let mut ids: Option<Vec<u64>> = None;
         let mut pubsub: Option<Option<bool>> = None;
@@ -145,7 +150,7 @@ impl Session {
         if cmd.argc() != 2 {
             return Err(ProxyError::WrongArity("client|info"));
         }
-        let listed = self.own_row(env).ok_or(ProxyError::Syntax)?;
+        let listed = self.own_row(cmd, env).ok_or(ProxyError::Syntax)?;
         let mut line = listed.line(env.server.at_least(7, 2));
         line.push('\n');
         Ok(verbatim(self.resp3, line.as_bytes()))
