@@ -43,39 +43,37 @@ fn run(ctx: &Context, session: &mut Session, cmd: &CommandView<'_>) -> Result<By
     let arity = |n: usize| if args.len() == n { Ok(()) } else { Err(ProxyError::WrongArity("proxy")) };
     match (word(0).as_str(), word(1).as_str()) {
         ("INFO", _) => {
-            let info = Snapshot::take(ctx).info();
             let text = match args.get(1) {
-                Some(section) => info_section(&info, &String::from_utf8_lossy(section)),
-                None => info,
+                Some(section) => info_section(&info(ctx), &String::from_utf8_lossy(section)),
+                None => info(ctx),
             };
             w.verbatim(text.as_bytes());
         }
         ("BREAKER", "STATUS") => {
             arity(2)?;
-            w.verbatim(ctx.upstream.breaker().status().as_bytes());
+            w.verbatim(breaker_status(ctx).as_bytes());
         }
         ("CACHE", "INSPECT") => {
             arity(3)?;
             w.verbatim(inspect(ctx, args[2])?.as_bytes());
         }
         ("CACHE", "INVALIDATE") => {
-            let tier = tier(ctx)?;
             let dropped = match &args[2..] {
-                [key] => usize::from(tier.invalidate_key(key)),
-                [pattern_word, glob] if pattern_word.eq_ignore_ascii_case(b"PATTERN") => tier.invalidate_matching(glob),
+                [key] => invalidate_key(ctx, key)?,
+                [pattern_word, glob] if pattern_word.eq_ignore_ascii_case(b"PATTERN") => {
+                    invalidate_matching(ctx, glob)?
+                }
                 _ => return Err(ProxyError::WrongArity("proxy|cache|invalidate")),
             };
             w.int(dropped as i64);
         }
         ("CACHE", "CLEAR") => {
             arity(2)?;
-            tier(ctx)?.clear();
+            clear(ctx)?;
             return Ok(Bytes::from_static(reply::OK));
         }
         ("CONFIG", "GET") => {
-            let pattern = args.get(2).copied().unwrap_or(b"*");
-            let pairs: Vec<(String, String)> =
-                live.effective.iter().filter(|(key, _)| glob_match(pattern, key.as_bytes())).cloned().collect();
+            let pairs = config(ctx, args.get(2).copied().unwrap_or(b"*"));
             w.map(pairs.len());
             for (key, value) in pairs {
                 w.bulk(key.as_bytes()).bulk(value.as_bytes());
@@ -83,8 +81,7 @@ fn run(ctx: &Context, session: &mut Session, cmd: &CommandView<'_>) -> Result<By
         }
         ("CONFIG", "RELOAD") => {
             arity(2)?;
-            let summary = reload::reload(ctx).map_err(ProxyError::ReloadRefused)?;
-            w.verbatim(summary.as_bytes());
+            w.verbatim(reload(ctx)?.as_bytes());
         }
         _ if args.is_empty() => return Err(ProxyError::WrongArity("proxy")),
         _ => {
@@ -95,12 +92,62 @@ fn run(ctx: &Context, session: &mut Session, cmd: &CommandView<'_>) -> Result<By
     Ok(w.finish())
 }
 
+// The operations themselves: `PROXY ...` here and the HTTP API (`report/http.rs`) are two
+// views of them.
+
+/// `PROXY INFO` / `GET /api/stats`: everything the proxy reports, in Redis INFO format.
+pub fn info(ctx: &Context) -> String {
+    Snapshot::take(ctx).info()
+}
+
+/// The circuit breaker's state and counters, INFO style.
+pub fn breaker_status(ctx: &Context) -> String {
+    ctx.upstream.breaker().status()
+}
+
+/// Drops one key from the tier: 1 if it was cached.
+pub fn invalidate_key(ctx: &Context, key: &[u8]) -> Result<usize, ProxyError> {
+    Ok(usize::from(tier(ctx)?.invalidate_key(key)))
+}
+
+/// Drops the keys matching a glob: how many.
+pub fn invalidate_matching(ctx: &Context, glob: &[u8]) -> Result<usize, ProxyError> {
+    Ok(tier(ctx)?.invalidate_matching(glob))
+}
+
+/// Empties the tier.
+pub fn clear(ctx: &Context) -> Result<(), ProxyError> {
+    tier(ctx)?.clear();
+    Ok(())
+}
+
+/// The running configuration's keys matching a glob, with their values (secrets hidden).
+pub fn config(ctx: &Context, pattern: &[u8]) -> Vec<(String, String)> {
+    let live = ctx.live.load();
+    live.effective.iter().filter(|(key, _)| glob_match(pattern, key.as_bytes())).cloned().collect()
+}
+
+/// Re-reads proxy.toml: what changed, or why the file was refused.
+pub fn reload(ctx: &Context) -> Result<String, ProxyError> {
+    reload::reload(ctx).map_err(ProxyError::ReloadRefused)
+}
+
+/// Whether `password` is the admin password (`[admin] password_env`); true when none is set.
+pub fn admits(ctx: &Context, password: Option<&[u8]>) -> bool {
+    match (&ctx.live.load().admin_password, password) {
+        (None, _) => true,
+        (Some(expected), Some(given)) => !expected.is_empty() && constant_time_eq(given, expected.as_bytes()),
+        (Some(_), None) => false,
+    }
+}
+
 /// `PROXY AUTH <password>`: compares with the password from `[admin] password_env`.
 fn auth(ctx: &Context, session: &mut Session, args: &[&[u8]]) -> Result<Bytes, ProxyError> {
     let [password] = args else { return Err(ProxyError::WrongArity("proxy|auth")) };
-    let live = ctx.live.load();
-    let expected = live.admin_password.as_deref().ok_or(ProxyError::AdminAuthNotConfigured)?;
-    if expected.is_empty() || !constant_time_eq(password, expected.as_bytes()) {
+    if ctx.live.load().admin_password.is_none() {
+        return Err(ProxyError::AdminAuthNotConfigured);
+    }
+    if !admits(ctx, Some(password)) {
         return Err(ProxyError::AdminWrongPass);
     }
     session.set_admin(true);
@@ -111,8 +158,8 @@ fn tier(ctx: &Context) -> Result<&crate::cache::Tier, ProxyError> {
     ctx.tier.as_deref().ok_or(ProxyError::TierDisabled)
 }
 
-/// `PROXY CACHE INSPECT key`, in INFO style.
-fn inspect(ctx: &Context, key: &[u8]) -> Result<String, ProxyError> {
+/// `PROXY CACHE INSPECT key` / `GET /api/keys/<key>`: its rule and cached variants, INFO style.
+pub fn inspect(ctx: &Context, key: &[u8]) -> Result<String, ProxyError> {
     let tier = tier(ctx)?;
     let variants = tier.inspect(key);
     let rule = ctx.live.load().policy.for_key(key);

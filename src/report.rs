@@ -4,6 +4,7 @@
 //! at once and both formats are rendered from it, so they always agree.
 
 pub mod export;
+pub mod http;
 mod snapshot;
 
 pub use snapshot::Snapshot;

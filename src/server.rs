@@ -183,7 +183,7 @@ async fn serve_metrics(address: &str, ctx: &Arc<Context>) -> Option<JoinHandle<(
     match TcpListener::bind(address).await {
         Ok(listener) => {
             info!(address, "metrics at http://{address}/metrics");
-            Some(tokio::spawn(report::export::serve(listener, Arc::clone(ctx))))
+            Some(tokio::spawn(report::http::serve(listener, Arc::clone(ctx))))
         }
         Err(e) => {
             error!(address, error = %e, "cannot serve metrics; carrying on without them");

@@ -1,22 +1,15 @@
-//! Prometheus text (OpenMetrics) at `[metrics] address` `/metrics`, encoded by
-//! prometheus-client from a [`Snapshot`] taken at each scrape.
+//! Prometheus text (OpenMetrics), encoded by prometheus-client from a [`Snapshot`] taken at
+//! each scrape (served at `/metrics` by `http.rs`).
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet, text};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::time::timeout;
-use tracing::{debug, warn};
 
 use super::Snapshot;
 use crate::breaker::State;
-use crate::context::Context;
 use crate::metrics::HistogramSnapshot;
 
 /// The Prometheus text for `snapshot`.
@@ -130,60 +123,4 @@ fn histogram(e: &mut DescriptorEncoder, name: &str, help: &str, h: &HistogramSna
         &h.buckets,
         None,
     )
-}
-
-/// How long a scraper gets to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest request head read.
-const MAX_REQUEST: usize = 8 * 1024;
-
-/// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(respond(stream, Arc::clone(&ctx)));
-            }
-            Err(e) => {
-                warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// One HTTP/1.x request, answered and closed.
-async fn respond(mut stream: TcpStream, ctx: Arc<Context>) {
-    let mut head = Vec::with_capacity(512);
-    let read = timeout(REQUEST_TIMEOUT, async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
-            if stream.read_buf(&mut head).await? == 0 {
-                break;
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if !matches!(read, Ok(Ok(()))) {
-        return;
-    }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut words = line.split(|&b| b == b' ');
-    let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
-    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-    let (status, content_type, body) = match (method, path) {
-        (b"GET", b"/metrics") => {
-            ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", render(Snapshot::take(&ctx)))
-        }
-        (b"GET", _) => ("404 Not Found", "text/plain", "not found: metrics are at /metrics\n".to_owned()),
-        _ => ("405 Method Not Allowed", "text/plain", "only GET /metrics\n".to_owned()),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if let Err(e) = stream.write_all(response.as_bytes()).await {
-        debug!(error = %e, "metrics: response not delivered");
-    }
-    let _ = stream.shutdown().await;
 }

@@ -272,3 +272,23 @@ pub async fn until_reply(raw: &mut Raw, args: &[&str], what: &str, accept: impl 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// GETs `path` over HTTP until it answers `status` (failing after `PATIENCE`); the body.
+pub async fn until_http(addr: &str, path: &str, status: u16) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut response = String::new();
+        // Not listening yet (the proxy binds it as it starts) reads as an empty response.
+        if let Ok(mut stream) = TcpStream::connect(addr).await {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let _ = stream.read_to_string(&mut response).await;
+        }
+        let got: u16 = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        if got == status {
+            return response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+        }
+        assert!(Instant::now() < deadline, "{path} never answered {status}; last: {response}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
