@@ -39,6 +39,7 @@ use moka::sync::Cache;
 use lru::build_lru;
 
 use crate::metrics::inc;
+use crate::policy::RuleStats;
 use crate::upstream::ReplySink;
 
 /// What a key's entry and each variant cost beyond their bytes (key, variant id, reply),
@@ -100,6 +101,8 @@ impl std::fmt::Debug for Tier {
 #[derive(Debug)]
 struct KeyEntry {
     variants: Vec<Variant>,
+    /// The rule it was filled under, whose numbers count it (`None` in unit tests).
+    rule: Option<Arc<RuleStats>>,
     /// When moka last heard of a hit on this entry (ms since `Tier::born`).
     touched: AtomicU64,
 }
@@ -154,18 +157,36 @@ pub struct Waiter {
 }
 
 /// Permission to fill one variant, taken when its read was sent.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct FillTicket {
     key: Bytes,
     id: Bytes,
     epoch: u64,
     clears: u64,
     local_ttl: Duration,
+    /// The rule whose numbers the fill and the entry count under.
+    rule: Option<Arc<RuleStats>>,
 }
+
+/// Tickets are equal when they permit the same fill (whichever rule counts it).
+impl PartialEq for FillTicket {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.key, &self.id, self.epoch, self.clears, self.local_ttl)
+            == (&other.key, &other.id, other.epoch, other.clears, other.local_ttl)
+    }
+}
+
+impl Eq for FillTicket {}
 
 impl FillTicket {
     pub fn key(&self) -> &Bytes {
         &self.key
+    }
+
+    /// Counts the fill and the entry under this rule.
+    pub fn for_rule(mut self, rule: &Arc<RuleStats>) -> FillTicket {
+        self.rule = Some(Arc::clone(rule));
+        self
     }
 }
 
@@ -278,7 +299,7 @@ impl Tier {
         let id = Bytes::copy_from_slice(id);
         state.flights.push(Flight { id: id.clone(), epoch, clears, waiters: Vec::new() });
         inc(&self.stats.misses);
-        Lookup::Miss(FillTicket { key: state.key().clone(), id, epoch, clears, local_ttl })
+        Lookup::Miss(FillTicket { key: state.key().clone(), id, epoch, clears, local_ttl, rule: None })
     }
 
     fn hit(&self, key: &[u8], id: &[u8], at: LookupAt) -> Option<Bytes> {
@@ -343,8 +364,9 @@ impl Tier {
         // moka holds a key only if the map does: fills insert into both under the key's
         // in-flight lock (which this invalidation waits for), and evictions remove from moka
         // first. So an uncached key, the common case for a write, costs no moka call.
-        if self.entries.remove(key).is_none() {
-            return false;
+        let Some((_, entry)) = self.entries.remove(key) else { return false };
+        if let Some(rule) = &entry.rule {
+            inc(&rule.invalidations);
         }
         self.lru.load().invalidate(key);
         inc(match cause {

@@ -163,6 +163,9 @@ pub struct DefaultRule {
 pub struct Rule {
     /// Redis glob pattern (`*`, `?`, `[...]`) matched against the key.
     pub pattern: String,
+    /// What the rule's numbers are labelled with in `/metrics` and `PROXY INFO`; default: the
+    /// pattern.
+    pub name: Option<String>,
     pub cache: Option<CacheMode>,
     pub local_ttl: Option<Span>,
     pub default_ttl: Option<Span>,

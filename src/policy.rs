@@ -1,6 +1,8 @@
 //! Which rule a key falls under: `[[rule]]` patterns in order (first match wins), then
 //! `[default]`. A rule names the consistency the application needs for that data.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
 use crate::config::{CacheMode, Config, Persist, Span};
@@ -12,6 +14,30 @@ pub struct Settings {
     /// How long a reply may be served from the tier (further bounded by the key's PTTL).
     pub local_ttl: Duration,
     pub ttl: TtlRule,
+    /// Which rule: its index in `[[rule]]`, or their count for `[default]` ([`Policy::stats`]).
+    pub rule: u16,
+}
+
+impl Settings {
+    /// Whether a key is cached and written the same way under both (whichever rule says so).
+    pub fn same_as(&self, other: &Settings) -> bool {
+        (self.mode, self.local_ttl, self.ttl) == (other.mode, other.local_ttl, other.ttl)
+    }
+}
+
+/// One rule's numbers, so that a hit rate per kind of data can be graphed. Kept across reloads
+/// for a rule of the same label; a cached entry counts under the rule it was filled under.
+#[derive(Debug, Default)]
+pub struct RuleStats {
+    /// The rule's `name`, else its pattern; `default` for `[default]`.
+    pub label: String,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub fills: AtomicU64,
+    pub invalidations: AtomicU64,
+    /// Keys held and their weighed bytes.
+    pub entries: AtomicI64,
+    pub bytes: AtomicI64,
 }
 
 /// The TTLs writes must respect (see `ttl.rs`).
@@ -40,6 +66,8 @@ impl TtlRule {
 pub struct Policy {
     rules: Vec<(Vec<u8>, Settings)>,
     default: Settings,
+    /// Per rule, then the default's.
+    stats: Vec<Arc<RuleStats>>,
     /// Some rule (or the default) has a default_ttl or max_ttl: writes must be checked.
     enforces_ttl: bool,
 }
@@ -53,11 +81,14 @@ impl Policy {
     pub fn new(config: &Config) -> Policy {
         let d = &config.default;
         let ttl = TtlRule { default: some(d.default_ttl), max: some(d.max_ttl), persist: d.persist };
-        let default = Settings { mode: d.cache, local_ttl: d.local_ttl.0, ttl };
+        let count = config.rule.len().min(usize::from(u16::MAX));
+        let default = Settings { mode: d.cache, local_ttl: d.local_ttl.0, ttl, rule: count as u16 };
         let rules: Vec<_> = config
             .rule
             .iter()
-            .map(|rule| {
+            .take(count)
+            .enumerate()
+            .map(|(index, rule)| {
                 let ttl = TtlRule {
                     default: rule.default_ttl.map_or(ttl.default, some),
                     max: rule.max_ttl.map_or(ttl.max, some),
@@ -67,12 +98,37 @@ impl Policy {
                     mode: rule.cache.unwrap_or(default.mode),
                     local_ttl: rule.local_ttl.map_or(default.local_ttl, |span| span.0),
                     ttl,
+                    rule: index as u16,
                 };
                 (rule.pattern.as_bytes().to_vec(), settings)
             })
             .collect();
         let enforces_ttl = default.ttl.enforces() || rules.iter().any(|(_, s)| s.ttl.enforces());
-        Policy { rules, default, enforces_ttl }
+        let labels = config.rule.iter().take(count).map(|r| r.name.clone().unwrap_or_else(|| r.pattern.clone()));
+        let stats = labels
+            .chain(std::iter::once("default".to_owned()))
+            .map(|label| Arc::new(RuleStats { label, ..RuleStats::default() }))
+            .collect();
+        Policy { rules, default, stats, enforces_ttl }
+    }
+
+    /// After a reload: rules whose label the old policy had keep counting where they were.
+    pub fn carry_stats(&mut self, old: &Policy) {
+        for stats in &mut self.stats {
+            if let Some(kept) = old.stats.iter().find(|s| s.label == stats.label) {
+                *stats = Arc::clone(kept);
+            }
+        }
+    }
+
+    /// Rule `rule`'s numbers (see [`Settings::rule`]).
+    pub fn stats(&self, rule: u16) -> &Arc<RuleStats> {
+        &self.stats[usize::from(rule).min(self.stats.len() - 1)]
+    }
+
+    /// Every rule's numbers, `[default]` last.
+    pub fn all_stats(&self) -> &[Arc<RuleStats>] {
+        &self.stats
     }
 
     pub fn for_key(&self, key: &[u8]) -> Settings {
@@ -204,7 +260,12 @@ mod tests {
         let default = Policy::new(&Config::default());
         assert_eq!(
             default.for_key(b"user:1"),
-            Settings { mode: CacheMode::Tracked, local_ttl: Duration::from_secs(300), ttl: TtlRule::default() }
+            Settings {
+                mode: CacheMode::Tracked,
+                local_ttl: Duration::from_secs(300),
+                ttl: TtlRule::default(),
+                rule: 0
+            }
         );
         assert!(!default.enforces_ttl());
     }

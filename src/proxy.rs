@@ -29,6 +29,7 @@ use crate::command::{Class, Command, Effect, written_keys};
 use crate::config::CacheMode;
 use crate::error::ProxyError;
 use crate::framing::{CommandView, encode_command};
+use crate::metrics::inc;
 use crate::policy::Policy;
 use crate::reply;
 use crate::ttl::{self, Plan, Rewrite};
@@ -337,10 +338,20 @@ impl Session {
                 }
                 self.variant_id(cmd.args());
                 let waiter = || Waiter { sink: env.sink.clone(), seq: env.seq };
+                let stats = env.policy.stats(rule.rule);
                 match tier.lookup(key, &self.variant, rule.local_ttl, env.lookup_at(), waiter) {
-                    Lookup::Hit(reply) => Route::Hit(reply),
-                    Lookup::Joined => Route::Joined,
-                    Lookup::Miss(ticket) => Route::Fill(pool, ticket),
+                    Lookup::Hit(reply) => {
+                        inc(&stats.hits);
+                        Route::Hit(reply)
+                    }
+                    Lookup::Joined => {
+                        inc(&stats.misses);
+                        Route::Joined
+                    }
+                    Lookup::Miss(ticket) => {
+                        inc(&stats.misses);
+                        Route::Fill(pool, ticket.for_rule(stats))
+                    }
                 }
             }
             Effect::MultiGet => self.route_mget(cmd, tier, env),
@@ -358,12 +369,17 @@ impl Session {
             let rule = env.policy.for_key(key);
             let ticket = if may_cache(rule.mode, tier) {
                 self.variant_id([&b"GET"[..], key].into_iter());
+                let stats = env.policy.stats(rule.rule);
                 match tier.lookup_or_register(key, &self.variant, rule.local_ttl, env.lookup_at()) {
                     Ok(element) => {
+                        inc(&stats.hits);
                         parts.push(Some(element));
                         continue;
                     }
-                    Err(ticket) => ticket,
+                    Err(ticket) => {
+                        inc(&stats.misses);
+                        ticket.map(|ticket| ticket.for_rule(stats))
+                    }
                 }
             } else {
                 None

@@ -54,12 +54,15 @@ pub fn reload(ctx: &Context) -> Result<String, String> {
     {
         tier.resize(cache.max_memory.0, cache.max_entry_size.0 as usize);
     }
+    live.policy.carry_stats(&current.policy);
     let new_policy = live.policy.clone();
     ctx.live.store(Arc::new(live));
     // After the swap: fills sent from now on use the new rules; this drops what the old ones
     // cached (and refuses their reads still in flight).
     let dropped = match (&ctx.tier, rules_changed) {
-        (Some(tier), true) => tier.invalidate_where(|key| current.policy.for_key(key) != new_policy.for_key(key)),
+        (Some(tier), true) => {
+            tier.invalidate_where(|key| !current.policy.for_key(key).same_as(&new_policy.for_key(key)))
+        }
         _ => 0,
     };
     let mut summary = format!("reloaded: {} key(s) changed", changed.len());

@@ -306,3 +306,58 @@ async fn the_dashboard_and_alert_rules_name_only_exported_metrics() {
         assert!(named >= 5, "{file} names {named} metrics");
     }
 }
+
+/// Per-rule numbers: lookups by result, fills, invalidations, entries and bytes, labelled by the
+/// rule's name (or its pattern), in `/metrics` and `PROXY INFO`.
+#[tokio::test]
+async fn every_rule_has_its_own_hit_rate_and_footprint() {
+    let redis = Redis::start();
+    let mut config = config_for(&redis.addr());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    config.metrics.address = metrics.clone();
+    config.rule.push(Rule { pattern: "user:*".into(), name: Some("users".into()), ..Rule::default() });
+    config.rule.push(Rule { pattern: "item:*".into(), ..Rule::default() });
+    let proxy = Proxy::start(config).await;
+    let mut client = proxy.raw().await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    wait_for_caching(&mut client, &mut direct).await;
+    for key in ["user:1", "user:2", "item:1"] {
+        call(&mut direct, &["SET", key, "value"]).await;
+    }
+    for _ in 0..3 {
+        for key in ["user:1", "user:2", "item:1"] {
+            call(&mut client, &["GET", key]).await;
+        }
+    }
+    call(&mut client, &["SET", "user:1", "changed"]).await;
+    let m = scrape(&metrics).await;
+    let get = |name: &str| m.get(name).copied().unwrap_or_else(|| panic!("no {name}"));
+    assert_eq!(get(r#"nearcache_rule_cache_lookups_total{rule="users",result="hit"}"#), 4.0);
+    assert_eq!(get(r#"nearcache_rule_cache_lookups_total{rule="users",result="miss"}"#), 2.0);
+    assert_eq!(get(r#"nearcache_rule_cache_lookups_total{rule="item:*",result="hit"}"#), 2.0);
+    assert_eq!(get(r#"nearcache_rule_cache_lookups_total{rule="item:*",result="miss"}"#), 1.0);
+    assert_eq!(get(r#"nearcache_rule_cache_fills_total{rule="users"}"#), 2.0);
+    assert_eq!(get(r#"nearcache_rule_cache_invalidations_total{rule="users"}"#), 1.0, "the SET dropped user:1");
+    assert_eq!(get(r#"nearcache_rule_cache_entries{rule="users"}"#), 1.0);
+    assert_eq!(get(r#"nearcache_rule_cache_entries{rule="item:*"}"#), 1.0);
+    assert_eq!(get(r#"nearcache_rule_cache_entries{rule="default"}"#), 1.0, "the probe key");
+    let (users, items) =
+        (get(r#"nearcache_rule_cache_bytes{rule="users"}"#), get(r#"nearcache_rule_cache_bytes{rule="item:*"}"#));
+    assert!(users > 0.0 && users == items, "one key of the same size each: {users} {items}");
+    let total = get("nearcache_cache_bytes");
+    assert_eq!(
+        users + items + get(r#"nearcache_rule_cache_bytes{rule="default"}"#),
+        total,
+        "the rules add up to the tier"
+    );
+
+    let info = call(&mut client, &["PROXY", "INFO", "rules"]).await;
+    assert!(info.contains("rule_0:label=users,hits=4,misses=2,fills=2,invalidations=1,entries=1,bytes="), "{info}");
+    assert!(info.contains("rule_1:label=item:*,hits=2,misses=1,fills=1,invalidations=0,entries=1,bytes="), "{info}");
+    assert!(info.contains("rule_default:label=default,"), "{info}");
+
+    call(&mut client, &["PROXY", "CACHE", "CLEAR"]).await;
+    let m = scrape(&metrics).await;
+    assert_eq!(m[r#"nearcache_rule_cache_entries{rule="users"}"#], 0.0);
+    assert_eq!(m[r#"nearcache_rule_cache_bytes{rule="item:*"}"#], 0.0);
+}

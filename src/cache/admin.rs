@@ -63,6 +63,8 @@ impl Tier {
         inc(&self.stats.clears);
         self.entries.clear();
         old.invalidate_all();
+        // Its listener takes the entries off their rules' numbers now, not when it is dropped.
+        old.run_pending_tasks();
     }
 
     pub fn max_entry_size(&self) -> usize {

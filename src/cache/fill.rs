@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::lru::weight;
 use super::{FillTicket, KeyEntry, KeyState, Tier, Variant, Waiter};
 use crate::metrics::inc;
 use crate::upstream::ReplyChunk;
@@ -28,6 +29,9 @@ impl Tier {
                 // Under the key's shard lock: no invalidation can slip between check and insert.
                 self.insert(&ticket, reply.clone(), lifetime);
                 inc(&self.stats.fills);
+                if let Some(rule) = &ticket.rule {
+                    inc(&rule.fills);
+                }
             }
             waiters
         };
@@ -60,7 +64,12 @@ impl Tier {
         };
         variants.push(Variant { id: ticket.id.clone(), reply, filled_at: now, expires_at: now + lifetime });
         let touched = AtomicU64::new(now.duration_since(self.born).as_millis() as u64);
-        let entry = Arc::new(KeyEntry { variants, touched });
+        let entry = Arc::new(KeyEntry { variants, touched, rule: ticket.rule.clone() });
+        if let Some(rule) = &entry.rule {
+            // Taken back by moka's listener when the entry goes, whatever the cause.
+            rule.entries.fetch_add(1, Ordering::Relaxed);
+            rule.bytes.fetch_add(i64::from(weight(&ticket.key, &entry)), Ordering::Relaxed);
+        }
         self.entries.insert(ticket.key.clone(), Arc::clone(&entry));
         // After the map (no lock held): moka may evict, and its listener edits the map.
         self.lru.load().insert(ticket.key.clone(), entry);

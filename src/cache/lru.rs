@@ -1,6 +1,7 @@
 //! The moka cache behind the tier: which entries stay, how much they weigh, when they expire.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,10 +24,7 @@ pub(super) fn build_lru(
     Cache::builder()
         .max_capacity(max_memory)
         .eviction_policy(EvictionPolicy::lru())
-        .weigher(|key: &Bytes, entry: &Arc<KeyEntry>| {
-            let variants: usize = entry.variants.iter().map(|v| v.id.len() + v.reply.len() + VARIANT_OVERHEAD).sum();
-            u32::try_from(key.len() + variants + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
-        })
+        .weigher(weight)
         .expire_after(Lifetime { serve_stale })
         .eviction_listener(move |key: Arc<Bytes>, entry: Arc<KeyEntry>, cause| {
             // Only what moka itself dropped; never a newer entry for the same key.
@@ -36,8 +34,19 @@ pub(super) fn build_lru(
             if cause == RemovalCause::Size {
                 inc(&stats.evictions);
             }
+            if let Some(rule) = &entry.rule {
+                rule.entries.fetch_sub(1, Ordering::Relaxed);
+                rule.bytes.fetch_sub(i64::from(weight(&key, &entry)), Ordering::Relaxed);
+            }
         })
         .build()
+}
+
+/// What an entry weighs against `cache.max_memory`: its key, every variant's id and reply, and
+/// the overheads measured for them.
+pub(super) fn weight(key: &Bytes, entry: &Arc<KeyEntry>) -> u32 {
+    let variants: usize = entry.variants.iter().map(|v| v.id.len() + v.reply.len() + VARIANT_OVERHEAD).sum();
+    u32::try_from(key.len() + variants + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
 }
 
 struct Lifetime {

@@ -9,6 +9,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::Snapshot;
+use super::snapshot::RuleSnapshot;
 use crate::breaker::State;
 use crate::metrics::HistogramSnapshot;
 
@@ -66,6 +67,41 @@ impl Collector for Exporter {
             counters(&mut e, "cache_invalidations", "Keys dropped by cause (flush: whole-tier clears)", &causes)?;
             let help = "From a write's reply to Redis's tracking push for its key (sampled)";
             histogram(&mut e, "invalidation_delay", help, &c.invalidation_delay)?;
+            let rule = |r: &RuleSnapshot| r.label.clone();
+            let lookups: Vec<_> = c
+                .rules
+                .iter()
+                .flat_map(|r| {
+                    [
+                        ([("rule", rule(r)), ("result", "hit".into())], r.hits),
+                        ([("rule", rule(r)), ("result", "miss".into())], r.misses),
+                    ]
+                })
+                .collect();
+            counters(
+                &mut e,
+                "rule_cache_lookups",
+                "Tier lookups per [[rule]] (label: name or pattern) by result",
+                &lookups,
+            )?;
+            let per_rule = |value: fn(&RuleSnapshot) -> u64| {
+                c.rules.iter().map(|r| ([("rule", rule(r))], value(r))).collect::<Vec<_>>()
+            };
+            counters(&mut e, "rule_cache_fills", "Replies cached per rule", &per_rule(|r| r.fills))?;
+            counters(
+                &mut e,
+                "rule_cache_invalidations",
+                "Cached keys dropped per rule (any cause)",
+                &per_rule(|r| r.invalidations),
+            )?;
+            let help = "Keys held per rule (the rule they were cached under)";
+            gauges(&mut e, "rule_cache_entries", help, &per_rule(|r| r.entries as u64))?;
+            gauges(
+                &mut e,
+                "rule_cache_bytes",
+                "Bytes held per rule (weighed as for cache.max_memory)",
+                &per_rule(|r| r.bytes as u64),
+            )?;
         }
         let state = match s.breaker_state {
             State::Closed => 0,
@@ -108,6 +144,14 @@ fn counters<L: EncodeLabelSet>(e: &mut DescriptorEncoder, name: &str, help: &str
     let mut metric = e.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, value) in rows {
         metric.encode_family(labels)?.encode_counter::<NoLabelSet, u64, f64>(value, None)?;
+    }
+    Ok(())
+}
+
+fn gauges<L: EncodeLabelSet>(e: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(L, u64)]) -> fmt::Result {
+    let mut metric = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        metric.encode_family(labels)?.encode_gauge(&(*value as i64))?;
     }
     Ok(())
 }

@@ -66,6 +66,20 @@ pub struct CacheSnapshot {
     pub invalidated_by_admin: u64,
     pub clears: u64,
     pub invalidation_delay: HistogramSnapshot,
+    /// Per `[[rule]]`, then `[default]`.
+    pub rules: Vec<RuleSnapshot>,
+}
+
+/// One rule's numbers (see `policy::RuleStats`).
+#[derive(Debug, Clone)]
+pub struct RuleSnapshot {
+    pub label: String,
+    pub hits: u64,
+    pub misses: u64,
+    pub fills: u64,
+    pub invalidations: u64,
+    pub entries: i64,
+    pub bytes: i64,
 }
 
 fn get(counter: &AtomicU64) -> u64 {
@@ -95,6 +109,23 @@ impl Snapshot {
                 invalidated_by_admin: get(&s.invalidated_by_admin),
                 clears: get(&s.clears),
                 invalidation_delay: s.invalidation_delay.snapshot(),
+                rules: ctx
+                    .live
+                    .load()
+                    .policy
+                    .all_stats()
+                    .iter()
+                    .map(|r| RuleSnapshot {
+                        label: r.label.clone(),
+                        hits: get(&r.hits),
+                        misses: get(&r.misses),
+                        fills: get(&r.fills),
+                        invalidations: get(&r.invalidations),
+                        // Pending removals were applied by `weighted_size` above.
+                        entries: r.entries.load(Ordering::Relaxed).max(0),
+                        bytes: r.bytes.load(Ordering::Relaxed).max(0),
+                    })
+                    .collect(),
             }
         });
         Snapshot {
@@ -179,6 +210,15 @@ impl Snapshot {
                 out.line("invalidation_delay_samples", &delay.count);
                 out.line("invalidation_delay_p50_ms", &(delay.quantile(0.5) * 1e3));
                 out.line("invalidation_delay_p99_ms", &(delay.quantile(0.99) * 1e3));
+                out.section("Rules");
+                for (i, r) in c.rules.iter().enumerate() {
+                    let name = if i + 1 == c.rules.len() { "rule_default".to_owned() } else { format!("rule_{i}") };
+                    let value = format!(
+                        "label={},hits={},misses={},fills={},invalidations={},entries={},bytes={}",
+                        r.label, r.hits, r.misses, r.fills, r.invalidations, r.entries, r.bytes
+                    );
+                    out.line(&name, &value);
+                }
             }
         }
         out.section("Breaker");
