@@ -7,6 +7,7 @@
 //! PROXY CACHE INVALIDATE <key>               drop one key            (:1 if it was cached)
 //! PROXY CACHE INVALIDATE PATTERN <glob>      drop matching keys      (how many)
 //! PROXY CACHE CLEAR                          drop everything
+//! PROXY CACHE HOTKEYS [n]                    the most-read and most-invalidated keys lately
 //! PROXY CONFIG GET [glob]                    the running configuration, key/value pairs
 //! PROXY CONFIG RELOAD                        re-read proxy.toml (see `reload.rs`)
 //! PROXY BREAKER STATUS                       the circuit breaker's state and counters
@@ -66,6 +67,13 @@ fn run(ctx: &Context, session: &mut Session, cmd: &CommandView<'_>) -> Result<By
                 _ => return Err(ProxyError::WrongArity("proxy|cache|invalidate")),
             };
             w.int(dropped as i64);
+        }
+        ("CACHE", "HOTKEYS") => {
+            let n = match args.get(2) {
+                None => 10,
+                Some(n) => crate::framing::parse_int(n).filter(|&n| n > 0).ok_or(ProxyError::NotInteger)? as usize,
+            };
+            w.verbatim(hot_keys(ctx, n.min(1000))?.text().as_bytes());
         }
         ("CACHE", "CLEAR") => {
             arity(2)?;
@@ -130,6 +138,36 @@ pub fn config(ctx: &Context, pattern: &[u8]) -> Vec<(String, String)> {
 /// Re-reads proxy.toml: what changed, or why the file was refused.
 pub fn reload(ctx: &Context) -> Result<String, ProxyError> {
     reload::reload(ctx).map_err(ProxyError::ReloadRefused)
+}
+
+/// The most-read and most-invalidated keys lately (`n` of each), with estimated counts.
+pub fn hot_keys(ctx: &Context, n: usize) -> Result<HotKeysView, ProxyError> {
+    let tier = tier(ctx)?;
+    Ok(HotKeysView { reads: tier.hot.reads.top(n), invalidations: tier.hot.invalidations.top(n) })
+}
+
+/// What [`hot_keys`] found.
+pub struct HotKeysView {
+    pub reads: Vec<(Bytes, u64)>,
+    pub invalidations: Vec<(Bytes, u64)>,
+}
+
+impl HotKeysView {
+    /// INFO style: `# Reads` and `# Invalidations`, one `<rank>:<count> <key>` line per key.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "# Sampling\r\nsample_every:{}\r\nwindow_seconds:{}\r\n",
+            crate::cache::SAMPLE_EVERY,
+            crate::cache::WINDOW.as_secs()
+        );
+        for (title, keys) in [("Reads", &self.reads), ("Invalidations", &self.invalidations)] {
+            out.push_str(&format!("\r\n# {title}\r\n"));
+            for (rank, (key, count)) in keys.iter().enumerate() {
+                out.push_str(&format!("{}:{count} {}\r\n", rank + 1, String::from_utf8_lossy(key)));
+            }
+        }
+        out
+    }
 }
 
 /// Whether `password` is the admin password (`[admin] password_env`); true when none is set.

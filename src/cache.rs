@@ -77,6 +77,8 @@ pub struct Tier {
     tracking_up: AtomicBool,
     max_entry_size: AtomicUsize,
     pub stats: Arc<Stats>,
+    /// The most-read and most-invalidated keys lately (sampled).
+    pub hot: HotKeys,
 }
 
 /// What invalidated a key (for the metrics).
@@ -217,6 +219,7 @@ impl Tier {
             tracking_up: AtomicBool::new(tracking_up),
             max_entry_size: AtomicUsize::new(max_entry_size),
             stats,
+            hot: HotKeys::default(),
         }
     }
 
@@ -284,6 +287,7 @@ impl Tier {
         at: LookupAt,
         waiter: impl FnOnce() -> Option<Waiter>,
     ) -> Lookup {
+        self.hot.reads.record(key);
         if let Some(reply) = self.hit(key, id, at) {
             inc(&self.stats.hits);
             return Lookup::Hit(reply);
@@ -353,6 +357,11 @@ impl Tier {
 
     /// [`Tier::invalidate`]; true when the key was cached.
     fn remove(&self, key: &[u8], cause: Cause) -> bool {
+        // Each write once: by Redis's tracking push when tracking is up (it comes for writes
+        // from anywhere), else when a write through the proxy is sent.
+        if matches!(cause, Cause::Tracking | Cause::Admin) || (cause == Cause::Write && !self.tracking_up()) {
+            self.hot.invalidations.record(key);
+        }
         match cause {
             Cause::Write if self.tracking_up() => self.stats.written(key),
             Cause::Tracking => self.stats.pushed(key),
@@ -411,11 +420,13 @@ impl Tier {
 
 mod admin;
 mod fill;
+mod hotkeys;
 mod lru;
 mod split;
 mod stats;
 
 pub use admin::VariantView;
+pub use hotkeys::{HotKeys, SAMPLE_EVERY, WINDOW};
 pub use split::SplitGet;
 pub use stats::Stats;
 

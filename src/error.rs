@@ -39,7 +39,7 @@ pub enum ProxyError {
     #[error("unknown subcommand '{0}'. Try CLIENT HELP.")]
     UnknownClientSubcommand(String),
     #[error(
-        "unknown PROXY subcommand '{0}' (try PROXY INFO, PROXY CACHE INSPECT|INVALIDATE|CLEAR, PROXY CONFIG GET, PROXY BREAKER STATUS, PROXY AUTH)"
+        "unknown PROXY subcommand '{0}' (try PROXY INFO, PROXY CACHE INSPECT|INVALIDATE|CLEAR|HOTKEYS, PROXY CONFIG GET|RELOAD, PROXY BREAKER STATUS, PROXY AUTH)"
     )]
     UnknownProxyCommand(String),
     #[error("PROXY AUTH <password> required for admin commands ([admin] password_env is set)")]

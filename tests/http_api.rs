@@ -141,3 +141,45 @@ async fn the_api_needs_the_admin_password_and_readiness_follows_redis() {
     }
     assert_eq!(json(&api, "GET", "/healthz", None).await.0, 200);
 }
+
+/// Hot keys: the most-read keys and the most-invalidated ones, in `PROXY CACHE HOTKEYS` and
+/// `GET /api/hotkeys`, estimated from a sample.
+#[tokio::test]
+async fn hot_keys_are_the_most_read_and_the_most_written() {
+    let Setup { redis, proxy, http: api } = setup(None).await;
+    let mut client = proxy.raw().await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    wait_for_caching(&mut client, &mut direct).await;
+    for (key, reads) in [("hot", 640), ("warm", 160), ("cold", 1)] {
+        call(&mut direct, &["SET", key, "v"]).await;
+        for _ in 0..reads {
+            call(&mut client, &["GET", key]).await;
+        }
+    }
+    for i in 0..320 {
+        call(&mut client, &["SET", "busy", &i.to_string()]).await;
+    }
+    call(&mut client, &["SET", "hot", "v2"]).await;
+    // The tracking pushes for the writes arrive on their own connection.
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let hot = loop {
+        let (status, hot) = json(&api, "GET", "/api/hotkeys?n=2", None).await;
+        assert_eq!(status, 200);
+        if hot["invalidations"][0]["key"] == "busy" || std::time::Instant::now() > deadline {
+            break hot;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let reads = hot["reads"].as_array().unwrap();
+    assert_eq!(reads.len(), 2);
+    assert_eq!((&reads[0]["key"], &reads[1]["key"]), (&Value::from("hot"), &Value::from("warm")), "{hot}");
+    let estimate = reads[0]["count"].as_u64().unwrap();
+    assert!((480..=800).contains(&estimate), "about 640 reads of hot: {estimate}");
+    assert_eq!(hot["invalidations"][0]["key"], "busy", "{hot}");
+    assert_eq!(hot["sampling"]["sample_every"], 16);
+
+    let text = call(&mut client, &["PROXY", "CACHE", "HOTKEYS", "1"]).await;
+    assert!(text.contains("# Reads\r\n1:") && text.contains(" hot\r\n"), "{text}");
+    assert!(text.contains("# Invalidations\r\n1:") && text.contains(" busy\r\n"), "{text}");
+    assert!(call(&mut client, &["PROXY", "CACHE", "HOTKEYS", "0"]).await.starts_with("-ERR"));
+}

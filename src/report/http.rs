@@ -13,6 +13,7 @@
 //! DELETE /api/keys/<key>             drop it from the tier: {"dropped": 0|1}
 //! POST   /api/invalidate?pattern=<g> drop the keys matching a glob: {"dropped": n}
 //! POST   /api/clear                  empty the tier
+//! GET    /api/hotkeys?n=10           the most-read and most-invalidated keys lately
 //! ```
 //!
 //! `/api/*` needs `Authorization: Bearer <admin password>` when `[admin] password_env` is set
@@ -115,6 +116,17 @@ fn api(method: &Method, path: &str, query: &str, ctx: &Context) -> Reply {
             json_reply(StatusCode::OK, Value::Object(pairs.collect()))
         }
         (&Method::POST, "/api/reload") => done(admin::reload(ctx).map(|summary| json!({"reloaded": summary}))),
+        (&Method::GET, "/api/hotkeys") => {
+            let n = query.split('&').find_map(|p| p.strip_prefix("n=")).and_then(|n| n.parse().ok()).unwrap_or(10);
+            let list = |keys: &[(Bytes, u64)]| -> Value {
+                keys.iter().map(|(k, n)| json!({"key": String::from_utf8_lossy(k), "count": n})).collect()
+            };
+            let sampling =
+                json!({"sample_every": crate::cache::SAMPLE_EVERY, "window_seconds": crate::cache::WINDOW.as_secs()});
+            done(admin::hot_keys(ctx, usize::min(n, 1000)).map(|hot| {
+                json!({"reads": list(&hot.reads), "invalidations": list(&hot.invalidations), "sampling": sampling})
+            }))
+        }
         (&Method::POST, "/api/clear") => done(admin::clear(ctx).map(|()| json!({"cleared": true}))),
         (&Method::POST, "/api/invalidate") => {
             let pattern = query.split('&').find_map(|pair| pair.strip_prefix("pattern=")).map(percent_decode);
