@@ -8,10 +8,13 @@
 //! PROXY CACHE INVALIDATE PATTERN <glob>      drop matching keys      (how many)
 //! PROXY CACHE CLEAR                          drop everything
 //! PROXY CACHE HOTKEYS [n]                    the most-read and most-invalidated keys lately
+//! PROXY CACHE WARM <glob> [limit] | STATUS    fill the tier with matching keys (background)
 //! PROXY CONFIG GET [glob]                    the running configuration, key/value pairs
 //! PROXY CONFIG RELOAD                        re-read proxy.toml (see `reload.rs`)
 //! PROXY BREAKER STATUS                       the circuit breaker's state and counters
 //! ```
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -75,6 +78,21 @@ fn run(ctx: &Context, session: &mut Session, cmd: &CommandView<'_>) -> Result<By
             };
             w.verbatim(hot_keys(ctx, n.min(1000))?.text().as_bytes());
         }
+        ("CACHE", "WARM") => match &args[2..] {
+            [status] if status.eq_ignore_ascii_case(b"STATUS") => {
+                w.verbatim(warm_status(ctx).as_bytes());
+            }
+            [pattern] => {
+                warm(ctx, pattern, None)?;
+                return Ok(Bytes::from_static(reply::OK));
+            }
+            [pattern, limit] => {
+                let limit = crate::framing::parse_int(limit).filter(|&n| n > 0).ok_or(ProxyError::NotInteger)?;
+                warm(ctx, pattern, Some(limit as u64))?;
+                return Ok(Bytes::from_static(reply::OK));
+            }
+            _ => return Err(ProxyError::WrongArity("proxy|cache|warm")),
+        },
         ("CACHE", "CLEAR") => {
             arity(2)?;
             clear(ctx)?;
@@ -138,6 +156,18 @@ pub fn config(ctx: &Context, pattern: &[u8]) -> Vec<(String, String)> {
 /// Re-reads proxy.toml: what changed, or why the file was refused.
 pub fn reload(ctx: &Context) -> Result<String, ProxyError> {
     reload::reload(ctx).map_err(ProxyError::ReloadRefused)
+}
+
+/// Starts warming the tier with the keys matching `pattern` (at most `limit`).
+pub fn warm(ctx: &Context, pattern: &[u8], limit: Option<u64>) -> Result<(), ProxyError> {
+    let tier = ctx.tier.clone().ok_or(ProxyError::TierDisabled)?;
+    let policy = ctx.live.load().policy.clone();
+    ctx.warm.start(pattern, limit, Arc::clone(&ctx.upstream), tier, policy)
+}
+
+/// The warm-up's progress, INFO style.
+pub fn warm_status(ctx: &Context) -> String {
+    ctx.warm.status()
 }
 
 /// The most-read and most-invalidated keys lately (`n` of each), with estimated counts.

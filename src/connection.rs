@@ -421,6 +421,7 @@ mod tests {
             commands: Default::default(),
             sentinel: None,
             clients: Default::default(),
+            warm: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();

@@ -33,6 +33,8 @@ pub struct Context {
     pub commands: Arc<Learned>,
     /// Every connected client (CLIENT LIST, CLIENT KILL).
     pub clients: Arc<crate::client_table::ClientTable>,
+    /// The tier's warm-up (`PROXY CACHE WARM`).
+    pub warm: Arc<crate::warm::Warmer>,
     /// With `[upstream] sentinels`: what following the primary has seen.
     pub sentinel: Option<Arc<crate::sentinel::Stats>>,
 }

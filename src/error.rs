@@ -39,7 +39,7 @@ pub enum ProxyError {
     #[error("unknown subcommand '{0}'. Try CLIENT HELP.")]
     UnknownClientSubcommand(String),
     #[error(
-        "unknown PROXY subcommand '{0}' (try PROXY INFO, PROXY CACHE INSPECT|INVALIDATE|CLEAR|HOTKEYS, PROXY CONFIG GET|RELOAD, PROXY BREAKER STATUS, PROXY AUTH)"
+        "unknown PROXY subcommand '{0}' (try PROXY INFO, PROXY CACHE INSPECT|INVALIDATE|CLEAR|HOTKEYS|WARM, PROXY CONFIG GET|RELOAD, PROXY BREAKER STATUS, PROXY AUTH)"
     )]
     UnknownProxyCommand(String),
     #[error("PROXY AUTH <password> required for admin commands ([admin] password_env is set)")]
@@ -64,6 +64,8 @@ pub enum ProxyError {
     HelloNoAuth,
     #[error("syntax error")]
     Syntax,
+    #[error("a warm-up is running (PROXY CACHE WARM STATUS)")]
+    WarmRunning,
     #[error("client-id should be greater than 0")]
     InvalidClientId,
     #[error("No such client")]

@@ -58,4 +58,5 @@ pub mod tracking;
 pub mod transport;
 pub mod ttl;
 pub mod upstream;
+pub mod warm;
 pub mod writev;

@@ -401,18 +401,23 @@ impl Session {
     /// its name uppercased and without the key (argument 1: the entry's own), each argument
     /// length-prefixed. Built in reused scratch space.
     fn variant_id<'a>(&mut self, args: impl Iterator<Item = &'a [u8]>) {
-        let id = &mut self.variant;
-        id.clear();
-        id.extend_from_slice(&self.db.to_le_bytes());
-        id.push(u8::from(self.resp3));
-        id.extend_from_slice(&self.user.unwrap_or_default().to_le_bytes());
-        for (i, arg) in args.enumerate().filter(|(i, _)| *i != 1) {
-            id.extend_from_slice(&(arg.len() as u32).to_le_bytes());
-            let start = id.len();
-            id.extend_from_slice(arg);
-            if i == 0 {
-                id[start..].make_ascii_uppercase();
-            }
+        variant_id(&mut self.variant, self.db, self.resp3, self.user.unwrap_or_default(), args);
+    }
+}
+
+/// A cached reply's variant id (see `Session::variant_id`), into `id`: what a session in `db`,
+/// the protocol and `user` would look the command `args` up by (the warm-up fills the same).
+pub fn variant_id<'a>(id: &mut Vec<u8>, db: u32, resp3: bool, user: UserId, args: impl Iterator<Item = &'a [u8]>) {
+    id.clear();
+    id.extend_from_slice(&db.to_le_bytes());
+    id.push(u8::from(resp3));
+    id.extend_from_slice(&user.to_le_bytes());
+    for (i, arg) in args.enumerate().filter(|(i, _)| *i != 1) {
+        id.extend_from_slice(&(arg.len() as u32).to_le_bytes());
+        let start = id.len();
+        id.extend_from_slice(arg);
+        if i == 0 {
+            id[start..].make_ascii_uppercase();
         }
     }
 }
@@ -469,7 +474,7 @@ pub fn describe_variant(id: &[u8]) -> String {
 }
 
 /// Whether a rule's reads may be cached now.
-fn may_cache(mode: CacheMode, tier: &Tier) -> bool {
+pub fn may_cache(mode: CacheMode, tier: &Tier) -> bool {
     match mode {
         CacheMode::None => false,
         CacheMode::Tracked => tier.tracking_up(),

@@ -118,6 +118,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         metrics,
         commands,
         clients: Default::default(),
+        warm: Default::default(),
         sentinel: sentinel.as_ref().map(|(stats, _)| Arc::clone(stats)),
     });
     let exporter = serve_metrics(&config.metrics.address, &ctx).await;

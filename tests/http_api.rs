@@ -183,3 +183,65 @@ async fn hot_keys_are_the_most_read_and_the_most_written() {
     assert!(text.contains("# Invalidations\r\n1:") && text.contains(" busy\r\n"), "{text}");
     assert!(call(&mut client, &["PROXY", "CACHE", "HOTKEYS", "0"]).await.starts_with("-ERR"));
 }
+
+/// Warming: the keys matching a pattern are read into the tier in the background (by type),
+/// and later reads of them are hits; keys whose rule does not cache are left alone.
+#[tokio::test]
+async fn warming_fills_the_tier_with_matching_keys() {
+    let redis = Redis::start();
+    let mut config = config_for(&redis.addr());
+    let api = format!("127.0.0.1:{}", free_port());
+    config.metrics.address = api.clone();
+    config.rule.push(nearcache::config::Rule {
+        pattern: "warm:nocache:*".into(),
+        cache: Some(nearcache::config::CacheMode::None),
+        ..Default::default()
+    });
+    let proxy = Proxy::start(config).await;
+    let mut client = proxy.raw().await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    wait_for_caching(&mut client, &mut direct).await;
+    for i in 0..50 {
+        call(&mut direct, &["SET", &format!("warm:{i}"), &format!("v{i}")]).await;
+    }
+    call(&mut direct, &["HSET", "warm:h", "f", "1", "g", "2"]).await;
+    call(&mut direct, &["SET", "warm:nocache:1", "x"]).await;
+    call(&mut direct, &["SET", "other:1", "x"]).await;
+
+    assert_eq!(
+        json(&api, "POST", "/api/warm?pattern=warm%3A*", None).await,
+        (200, serde_json::json!({"started": true}))
+    );
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let status = loop {
+        let (_, status) = json(&api, "GET", "/api/warm", None).await;
+        if status["state"] != "running" {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(
+        (&status["scanned"], &status["warmed"], &status["skipped"]),
+        (&Value::from(52), &Value::from(51), &Value::from(1))
+    );
+
+    let (gets, hgetalls) = (calls(&mut direct, "get").await, calls(&mut direct, "hgetall").await);
+    assert_eq!(call(&mut client, &["GET", "warm:7"]).await, "$2\r\nv7\r\n");
+    assert_eq!(call(&mut client, &["HGETALL", "warm:h"]).await, "*4\r\n$1\r\nf\r\n$1\r\n1\r\n$1\r\ng\r\n$1\r\n2\r\n");
+    assert_eq!(calls(&mut direct, "get").await, gets, "a warmed key is a hit");
+    assert_eq!(calls(&mut direct, "hgetall").await, hgetalls);
+    call(&mut client, &["GET", "other:1"]).await;
+    call(&mut client, &["GET", "warm:nocache:1"]).await;
+    assert_eq!(calls(&mut direct, "get").await, gets + 2, "keys outside the pattern or not cached by their rule");
+
+    // Over RESP, with a limit.
+    assert_eq!(call(&mut client, &["PROXY", "CACHE", "CLEAR"]).await, "+OK\r\n");
+    assert_eq!(call(&mut client, &["PROXY", "CACHE", "WARM", "warm:*", "10"]).await, "+OK\r\n");
+    let status = common::until_reply(&mut client, &["PROXY", "CACHE", "WARM", "STATUS"], "the warm-up done", |r| {
+        r.contains("state:done")
+    })
+    .await;
+    assert!(status.contains("scanned:10\r\n") && status.contains("limit:10\r\n"), "{status}");
+}

@@ -16,10 +16,12 @@ use crate::upstream::ReplyChunk;
 impl Tier {
     /// The read's reply arrived: answer the waiters and cache it, unless the key was
     /// invalidated since the read was sent. `pttl` is the key's PTTL read just before it.
-    pub fn fill(&self, ticket: FillTicket, reply: Bytes, pttl: Option<i64>) {
+    /// Whether it was cached.
+    pub fn fill(&self, ticket: FillTicket, reply: Bytes, pttl: Option<i64>) -> bool {
+        let mut cached = false;
         let waiters = {
             let _no_clear = self.clearing.read().unwrap_or_else(|e| e.into_inner());
-            let Some(mut state) = self.in_flight.get_mut(&ticket.key) else { return };
+            let Some(mut state) = self.in_flight.get_mut(&ticket.key) else { return false };
             let waiters = take_flight(&mut state, &ticket);
             let fresh = state.epoch == ticket.epoch && self.clears.load(Ordering::Acquire) == ticket.clears;
             let lifetime = lifetime(ticket.local_ttl, pttl);
@@ -29,6 +31,7 @@ impl Tier {
                 // Under the key's shard lock: no invalidation can slip between check and insert.
                 self.insert(&ticket, reply.clone(), lifetime);
                 inc(&self.stats.fills);
+                cached = true;
                 if let Some(rule) = &ticket.rule {
                     inc(&rule.fills);
                 }
@@ -39,6 +42,7 @@ impl Tier {
         for waiter in waiters {
             let _ = waiter.sink.send(ReplyChunk { seq: waiter.seq, count: 1, bytes: reply.clone() });
         }
+        cached
     }
 
     /// The read failed: its waiters get the same error reply; nothing is cached.

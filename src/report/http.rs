@@ -14,6 +14,8 @@
 //! POST   /api/invalidate?pattern=<g> drop the keys matching a glob: {"dropped": n}
 //! POST   /api/clear                  empty the tier
 //! GET    /api/hotkeys?n=10           the most-read and most-invalidated keys lately
+//! POST   /api/warm?pattern=<g>&limit=n  fill the tier with matching keys (in the background)
+//! GET    /api/warm                   the warm-up's progress
 //! ```
 //!
 //! `/api/*` needs `Authorization: Bearer <admin password>` when `[admin] password_env` is set
@@ -126,6 +128,15 @@ fn api(method: &Method, path: &str, query: &str, ctx: &Context) -> Reply {
             done(admin::hot_keys(ctx, usize::min(n, 1000)).map(|hot| {
                 json!({"reads": list(&hot.reads), "invalidations": list(&hot.invalidations), "sampling": sampling})
             }))
+        }
+        (&Method::GET, "/api/warm") => json_reply(StatusCode::OK, info_json(&admin::warm_status(ctx))),
+        (&Method::POST, "/api/warm") => {
+            let param = |name: &str| query.split('&').find_map(|p| p.strip_prefix(name)?.strip_prefix('='));
+            let limit = param("limit").and_then(|l| l.parse::<u64>().ok()).filter(|&l| l > 0);
+            match param("pattern").map(percent_decode) {
+                Some(pattern) => done(admin::warm(ctx, &pattern, limit).map(|()| json!({"started": true}))),
+                None => error(StatusCode::BAD_REQUEST, "POST /api/warm?pattern=<glob>[&limit=n]"),
+            }
         }
         (&Method::POST, "/api/clear") => done(admin::clear(ctx).map(|()| json!({"cleared": true}))),
         (&Method::POST, "/api/invalidate") => {
