@@ -8,12 +8,12 @@
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use tokio::sync::Notify;
+
+use crate::upstream::{ReplyChunk, ReplySink};
 
 /// Ids of clients that have not asked for theirs start here.
 pub const UNSHOWN_IDS: u64 = 1 << 40;
@@ -32,9 +32,15 @@ pub struct Listed {
     fd: i64,
     since: Instant,
     row: std::sync::Mutex<Row>,
-    killed: AtomicBool,
-    kill: Notify,
+    /// Where the client's task receives its replies: [`Listed::kill`] sends [`KILLED`] there,
+    /// so that being killable costs the task no extra future to poll.
+    sink: ReplySink,
 }
+
+/// The reply chunks (sequence numbers, with no replies: no real chunk has none) that tell a
+/// client's task it was killed, or that the proxy is shutting down (drain, then close).
+pub const KILLED: u64 = u64::MAX;
+pub const SHUTDOWN: u64 = u64::MAX - 1;
 
 /// What a client's session looks like now (published by its task).
 #[derive(Debug, Clone)]
@@ -105,17 +111,16 @@ impl Drop for Registration {
 
 impl ClientTable {
     /// Lists a new client (`number`: the proxy's number for it).
-    pub fn register(self: &Arc<Self>, number: u64, addr: SocketAddr, laddr: SocketAddr, fd: i64) -> Registration {
-        let listed = Arc::new(Listed {
-            number,
-            addr,
-            laddr,
-            fd,
-            since: Instant::now(),
-            row: Default::default(),
-            killed: AtomicBool::new(false),
-            kill: Notify::new(),
-        });
+    /// `sink`: where its task receives reply chunks.
+    pub fn register(
+        self: &Arc<Self>,
+        number: u64,
+        addr: SocketAddr,
+        laddr: SocketAddr,
+        fd: i64,
+        sink: ReplySink,
+    ) -> Registration {
+        let listed = Arc::new(Listed { number, addr, laddr, fd, since: Instant::now(), row: Default::default(), sink });
         self.clients.insert(number, Arc::clone(&listed));
         Registration { table: Arc::clone(self), listed }
     }
@@ -125,6 +130,13 @@ impl ClientTable {
         let mut all: Vec<_> = self.clients.iter().map(|c| Arc::clone(c.value())).collect();
         all.sort_by_key(|c| c.number);
         all
+    }
+
+    /// Tells every client the proxy is shutting down.
+    pub fn shut_down_all(&self) {
+        for client in self.clients.iter() {
+            let _ = client.sink.send(ReplyChunk { seq: SHUTDOWN, count: 0, bytes: Bytes::new() });
+        }
     }
 
     pub fn get(&self, number: u64) -> Option<Arc<Listed>> {
@@ -164,15 +176,7 @@ impl Listed {
 
     /// Closes the client (its task notices at once).
     pub fn kill(&self) {
-        self.killed.store(true, Ordering::Release);
-        self.kill.notify_one();
-    }
-
-    /// Waits until [`Listed::kill`].
-    pub async fn killed(&self) {
-        if !self.killed.load(Ordering::Acquire) {
-            self.kill.notified().await;
-        }
+        let _ = self.sink.send(ReplyChunk { seq: KILLED, count: 0, bytes: Bytes::new() });
     }
 
     /// The client's line of `CLIENT LIST` / `CLIENT INFO`, in Redis 7.0's format (with 7.2's
@@ -248,7 +252,8 @@ mod tests {
         let table = Arc::new(ClientTable::default());
         let addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let laddr: SocketAddr = "127.0.0.1:6380".parse().unwrap();
-        let reg = table.register(7, addr, laddr, 12);
+        let (sink, _chunks) = tokio::sync::mpsc::unbounded_channel();
+        let reg = table.register(7, addr, laddr, 12, sink);
         reg.listed.publish(|row| {
             row.name = Some(Bytes::from_static(b"worker"));
             row.cmd_label = Some(command_name(b"CLIENT", Some(b"List")).into());

@@ -33,7 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use crate::admin;
-use crate::client_table::Registration;
+use crate::client_table::{KILLED, Registration, SHUTDOWN};
 use crate::command::Command;
 use crate::context::Context;
 use crate::error::ProxyError;
@@ -131,10 +131,10 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     id: u64,
     ctx: Arc<Context>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
-    let listed = ctx.clients.register(id, peer, local, i64::from(std::os::fd::AsRawFd::as_raw_fd(&stream)));
+    let fd = i64::from(std::os::fd::AsRawFd::as_raw_fd(&stream));
     let _ = stream.set_nodelay(true);
     let stream = match Box::pin(Stream::accept(stream, tls.as_ref())).await {
         Ok(stream) => stream,
@@ -142,6 +142,9 @@ pub async fn serve(
     };
     let (rd, wr) = stream.into_split();
     let (sink, chunks) = mpsc::unbounded_channel();
+    let listed = ctx.clients.register(id, peer, local, fd, sink.clone());
+    // Registered after the shutdown was announced to the table: it tells itself.
+    let closing = *shutdown.borrow();
     let user = ctx.live.load().access.initial_user();
     let mut client = Client {
         parser: RequestParser::new(ctx.limits),
@@ -161,7 +164,7 @@ pub async fn serve(
         pool: None,
         pinned: None,
         listed,
-        closing: false,
+        closing,
         hung_up: false,
         quitting: false,
         lost_at: None,
@@ -170,14 +173,14 @@ pub async fn serve(
         deadline: Box::pin(sleep_until(Instant::now().into())),
         armed: None,
     };
-    match client.run(&mut shutdown).await {
+    match client.run().await {
         Ok(()) => debug!(client = id, %peer, "client connection closed"),
         Err(e) => debug!(client = id, %peer, error = %e, "client connection ended"),
     }
 }
 
 impl Client {
-    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> io::Result<()> {
+    async fn run(&mut self) -> io::Result<()> {
         loop {
             if !self.replies.ready.is_empty() {
                 self.write_replies().await?;
@@ -207,9 +210,16 @@ impl Client {
                 }
                 _ = &mut self.deadline, if self.armed.is_some() => return self.timed_out().await,
                 Some(chunk) = self.chunks.recv() => {
-                    self.replies.accept(chunk);
-                    while let Ok(chunk) = self.chunks.try_recv() {
-                        self.replies.accept(chunk);
+                    let mut next = Some(chunk);
+                    while let Some(chunk) = next {
+                        match chunk.seq {
+                            // CLIENT KILL from another client: closed at once.
+                            KILLED => return Ok(()),
+                            // The proxy is stopping: what was sent is answered, then closed.
+                            SHUTDOWN => self.closing = true,
+                            _ => self.replies.accept(chunk),
+                        }
+                        next = self.chunks.try_recv().ok();
                     }
                     self.resume().await;
                 }
@@ -217,9 +227,6 @@ impl Client {
                     self.on_pinned(read);
                     self.resume().await;
                 }
-                // CLIENT KILL from another client.
-                _ = self.listed.listed.killed() => return Ok(()),
-                _ = shutdown.changed(), if !self.closing => self.closing = true,
             }
         }
     }

@@ -407,6 +407,7 @@ impl Session {
 
 /// A cached reply's variant id (see `Session::variant_id`), into `id`: what a session in `db`,
 /// the protocol and `user` would look the command `args` up by (the warm-up fills the same).
+#[inline]
 pub fn variant_id<'a>(id: &mut Vec<u8>, db: u32, resp3: bool, user: UserId, args: impl Iterator<Item = &'a [u8]>) {
     id.clear();
     id.extend_from_slice(&db.to_le_bytes());

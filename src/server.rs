@@ -160,6 +160,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     }
     drop(listener);
     let _ = stop.send(true);
+    ctx.clients.shut_down_all();
     let drain = config.listen.drain_timeout.0;
     info!(clients = clients.len(), drain_ms = drain.as_millis() as u64, "shutting down: draining clients");
     if timeout(drain, async { while clients.join_next().await.is_some() {} }).await.is_err() {
