@@ -38,8 +38,8 @@ pub struct Delivery {
     writes: Option<Written>,
     /// Requests whose replies are shaped (TTL enforcement), by the index of the client's reply.
     shaped: Shaped,
-    /// The batch is INFO: the proxy's own tracking connection is left out of its reply.
-    info: bool,
+    /// The batch is INFO: its reply as the proxy's clients see it (see [`as_clients_see_it`]).
+    info: Option<InfoView>,
     /// Client replies produced so far.
     delivered: u32,
 }
@@ -91,9 +91,9 @@ impl Delivery {
     }
 
     /// The work for INFO while the tier's tracking connection is up (see [`without_own_tracking`]).
-    pub fn for_info() -> Box<Delivery> {
+    pub fn for_info(view: InfoView) -> Box<Delivery> {
         let mut info = Delivery::empty(None);
-        info.info = true;
+        info.info = Some(view);
         Box::new(info)
     }
 
@@ -106,7 +106,7 @@ impl Delivery {
             split: None,
             writes: None,
             shaped: VecDeque::new(),
-            info: false,
+            info: None,
             delivered: 0,
         }
     }
@@ -187,8 +187,8 @@ impl ReplyWork for Delivery {
             Step::Deliver
         } else if let (Some(split), Some(tier)) = (self.split.take(), &self.tier) {
             split.complete(tier, frame, &mut self.pttls).map_or(Step::Deliver, Step::Replace)
-        } else if self.info {
-            without_own_tracking(frame).map_or(Step::Deliver, Step::Replace)
+        } else if let Some(view) = self.info {
+            as_clients_see_it(frame, view).map_or(Step::Deliver, Step::Replace)
         } else {
             Step::Deliver
         };
@@ -212,31 +212,45 @@ impl Drop for Delivery {
     }
 }
 
-/// INFO's reply as Redis would give it without the proxy's own tracking connection (the tier's
-/// `CLIENT TRACKING ON BCAST`): one tracking client fewer, and one prefix fewer (BCAST without
-/// a prefix registers the empty one). `None` when the reply has no tracking fields (another
-/// section, an error).
+/// What INFO's reply must show the proxy's clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InfoView {
+    /// The tier's tracking connection is up: left out of the tracking fields.
+    pub own_tracking: bool,
+    /// The proxy's clients, for `connected_clients` (Redis counts the proxy's connections).
+    pub clients: u64,
+}
+
+/// INFO's reply as the proxy's clients see it: `connected_clients` is the proxy's client count
+/// (as CLIENT LIST lists them), and with the tier's tracking connection up (`CLIENT TRACKING ON
+/// BCAST`) one tracking client fewer and one prefix fewer (BCAST without a prefix registers the
+/// empty one). `None` when the reply has none of those fields (another section, an error).
 ///
 /// # Shared prefix
 /// Should a client also track with BCAST and no prefix, Redis counts the empty prefix once for
 /// both, and `tracking_total_prefixes` shows one fewer than Redis has.
-pub fn without_own_tracking(frame: &[u8]) -> Option<Bytes> {
+pub fn as_clients_see_it(frame: &[u8], view: InfoView) -> Option<Bytes> {
     let (&kind, _) = frame.split_first()?;
     if !matches!(kind, b'$' | b'=') {
         return None;
     }
     let header = frame.windows(2).position(|w| w == b"\r\n")? + 2;
     let text = std::str::from_utf8(frame.get(header..frame.len().checked_sub(2)?)?).ok()?;
-    if !text.contains("\ntracking_clients:") && !text.contains("\ntracking_total_prefixes:") {
+    let tracking =
+        view.own_tracking && (text.contains("\ntracking_clients:") || text.contains("\ntracking_total_prefixes:"));
+    if !tracking && !text.contains("\nconnected_clients:") {
         return None;
     }
     let lines: Vec<String> = text
         .split("\r\n")
         .map(|line| match line.split_once(':') {
-            Some((field @ ("tracking_clients" | "tracking_total_prefixes"), n)) => match n.parse::<u64>() {
-                Ok(n) => format!("{field}:{}", n.saturating_sub(1)),
-                Err(_) => line.to_owned(),
-            },
+            Some(("connected_clients", _)) => format!("connected_clients:{}", view.clients),
+            Some((field @ ("tracking_clients" | "tracking_total_prefixes"), n)) if view.own_tracking => {
+                match n.parse::<u64>() {
+                    Ok(n) => format!("{field}:{}", n.saturating_sub(1)),
+                    Err(_) => line.to_owned(),
+                }
+            }
             _ => line.to_owned(),
         })
         .collect();

@@ -303,7 +303,7 @@ impl Session {
     fn route_ordinary(&mut self, cmd: &CommandView<'_>, command: &Command, env: &Env<'_>) -> Route {
         let pool = self.pool_key();
         if env.tier.is_none() && !env.policy.enforces_ttl() {
-            return Route::Shared(pool);
+            return if shows_clients(command) { Route::Info(pool) } else { Route::Shared(pool) };
         }
         let effect = command.effect(cmd);
         let rewrite = match enforce_ttl(cmd, command, env) {
@@ -314,7 +314,7 @@ impl Session {
             return if rewrite.is_some() { Route::Write(pool, rewrite) } else { Route::Shared(pool) };
         };
         match effect {
-            Effect::Nothing if reports_own_tracking(command, env) => Route::Info(pool),
+            Effect::Nothing if shows_clients(command) => Route::Info(pool),
             Effect::Nothing => Route::Shared(pool),
             Effect::Flush => {
                 tier.clear();
@@ -484,10 +484,10 @@ pub fn may_cache(mode: CacheMode, tier: &Tier) -> bool {
 }
 
 mod enforce;
-/// INFO while the tier's tracking connection is up: its reply must leave that connection of the
-/// proxy's out (`delivery::without_own_tracking`), on the shared pool and on a pinned connection.
-fn reports_own_tracking(command: &Command, env: &Env<'_>) -> bool {
-    command.spec.name == "INFO" && env.tier.is_some_and(Tier::tracking_up)
+/// INFO: its reply shows the proxy's clients (`delivery::as_clients_see_it`), on the shared
+/// pool and on a pinned connection.
+fn shows_clients(command: &Command) -> bool {
+    command.spec.name == "INFO"
 }
 
 mod listing;

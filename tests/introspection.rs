@@ -49,6 +49,10 @@ async fn client_list_shows_the_proxys_clients_as_redis_shows_its_own() {
 
     let list = lines(&call(&mut a, &["CLIENT", "LIST"]).await);
     assert_eq!(list.len(), 3, "the proxy's three clients, nothing of its pooled connections: {list:?}");
+    // INFO agrees (Redis itself counts the proxy's connections, and the direct client).
+    let info = call(&mut a, &["INFO", "clients"]).await;
+    assert!(info.contains("\r\nconnected_clients:3\r\n"), "{info}");
+    assert!(call(&mut direct, &["INFO", "clients"]).await.contains("\r\nconnected_clients:"));
     let line_of = |raw: &Raw| list.iter().find(|l| field(l, "addr") == local_addr(raw)).cloned().unwrap();
     let (a_line, b_line, c_line) = (line_of(&a), line_of(&b), line_of(&c));
     // Redis's fields, in Redis's order.

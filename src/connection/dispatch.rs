@@ -6,7 +6,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::Client;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, InfoView};
 use crate::proxy::{Expect, Route};
 use crate::ttl::{Rewrite, Shape};
 use crate::upstream::{Batch, Pool, PoolKey, ReplyChunk, ReplyWork};
@@ -205,6 +205,14 @@ impl Client {
         }
     }
 
+    /// What INFO's reply shows this proxy's clients (see `delivery::as_clients_see_it`).
+    fn info_view(&self) -> InfoView {
+        InfoView {
+            own_tracking: self.ctx.tier.as_ref().is_some_and(|tier| tier.tracking_up()),
+            clients: self.ctx.metrics.clients_connected.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64,
+        }
+    }
+
     pub(super) async fn send(&mut self, dest: Dest, bytes: Bytes, seq: u64, count: u32, work: TierWork) {
         self.last_dest = Some(dest);
         match dest {
@@ -214,7 +222,7 @@ impl Client {
                 let tier = self.ctx.tier.as_ref();
                 let work = match (read, info) {
                     (Some(read), _) => Some(read),
-                    (None, true) => Some(Delivery::for_info()),
+                    (None, true) => Some(Delivery::for_info(self.info_view())),
                     (None, false) => Delivery::for_batch(tier, &bytes, writes, shaped),
                 };
                 let batch = match work {
@@ -227,7 +235,7 @@ impl Client {
                 // A shaped request (or INFO) is sent to a pinned connection on its own.
                 let TierWork { info, shaped, expect, .. } = work;
                 let replies: Option<Box<dyn ReplyWork>> = match info {
-                    true => Some(Delivery::for_info()),
+                    true => Some(Delivery::for_info(self.info_view())),
                     false => Delivery::for_batch(None, &bytes, false, shaped).map(|d| d as Box<dyn ReplyWork>),
                 };
                 // Boxed: every caller's future (and so every client's task) would hold its

@@ -310,7 +310,7 @@ impl Session {
         // INFO answered in counted mode (not queued, not in a stream) leaves out the tier's
         // tracking connection, as on the shared pool.
         let counted = !self.pin.stream && !self.pin.in_multi;
-        let info = counted && super::reports_own_tracking(command, env);
+        let info = counted && super::shows_clients(command);
         Route::Pinned { stream: self.pin.stream, rewrite, expect, info }
     }
 }
