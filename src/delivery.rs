@@ -123,7 +123,7 @@ impl Delivery {
             requests
         } else {
             let mut bytes = BytesMut::new();
-            probed.iter().for_each(|key| bytes.extend_from_slice(&encode_command(&[&b"PTTL"[..], key])));
+            probed.iter().for_each(|key| bytes.extend_from_slice(&encode_command(&[&b"pTTL"[..], key])));
             bytes.extend_from_slice(&requests);
             bytes.freeze()
         };

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::debug;
 
@@ -188,6 +188,7 @@ impl PinnedConn {
         &mut self,
         stream: bool,
         pass_pushes: bool,
+        monitoring: bool,
         mut out: impl FnMut(Option<u64>, Bytes, Option<Confirm>),
     ) -> Result<(), ScanError> {
         let mut scanned = 0;
@@ -200,6 +201,15 @@ impl PinnedConn {
             }
             let Some(expected) = self.fifo.front_mut() else {
                 if stream {
+                    if monitoring && reply::is_own_monitor_line(&self.buf[scanned..scanned + len]) {
+                        // The proxy's own command (a PTTL probe, a handshake): not the client's.
+                        if scanned > 0 {
+                            out(None, self.buf.split_to(scanned).freeze(), None);
+                        }
+                        self.buf.advance(len);
+                        scanned = 0;
+                        continue;
+                    }
                     scanned += len;
                     continue;
                 }

@@ -110,6 +110,22 @@ pub fn is_push(reply: &[u8]) -> bool {
     reply.first() == Some(&b'>')
 }
 
+/// The proxy's own commands (PTTL probes, handshakes, the tracking connection's setup) are sent
+/// with their name's first letter in lowercase and the rest in uppercase (`pTTL`, `hELLO`):
+/// Redis ignores the case, and a MONITOR through the proxy leaves out the lines of commands so
+/// written ([`is_own_monitor_line`]), so that clients see what clients sent, as from Redis.
+pub fn is_own_monitor_line(line: &[u8]) -> bool {
+    let Some(at) = line.windows(3).position(|w| w == b"] \"") else { return false };
+    let rest = &line[at + 3..];
+    let name = &rest[..rest.iter().position(|&c| c == b'"').unwrap_or(rest.len())];
+    match name.split_first() {
+        Some((first, tail)) if first.is_ascii_lowercase() && !tail.is_empty() => {
+            !tail.iter().any(u8::is_ascii_lowercase) && tail.iter().any(u8::is_ascii_uppercase)
+        }
+        _ => false,
+    }
+}
+
 /// True for Redis's refusal of a write on a replica: the primary has moved (Sentinel).
 pub fn is_readonly(reply: &[u8]) -> bool {
     reply.starts_with(b"-READONLY ")
@@ -215,6 +231,16 @@ impl ReplyWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_proxys_own_commands_are_told_apart_in_monitor_lines() {
+        assert!(is_own_monitor_line(b"+1796081652.297015 [0 127.0.0.1:37780] \"pTTL\" \"foo\"\r\n"));
+        assert!(is_own_monitor_line(b"+1.0 [0 127.0.0.1:1] \"hELLO\" \"2\"\r\n"));
+        for client in [&b"\"PTTL\" \"foo\""[..], b"\"pttl\" \"foo\"", b"\"set\" \"pTTL\"", b"\"p\"", b"\"p1\""] {
+            let line = [&b"+1.0 [0 127.0.0.1:1] "[..], client, b"\r\n"].concat();
+            assert!(!is_own_monitor_line(&line), "{}", String::from_utf8_lossy(&line));
+        }
+    }
 
     #[test]
     fn tracking_pushes_are_told_from_subscription_replies() {

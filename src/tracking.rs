@@ -50,8 +50,8 @@ async fn track(upstream: &Upstream, tier: &Tier) -> String {
     };
     let _up = upstream.connection_up();
     let mut request = BytesMut::new();
-    request.extend_from_slice(&encode_command(&["CLIENT", "SETNAME", "nearcache-tracking"]));
-    request.extend_from_slice(&encode_command(&["CLIENT", "TRACKING", "ON", "BCAST"]));
+    request.extend_from_slice(&encode_command(&["cLIENT", "SETNAME", "nearcache-tracking"]));
+    request.extend_from_slice(&encode_command(&["cLIENT", "TRACKING", "ON", "BCAST"]));
     if let Err(e) = stream.write_all(&request).await {
         return e.to_string();
     }

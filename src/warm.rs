@@ -135,7 +135,7 @@ impl Warmer {
         let mut seen = 0u64;
         let mut id = Vec::new();
         loop {
-            let scan = encode_command(&[&b"SCAN"[..], &cursor, b"MATCH", pattern, b"COUNT", SCAN_COUNT.as_bytes()]);
+            let scan = encode_command(&[&b"sCAN"[..], &cursor, b"MATCH", pattern, b"COUNT", SCAN_COUNT.as_bytes()]);
             let reply = ask(&mut stream, &[scan]).await?.remove(0);
             let (next, keys) =
                 scan_reply(&reply).ok_or_else(|| format!("SCAN: {}", String::from_utf8_lossy(&reply)))?;
@@ -182,13 +182,13 @@ async fn warm_key(
     if !may_cache(rule.mode, tier) {
         return Ok(Warmed::Skipped);
     }
-    let kind = ask(stream, &[encode_command(&[&b"TYPE"[..], key])]).await?.remove(0);
+    let kind = ask(stream, &[encode_command(&[&b"tYPE"[..], key])]).await?.remove(0);
     let read: Vec<&[u8]> = match &kind[..] {
-        b"+string\r\n" => vec![b"GET", key],
-        b"+hash\r\n" => vec![b"HGETALL", key],
-        b"+set\r\n" => vec![b"SMEMBERS", key],
-        b"+list\r\n" => vec![b"LRANGE", key, b"0", b"-1"],
-        b"+zset\r\n" => vec![b"ZRANGE", key, b"0", b"-1"],
+        b"+string\r\n" => vec![b"gET", key],
+        b"+hash\r\n" => vec![b"hGETALL", key],
+        b"+set\r\n" => vec![b"sMEMBERS", key],
+        b"+list\r\n" => vec![b"lRANGE", key, b"0", b"-1"],
+        b"+zset\r\n" => vec![b"zRANGE", key, b"0", b"-1"],
         _ => return Ok(Warmed::Skipped),
     };
     variant_id(id, 0, false, 0, read.iter().copied());
@@ -197,7 +197,7 @@ async fn warm_key(
         // Cached already, or a client's read of it is in flight.
         Ok(_) | Err(None) => return Ok(Warmed::Skipped),
     };
-    let replies = match ask(stream, &[encode_command(&[&b"PTTL"[..], key]), encode_command(&read)]).await {
+    let replies = match ask(stream, &[encode_command(&[&b"pTTL"[..], key]), encode_command(&read)]).await {
         Ok(replies) => replies,
         Err(e) => {
             // A client's read that joined this one gets the error, as after any lost read.

@@ -155,3 +155,28 @@ async fn client_kill_filters_act_on_the_proxys_clients() {
     assert_eq!(call(&mut me, &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no"]).await, ":1\r\n");
     assert!(me.closed().await);
 }
+
+/// MONITOR through the proxy shows what clients sent, not the proxy's own commands (the PTTL it
+/// reads with a read it caches, its handshakes).
+#[tokio::test]
+async fn monitor_shows_the_clients_commands_not_the_proxys() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut client = proxy.raw().await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    common::wait_for_caching(&mut client, &mut direct).await;
+    let mut monitor = proxy.raw().await;
+    assert_eq!(call(&mut monitor, &["MONITOR"]).await, "+OK\r\n");
+
+    call(&mut client, &["SET", "foo", "bar"]).await;
+    call(&mut client, &["GET", "foo"]).await; // a miss: PTTL foo, then GET foo, upstream
+    call(&mut client, &["PTTL", "foo"]).await; // the client's own PTTL is shown
+    let mut seen = Vec::new();
+    while !seen.last().is_some_and(|l: &String| l.contains("\"PTTL\"")) {
+        let line = monitor.reply().await;
+        seen.push(String::from_utf8_lossy(&line).into_owned());
+    }
+    let commands: Vec<&str> =
+        seen.iter().map(|l| l.split("] ").nth(1).unwrap_or_default().split(' ').next().unwrap_or_default()).collect();
+    assert_eq!(commands, ["\"SET\"", "\"GET\"", "\"PTTL\""], "{seen:?}");
+}

@@ -179,7 +179,7 @@ async fn stalling_upstream() -> (String, tokio::task::JoinHandle<()>) {
                 // HELLO and CONFIG GET arrive together: answer them, then go silent (a PING on a
                 // new connection, the proxy's check that Redis is there, gets nothing either).
                 let n = stream.read(&mut buf).await.unwrap_or(0);
-                if buf[..n].windows(5).any(|w| w == b"HELLO") {
+                if buf[..n].windows(5).any(|w| w.eq_ignore_ascii_case(b"HELLO")) {
                     let hello = "*4\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n";
                     let _ = stream.write_all(format!("{hello}*0\r\n").as_bytes()).await;
                 }

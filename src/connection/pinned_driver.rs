@@ -64,9 +64,10 @@ impl Client {
             Ok(_) => {}
         }
         let (stream, pass_pushes) = (self.session.is_streaming(), self.session.passes_pushes());
+        let monitoring = self.session.is_monitoring();
         let Some(conn) = self.pinned.as_mut() else { return };
         let (replies, session, target) = (&mut self.replies, &mut self.session, self.ctx.upstream.target());
-        let taken = conn.take_replies(stream, pass_pushes, |seq, bytes, confirm| {
+        let taken = conn.take_replies(stream, pass_pushes, monitoring, |seq, bytes, confirm| {
             session.note_subscription(&bytes);
             if crate::reply::is_readonly(&bytes) {
                 // A replica: the primary moved (Sentinel). The client gets Redis's error.

@@ -39,7 +39,7 @@ fn a_fill_reads_its_own_pttl_sent_in_its_own_batch() {
     let ticket = miss(&tier, "k");
     let delivery = Delivery::for_read(Some(&tier), Some(ticket), None).unwrap();
     let mut batch = delivery.into_batch(get.clone(), 7, 1, &sink());
-    assert_eq!(&batch.bytes[..], [&encode_command(&["PTTL", "k"])[..], &get[..]].concat(), "the probe, then the read");
+    assert_eq!(&batch.bytes[..], [&encode_command(&["pTTL", "k"])[..], &get[..]].concat(), "the probe, then the read");
     assert_eq!((batch.count, batch.replies), (1, 2));
     let steps = feed(&mut batch, &[b":5000\r\n", b"$1\r\nv\r\n"]);
     assert_eq!(steps, vec![Step::Swallow, Step::Deliver]);

@@ -16,6 +16,8 @@ pub(super) struct Pin {
     /// The session's db and protocol when the pin began: a pinned connection opens in them.
     pub(super) key: PoolKey,
     pub(super) stream: bool,
+    /// MONITOR: the proxy's own commands are left out of the stream (`reply::is_own_monitor_line`).
+    pub(super) monitor: bool,
     pub(super) in_multi: bool,
     /// Commands sent into the open transaction (CLIENT LIST's `multi`).
     pub(super) queued: u32,
@@ -90,6 +92,11 @@ impl Session {
     /// Pinned to a connection whose replies are a stream (pub/sub, MONITOR, ...).
     pub fn is_streaming(&self) -> bool {
         self.pin.active && self.pin.stream
+    }
+
+    /// The session's stream is a MONITOR's.
+    pub fn is_monitoring(&self) -> bool {
+        self.is_streaming() && self.pin.monitor
     }
 
     /// The sequence number of a blocking command that may be waiting on the pinned connection
@@ -251,7 +258,10 @@ impl Session {
             }
             Class::Watch if !pin.in_multi => pin.watching = true,
             Class::Unwatch if !pin.in_multi => pin.watching = false,
-            Class::Stream if !pin.in_multi => pin.stream = true,
+            Class::Stream if !pin.in_multi => {
+                pin.stream = true;
+                pin.monitor |= command.spec.name == "MONITOR";
+            }
             Class::Stream => pin.stream_at_exec = true,
             Class::Unsubscribe if !pin.in_multi && !pin.stream => {
                 expect = Expect::Pushes(cmd.argc().saturating_sub(1).max(1) as u32);

@@ -14,7 +14,7 @@ impl Upstream {
         let reply = self
             .within("COMMAND", async {
                 let mut stream = self.connect(PoolKey::default()).await.map_err(|e| e.to_string())?;
-                stream.write_all(&encode_command(&["COMMAND"])).await.map_err(|e| e.to_string())?;
+                stream.write_all(&encode_command(&["cOMMAND"])).await.map_err(|e| e.to_string())?;
                 read_replies(&mut stream, 1).await
             })
             .await;

@@ -142,10 +142,10 @@ impl Upstream {
                 Some(tls) => tls.connect(tcp, addr, false).await.map_err(|e| e.to_string())?,
             };
             let mut request = match &self.info.login {
-                Some((user, password)) => encode_command(&["HELLO", "2", "AUTH", user, password]).to_vec(),
-                None => encode_command(&["HELLO", "2"]).to_vec(),
+                Some((user, password)) => encode_command(&["hELLO", "2", "AUTH", user, password]).to_vec(),
+                None => encode_command(&["hELLO", "2"]).to_vec(),
             };
-            request.extend_from_slice(&encode_command(&["ROLE"]));
+            request.extend_from_slice(&encode_command(&["rOLE"]));
             stream.write_all(&request).await.map_err(|e| e.to_string())?;
             let replies = read_replies(&mut stream, 2).await?;
             if replies[0].starts_with(b"-") {
@@ -168,7 +168,7 @@ impl Upstream {
     pub async fn answers_ping(&self, limit: Duration) -> Option<Bytes> {
         let ping = async {
             let (mut stream, _) = self.open().await.ok()?;
-            stream.write_all(b"*1\r\n$4\r\nPING\r\n").await.ok()?;
+            stream.write_all(b"*1\r\n$4\r\npING\r\n").await.ok()?;
             read_replies(&mut stream, 1).await.ok()?.pop()
         };
         timeout(limit, ping).await.ok().flatten()
@@ -179,13 +179,13 @@ impl Upstream {
         let proto = if key.resp3 { "3" } else { "2" };
         match &self.info.login {
             Some((user, password)) => {
-                request.extend_from_slice(&encode_command(&["HELLO", proto, "AUTH", user, password]))
+                request.extend_from_slice(&encode_command(&["hELLO", proto, "AUTH", user, password]))
             }
-            None => request.extend_from_slice(&encode_command(&["HELLO", proto])),
+            None => request.extend_from_slice(&encode_command(&["hELLO", proto])),
         }
-        request.extend_from_slice(&encode_command(&["CONFIG", "GET", "databases"]));
+        request.extend_from_slice(&encode_command(&["cONFIG", "GET", "databases"]));
         if key.db != 0 {
-            request.extend_from_slice(&encode_command(&["SELECT".to_string(), key.db.to_string()]));
+            request.extend_from_slice(&encode_command(&["sELECT".to_string(), key.db.to_string()]));
         }
         stream.write_all(&request).await.map_err(|e| e.to_string())?;
         let replies = read_replies(stream, if key.db != 0 { 3 } else { 2 }).await?;
