@@ -275,11 +275,21 @@ impl Tier {
         at: LookupAt,
         waiter: impl FnOnce() -> Waiter,
     ) -> Lookup {
-        self.lookup_with(key, id, ttl, at, || Some(waiter()))
+        self.lookup_with::<true>(key, id, ttl, at, || Some(waiter()))
+    }
+
+    /// A fill ticket for a read of the proxy's own (the warm-up), unless the variant is cached
+    /// or a read of it is in flight; counted nowhere (no hit, miss or hot read: no client read).
+    pub fn register_quietly(&self, key: &[u8], id: &[u8], ttl: Duration) -> Option<FillTicket> {
+        match self.lookup_with::<false>(key, id, ttl, LookupAt::now(), || None) {
+            Lookup::Miss(ticket) => Some(ticket),
+            Lookup::Hit(_) | Lookup::Joined => None,
+        }
     }
 
     /// `waiter` gives the waiter to add to a read in flight, or `None` to only report it.
-    fn lookup_with(
+    /// `COUNTED`: a client's read, counted in the stats and the hot-key sample.
+    fn lookup_with<const COUNTED: bool>(
         &self,
         key: &[u8],
         id: &[u8],
@@ -287,9 +297,13 @@ impl Tier {
         at: LookupAt,
         waiter: impl FnOnce() -> Option<Waiter>,
     ) -> Lookup {
-        self.hot.reads.record(key);
+        if COUNTED {
+            self.hot.reads.record(key);
+        }
         if let Some(reply) = self.hit(key, id, at) {
-            inc(&self.stats.hits);
+            if COUNTED {
+                inc(&self.stats.hits);
+            }
             return Lookup::Hit(reply);
         }
         let clears = self.clears.load(Ordering::Acquire);
@@ -297,12 +311,16 @@ impl Tier {
         let epoch = state.epoch;
         if let Some(flight) = state.flights.iter_mut().find(|f| f.id == id && f.epoch == epoch && f.clears == clears) {
             flight.waiters.extend(waiter());
-            inc(&self.stats.joined);
+            if COUNTED {
+                inc(&self.stats.joined);
+            }
             return Lookup::Joined;
         }
         let id = Bytes::copy_from_slice(id);
         state.flights.push(Flight { id: id.clone(), epoch, clears, waiters: Vec::new() });
-        inc(&self.stats.misses);
+        if COUNTED {
+            inc(&self.stats.misses);
+        }
         Lookup::Miss(FillTicket { key: state.key().clone(), id, epoch, clears, local_ttl, rule: None })
     }
 
@@ -343,7 +361,7 @@ impl Tier {
         ttl: Duration,
         at: LookupAt,
     ) -> Result<Bytes, Option<FillTicket>> {
-        match self.lookup_with(key, id, ttl, at, || None) {
+        match self.lookup_with::<true>(key, id, ttl, at, || None) {
             Lookup::Hit(reply) => Ok(reply),
             Lookup::Miss(ticket) => Err(Some(ticket)),
             Lookup::Joined => Err(None),

@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::{OwnedFrame, Resp2Frame as _};
 use tokio::io::AsyncWriteExt;
 
-use crate::cache::{LookupAt, Tier};
+use crate::cache::Tier;
 use crate::error::ProxyError;
 use crate::framing::encode_command;
 use crate::policy::Policy;
@@ -192,11 +192,12 @@ async fn warm_key(
         _ => return Ok(Warmed::Skipped),
     };
     variant_id(id, 0, false, 0, read.iter().copied());
-    let ticket = match tier.lookup_or_register(key, id, rule.local_ttl, LookupAt::now()) {
-        Err(Some(ticket)) => ticket.for_rule(policy.stats(rule.rule)),
+    // Not a client's read: counted in no hit rate and no hot key.
+    let Some(ticket) = tier.register_quietly(key, id, rule.local_ttl) else {
         // Cached already, or a client's read of it is in flight.
-        Ok(_) | Err(None) => return Ok(Warmed::Skipped),
+        return Ok(Warmed::Skipped);
     };
+    let ticket = ticket.for_rule(policy.stats(rule.rule));
     let replies = match ask(stream, &[encode_command(&[&b"pTTL"[..], key]), encode_command(&read)]).await {
         Ok(replies) => replies,
         Err(e) => {

@@ -208,6 +208,7 @@ async fn warming_fills_the_tier_with_matching_keys() {
     call(&mut direct, &["SET", "warm:nocache:1", "x"]).await;
     call(&mut direct, &["SET", "other:1", "x"]).await;
 
+    let before = json(&api, "GET", "/api/stats", None).await.1["Cache"].clone();
     assert_eq!(
         json(&api, "POST", "/api/warm?pattern=warm%3A*", None).await,
         (200, serde_json::json!({"started": true}))
@@ -226,6 +227,10 @@ async fn warming_fills_the_tier_with_matching_keys() {
         (&status["scanned"], &status["warmed"], &status["skipped"]),
         (&Value::from(52), &Value::from(51), &Value::from(1))
     );
+    // The warm-up's reads are nobody's: no miss in the hit rate, only fills.
+    let after = json(&api, "GET", "/api/stats", None).await.1["Cache"].clone();
+    assert_eq!(after["cache_misses"], before["cache_misses"], "{before} {after}");
+    assert_eq!(after["cache_fills"].as_i64().unwrap() - before["cache_fills"].as_i64().unwrap(), 51);
 
     let (gets, hgetalls) = (calls(&mut direct, "get").await, calls(&mut direct, "hgetall").await);
     assert_eq!(call(&mut client, &["GET", "warm:7"]).await, "$2\r\nv7\r\n");
