@@ -122,6 +122,7 @@ impl Policy {
     }
 
     /// Rule `rule`'s numbers (see [`Settings::rule`]).
+    #[inline]
     pub fn stats(&self, rule: u16) -> &Arc<RuleStats> {
         &self.stats[usize::from(rule).min(self.stats.len() - 1)]
     }

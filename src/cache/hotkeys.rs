@@ -26,6 +26,7 @@ thread_local! {
 }
 
 /// Whether this event is one of the sampled ones (per thread).
+#[inline]
 fn sampled() -> bool {
     COUNTDOWN.with(|left| {
         let n = left.get() - 1;
@@ -57,12 +58,14 @@ impl Default for Sampler {
 
 impl Sampler {
     /// Counts an event on `key` if it is sampled.
+    #[inline]
     pub fn record(&self, key: &[u8]) {
         if sampled() {
             self.count(key);
         }
     }
 
+    #[cold]
     fn count(&self, key: &[u8]) {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         windows.rotate();
