@@ -154,29 +154,27 @@ async fn serve(
     let (rd, wr) = stream.into_split();
     let (route_tx, mut routes) = mpsc::unbounded_channel();
     let mut current: Option<Route> = None;
-    let outcome = tokio::select! {
-        done = write_loop(up, wr, batches, &route_tx) => done,
-        lost = read_loop(up, rd, &mut switch, &mut routes, &mut current) => Err(lost),
+    let lost = tokio::select! {
+        done = write_loop(up, wr, batches, &route_tx) => Lost::Error(done.err()?),
+        lost = read_loop(up, rd, &mut switch, &mut routes, &mut current) => lost,
     };
-    let err = outcome.err()?;
-    let is_switch = matches!(err, ProxyError::UpstreamLost { ref reason, .. } if reason == SWITCHED);
+    // What requests in flight get: a switch is no failure of the upstream for the breaker.
+    let err = match &lost {
+        Lost::Switched => {
+            lost_error(up, "the primary changed (Sentinel failover); the outcome of this request is unknown")
+        }
+        Lost::Error(err) => err.clone(),
+    };
     for route in current.take().into_iter().chain(std::iter::from_fn(|| routes.try_recv().ok())) {
-        if !is_switch {
+        if matches!(lost, Lost::Error(_)) {
             up.breaker.record(Outcome::Failed);
         }
         route.fail(&err);
     }
-    Some(if is_switch { Lost::Switched } else { Lost::Error(err) })
+    Some(lost)
 }
 
-const SWITCHED: &str = "the primary changed (Sentinel failover); the outcome of this request is unknown";
-
-/// What requests in flight to a primary that is no longer the primary get.
-fn switched(up: &Upstream) -> ProxyError {
-    lost(up, SWITCHED)
-}
-
-fn lost(up: &Upstream, reason: impl ToString) -> ProxyError {
+fn lost_error(up: &Upstream, reason: impl ToString) -> ProxyError {
     ProxyError::UpstreamLost { addr: up.addr(), reason: reason.to_string() }
 }
 
@@ -202,7 +200,7 @@ async fn write_loop(
             gathered += 1;
             next = if gathered < MAX_BATCHES_PER_WRITE { batches.try_recv().ok() } else { None };
         }
-        writev::write_all(&mut wr, &mut out).await.map_err(|e| lost(up, e))?;
+        writev::write_all(&mut wr, &mut out).await.map_err(|e| lost_error(up, e))?;
     }
 }
 
@@ -213,7 +211,7 @@ async fn read_loop(
     switch: &mut Switch,
     routes: &mut UnboundedReceiver<Route>,
     current: &mut Option<Route>,
-) -> ProxyError {
+) -> Lost {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = ReplyScanner::default();
     let deadline = sleep_until(Instant::now());
@@ -239,11 +237,11 @@ async fn read_loop(
         }
         tokio::select! {
             read = rd.read_buf(&mut buf) => match read {
-                Ok(0) => return lost(up, "closed by upstream"),
+                Ok(0) => return Lost::Error(lost_error(up, "closed by upstream")),
                 Ok(_) => {}
-                Err(e) => return lost(up, e),
+                Err(e) => return Lost::Error(lost_error(up, e)),
             },
-            _ = switch.wait() => return switched(up),
+            _ = switch.wait() => return Lost::Switched,
             route = routes.recv(), if current.is_none() => {
                 *current = route;
                 continue;
@@ -257,15 +255,15 @@ async fn read_loop(
                     alive_at = Some(Instant::now());
                     continue;
                 }
-                return ProxyError::UpstreamTimeout { addr: up.addr(), after: up.command_timeout() };
+                return Lost::Error(ProxyError::UpstreamTimeout { addr: up.addr(), after: up.command_timeout() });
             }
         }
         // What the old primary answers after a switch reaches no client and no tier.
         if switch.happened() {
-            return switched(up);
+            return Lost::Switched;
         }
         if let Err(err) = deliver(up, &mut buf, &mut scanner, routes, current) {
-            return err;
+            return Lost::Error(err);
         }
     }
 }
@@ -282,7 +280,7 @@ fn deliver(
     // buf[..scanned] holds `frames` complete replies for `current`, not yet delivered.
     let mut scanned = 0;
     let mut frames = 0u32;
-    while let Some(len) = scanner.scan(&buf[scanned..]).map_err(|e| lost(up, e))? {
+    while let Some(len) = scanner.scan(&buf[scanned..]).map_err(|e| lost_error(up, e))? {
         if reply::is_push(&buf[scanned..scanned + len]) {
             // Shared connections never subscribe or track; drop a stray push, keep the order.
             flush(buf, scanned, frames, current);
@@ -294,7 +292,7 @@ fn deliver(
             *current = routes.try_recv().ok();
         }
         let Some(route) = current.as_mut() else {
-            return Err(lost(up, "a reply arrived with no request waiting for it"));
+            return Err(lost_error(up, "a reply arrived with no request waiting for it"));
         };
         let frame = &buf[scanned..scanned + len];
         route.unusable |= breaker::is_unusable(frame);

@@ -25,21 +25,25 @@ pub struct Target {
     doubt: Notify,
 }
 
-/// The primary a connection was opened to; tells when it is no longer the current one.
+/// The primary a connection was opened to; tells when it is no longer the current one. For a
+/// fixed address it never does, and costs nothing (no watch to poll on every read).
 #[derive(Debug)]
-pub struct Switch(watch::Receiver<Primary>);
+pub struct Switch(Option<watch::Receiver<Primary>>);
 
 impl Switch {
     /// The primary changed since the connection was opened.
     pub fn happened(&self) -> bool {
-        self.0.has_changed().unwrap_or(true)
+        self.0.as_ref().is_some_and(|rx| rx.has_changed().unwrap_or(true))
     }
 
     /// Waits until the primary changes (forever for a fixed address). Cancel-safe.
     pub async fn wait(&mut self) {
-        if self.0.changed().await.is_err() {
-            std::future::pending::<()>().await;
+        if let Some(rx) = self.0.as_mut()
+            && rx.changed().await.is_ok()
+        {
+            return;
         }
+        std::future::pending::<()>().await
     }
 }
 
@@ -69,7 +73,7 @@ impl Target {
     pub fn current(&self) -> (Option<Arc<str>>, Switch) {
         let rx = self.current.subscribe();
         let addr = rx.borrow().addr.clone();
-        (addr, Switch(rx))
+        (addr, Switch(self.master_name.is_some().then_some(rx)))
     }
 
     pub fn addr(&self) -> Option<Arc<str>> {
