@@ -35,26 +35,16 @@ impl Config {
     /// The upstream password: `upstream.password`, else from `upstream.password_env`.
     pub fn upstream_password(&self) -> Result<Option<String>, (&'static str, String)> {
         let up = &self.upstream;
-        match (up.password.is_empty(), up.password_env.is_empty()) {
-            (true, true) => Ok(None),
-            (false, true) => Ok(Some(up.password.clone())),
-            (true, false) => env_password("upstream.password_env", &up.password_env).map(Some),
-            (false, false) => Err(("upstream.password", "set either password or password_env, not both".into())),
-        }
+        written_or_env(("upstream.password", &up.password), ("upstream.password_env", &up.password_env))
     }
 
     /// The sentinels' password (`sentinel_password` or `sentinel_password_env`), if any.
     pub fn sentinel_password(&self) -> Result<Option<String>, (&'static str, String)> {
         let up = &self.upstream;
-        match (up.sentinel_password.is_empty(), up.sentinel_password_env.is_empty()) {
-            (true, true) => Ok(None),
-            (false, true) => Ok(Some(up.sentinel_password.clone())),
-            (true, false) => env_password("upstream.sentinel_password_env", &up.sentinel_password_env).map(Some),
-            (false, false) => Err((
-                "upstream.sentinel_password",
-                "set either sentinel_password or sentinel_password_env, not both".into(),
-            )),
-        }
+        written_or_env(
+            ("upstream.sentinel_password", &up.sentinel_password),
+            ("upstream.sentinel_password_env", &up.sentinel_password_env),
+        )
     }
 
     /// The admin password, read from `admin.password_env` (`None` when not configured).
@@ -64,6 +54,23 @@ impl Config {
             return Ok(None);
         }
         env_password("admin.password_env", name).map(Some)
+    }
+}
+
+/// A password written in the file, or read from the environment variable the other key names
+/// (one or the other, or neither).
+fn written_or_env(
+    (key, written): (&'static str, &str),
+    (env_key, var): (&'static str, &str),
+) -> Result<Option<String>, (&'static str, String)> {
+    match (written.is_empty(), var.is_empty()) {
+        (true, true) => Ok(None),
+        (false, true) => Ok(Some(written.to_owned())),
+        (true, false) => env_password(env_key, var).map(Some),
+        (false, false) => {
+            let short = |k: &str| k.rsplit('.').next().unwrap_or(k).to_owned();
+            Err((key, format!("set either {} or {}, not both", short(key), short(env_key))))
+        }
     }
 }
 

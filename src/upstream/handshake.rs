@@ -121,14 +121,15 @@ impl Upstream {
         };
         let tcp = self.within("connect", async { TcpStream::connect(&*addr).await.map_err(|e| e.to_string()) }).await?;
         let _ = tcp.set_nodelay(true);
-        let stream = match &self.tls {
-            None => Stream::Plain(tcp),
-            Some(tls) => {
-                let handshake = async { tls.connect(tcp, &addr, false).await.map_err(|e| e.to_string()) };
-                self.within("TLS handshake", handshake).await?
-            }
-        };
-        Ok((stream, switch))
+        Ok((self.within("TLS handshake", self.secure(tcp, &addr)).await?, switch))
+    }
+
+    /// The stream over `tcp` to `addr`: TLS with `[upstream] tls`, else as it is.
+    async fn secure(&self, tcp: TcpStream, addr: &str) -> Result<Stream, String> {
+        match &self.tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some(tls) => tls.connect(tcp, addr, false).await.map_err(|e| e.to_string()),
+        }
     }
 
     /// What the server at `addr` says it is (`ROLE`'s first element: "master", "slave", ...),
@@ -137,14 +138,8 @@ impl Upstream {
     pub async fn role_of(&self, addr: &str) -> Result<String, String> {
         let ask = async {
             let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-            let mut stream = match &self.tls {
-                None => Stream::Plain(tcp),
-                Some(tls) => tls.connect(tcp, addr, false).await.map_err(|e| e.to_string())?,
-            };
-            let mut request = match &self.info.login {
-                Some((user, password)) => encode_command(&["hELLO", "2", "AUTH", user, password]).to_vec(),
-                None => encode_command(&["hELLO", "2"]).to_vec(),
-            };
+            let mut stream = self.secure(tcp, addr).await?;
+            let mut request = self.hello("2").to_vec();
             request.extend_from_slice(&encode_command(&["rOLE"]));
             stream.write_all(&request).await.map_err(|e| e.to_string())?;
             let replies = read_replies(&mut stream, 2).await?;
@@ -162,6 +157,14 @@ impl Upstream {
         timeout(limit, ask).await.map_err(|_| format!("no answer within {}ms", limit.as_millis()))?
     }
 
+    /// `HELLO <proto>`, logged in as `[upstream]` says.
+    fn hello(&self, proto: &str) -> Bytes {
+        match &self.info.login {
+            Some((user, password)) => encode_command(&["hELLO", proto, "AUTH", user, password]),
+            None => encode_command(&["hELLO", proto]),
+        }
+    }
+
     /// Whether Redis answers a `PING` on a new connection within `limit`: any reply counts
     /// (`-BUSY` from a long script, `-NOAUTH`, `-LOADING`: a server that is there). Tells a busy
     /// Redis, which other clients would simply wait for, from one that is gone.
@@ -177,12 +180,7 @@ impl Upstream {
     async fn handshake(&self, stream: &mut Stream, key: PoolKey) -> Result<(), String> {
         let mut request = BytesMut::new();
         let proto = if key.resp3 { "3" } else { "2" };
-        match &self.info.login {
-            Some((user, password)) => {
-                request.extend_from_slice(&encode_command(&["hELLO", proto, "AUTH", user, password]))
-            }
-            None => request.extend_from_slice(&encode_command(&["hELLO", proto])),
-        }
+        request.extend_from_slice(&self.hello(proto));
         request.extend_from_slice(&encode_command(&["cONFIG", "GET", "databases"]));
         if key.db != 0 {
             request.extend_from_slice(&encode_command(&["sELECT".to_string(), key.db.to_string()]));
