@@ -149,17 +149,26 @@ impl Listed {
         self.number
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Row> {
+        self.row.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn publish(&self, update: impl FnOnce(&mut Row)) {
-        update(&mut self.row.lock().unwrap_or_else(|e| e.into_inner()));
+        update(&mut self.lock());
     }
 
     pub fn row(&self) -> Row {
-        self.row.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lock().clone()
     }
 
     /// The id the client is known by.
     pub fn id(&self) -> u64 {
-        self.row().shown_id.unwrap_or(UNSHOWN_IDS + self.number)
+        self.id_of(self.lock().shown_id)
+    }
+
+    /// The id of a client whose row says it was shown `shown_id`.
+    pub fn id_of(&self, shown_id: Option<u64>) -> u64 {
+        shown_id.unwrap_or(UNSHOWN_IDS + self.number)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -199,7 +208,7 @@ impl Listed {
             "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db={} sub={} psub={} ssub={} multi={} \
              qbuf={} qbuf-free={} argv-mem=0 multi-mem=0 rbs=16384 rbp=0 obl=0 oll={} omem=0 tot-mem={} \
              events=r cmd={} user={} redir=-1 resp={}",
-            row.shown_id.unwrap_or(UNSHOWN_IDS + self.number),
+            self.id_of(row.shown_id),
             self.addr,
             self.laddr,
             self.fd,
@@ -227,16 +236,33 @@ impl Listed {
     }
 }
 
-/// Container commands, whose subcommand Redis shows with the name (`client|list`).
-const CONTAINERS: &[&str] =
-    &["ACL", "CLIENT", "CLUSTER", "COMMAND", "CONFIG", "FUNCTION", "LATENCY", "MEMORY", "MODULE", "OBJECT", "PUBSUB"];
-const MORE_CONTAINERS: &[&str] = &["SCRIPT", "SLOWLOG", "XGROUP", "XINFO"];
+/// Whether a command (its table name) has subcommands, which Redis shows with the name
+/// (`client|list`).
+pub fn is_container(name: &str) -> bool {
+    matches!(
+        name,
+        "ACL"
+            | "CLIENT"
+            | "CLUSTER"
+            | "COMMAND"
+            | "CONFIG"
+            | "FUNCTION"
+            | "LATENCY"
+            | "MEMORY"
+            | "MODULE"
+            | "OBJECT"
+            | "PUBSUB"
+            | "SCRIPT"
+            | "SLOWLOG"
+            | "XGROUP"
+            | "XINFO"
+    )
+}
 
 /// A command's name as `CLIENT LIST` shows it: lowercase, with its subcommand if it has some.
 pub fn command_name(name: &[u8], sub: Option<&[u8]>) -> String {
     let mut out = String::from_utf8_lossy(name).to_ascii_lowercase();
-    let container = CONTAINERS.iter().chain(MORE_CONTAINERS).any(|c| c.as_bytes().eq_ignore_ascii_case(name));
-    if let (true, Some(sub)) = (container, sub) {
+    if let (true, Some(sub)) = (is_container(&out.to_ascii_uppercase()), sub) {
         out.push('|');
         out.push_str(&String::from_utf8_lossy(sub).to_ascii_lowercase());
     }

@@ -225,6 +225,7 @@ impl Client {
                 }
                 read = read_pinned(&mut self.pinned) => {
                     self.on_pinned(read);
+                    self.publish(None);
                     self.resume().await;
                 }
             }
@@ -319,6 +320,7 @@ impl Client {
     /// Frames and routes every complete request in the read buffer, as far as allowed.
     async fn process(&mut self) {
         let now = Instant::now();
+        let first_seq = self.next_seq;
         let upstream_down = self.ctx.upstream.breaker().is_refusing();
         let live = self.ctx.live.load();
         let ctx = Arc::clone(&self.ctx);
@@ -374,12 +376,15 @@ impl Client {
             }
         }
         self.flush_run().await;
-        self.publish();
+        if self.next_seq != first_seq {
+            self.publish(Some(now));
+        }
     }
 
-    /// Brings the client's row in the client table up to date (after each batch of requests
-    /// and each batch of pinned replies, which may change the session).
-    fn publish(&mut self) {
+    /// Brings the client's row in the client table up to date: after each batch of requests
+    /// (`commands_at`: when they were read, for `idle`) and each batch of pinned replies (which
+    /// may change the session). Replies on the shared pool change nothing there.
+    fn publish(&mut self, commands_at: Option<Instant>) {
         if self.session.take_killed() {
             // CLIENT KILL named this client: closed once its replies are written.
             self.closing = true;
@@ -390,6 +395,9 @@ impl Client {
         self.listed.listed.publish(|row| {
             self.session.fill_row(row, user);
             (row.qbuf, row.pending) = (qbuf, pending);
+            if let Some(at) = commands_at {
+                row.last = at;
+            }
         });
     }
 }

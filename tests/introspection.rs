@@ -180,3 +180,28 @@ async fn monitor_shows_the_clients_commands_not_the_proxys() {
         seen.iter().map(|l| l.split("] ").nth(1).unwrap_or_default().split(' ').next().unwrap_or_default()).collect();
     assert_eq!(commands, ["\"SET\"", "\"GET\"", "\"PTTL\""], "{seen:?}");
 }
+
+/// `idle` is the time since a client's last command (not since it connected, and not reset by
+/// another client's traffic); the caller's is 0, as in Redis.
+#[tokio::test]
+async fn idle_counts_from_each_clients_last_command() {
+    let redis = Redis::start();
+    let proxy = Proxy::in_front_of(&redis).await;
+    let mut quiet = proxy.raw().await;
+    call(&mut quiet, &["PING"]).await;
+    let mut late = proxy.raw().await;
+    let mut busy = proxy.raw().await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(1100) {
+        call(&mut busy, &["GET", "k"]).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    call(&mut late, &["PING"]).await;
+    let list = lines(&call(&mut busy, &["CLIENT", "LIST"]).await);
+    let line_of = |raw: &Raw| list.iter().find(|l| field(l, "addr") == local_addr(raw)).cloned().unwrap();
+    let number = |line: &str, name: &str| field(line, name).parse::<u64>().unwrap();
+    let (quiet_line, late_line, busy_line) = (line_of(&quiet), line_of(&late), line_of(&busy));
+    assert!(number(&quiet_line, "idle") >= 1, "{quiet_line}");
+    assert!(number(&late_line, "age") >= 1 && number(&late_line, "idle") == 0, "{late_line}");
+    assert_eq!(number(&busy_line, "idle"), 0, "{busy_line}");
+}

@@ -5,8 +5,8 @@
 use bytes::Bytes;
 
 use super::{Env, Session};
-use crate::client_table::{Listed, Row, command_name};
-use crate::command::{Command, Keys};
+use crate::client_table::{Listed, Row, command_name, is_container};
+use crate::command::Command;
 use crate::error::ProxyError;
 use crate::framing::{CommandView, parse_int};
 use crate::reply::ReplyWriter;
@@ -25,15 +25,14 @@ enum Filter {
 
 impl Session {
     /// Remembers the command for CLIENT LIST's `cmd` (a subcommand only for container commands).
+    /// Allocates only for a container command or one the table does not name.
     pub(super) fn note_command(&mut self, command: &Command, cmd: &CommandView<'_>) {
-        self.last_name = command.spec.name;
-        self.last_sub = None;
-        if matches!(command.spec.keys, Keys::None) || command.spec.name == "other" {
-            let name = cmd.arg(0).unwrap_or_default();
-            let label = command_name(name, cmd.arg(1));
-            if label.len() != name.len() || command.spec.name == "other" {
-                self.last_sub = Some(Bytes::from(label));
-            }
+        let name = command.spec.name;
+        self.last_name = name;
+        if name == "other" || (command.spec.arity < 0 && is_container(name)) {
+            self.last_sub = Some(Bytes::from(command_name(cmd.arg(0).unwrap_or_default(), cmd.arg(1))));
+        } else if self.last_sub.is_some() {
+            self.last_sub = None;
         }
     }
 
@@ -103,7 +102,7 @@ impl Session {
         let listed = env.clients.get(self.id)?;
         listed.publish(|row| {
             self.fill_row(row, self.user_name(env.access));
-            row.qbuf = cmd.bytes().len();
+            (row.qbuf, row.last) = (cmd.bytes().len(), env.now);
         });
         Some(listed)
     }
@@ -134,7 +133,7 @@ impl Session {
         let mut text = String::new();
         for client in env.clients.all() {
             let row = client.row();
-            let id = client.id();
+            let id = client.id_of(row.shown_id);
             let wanted =
                 ids.as_ref().is_none_or(|ids| ids.contains(&id)) && pubsub.is_none_or(|kind| kind == Some(row.pubsub));
             if wanted {
