@@ -34,21 +34,20 @@ struct Setup {
     http: String,
 }
 
-async fn setup(admin_var: Option<&str>) -> Setup {
+/// Redis and a proxy with its HTTP listener on a port of its own, configured further by `more`.
+async fn setup(more: impl FnOnce(&mut nearcache::config::Config)) -> Setup {
     let redis = Redis::start();
     let mut config = config_for(&redis.addr());
     let http = format!("127.0.0.1:{}", free_port());
     config.metrics.address = http.clone();
-    if let Some(var) = admin_var {
-        config.admin.password_env = var.to_owned();
-    }
+    more(&mut config);
     let proxy = Proxy::start(config).await;
     Setup { redis, proxy, http }
 }
 
 #[tokio::test]
 async fn every_endpoint_answers_with_its_status_and_json() {
-    let Setup { redis, proxy, http: api } = setup(None).await;
+    let Setup { redis, proxy, http: api } = setup(|_| {}).await;
     let mut client = proxy.raw().await;
     let mut direct = Raw::connect(redis.addr()).await;
     wait_for_caching(&mut client, &mut direct).await;
@@ -117,7 +116,7 @@ async fn the_api_needs_the_admin_password_and_readiness_follows_redis() {
     let var = format!("NEARCACHE_TEST_HTTP_ADMIN_{}", std::process::id());
     // SAFETY: a variable no other test reads or writes, set before the proxy starts.
     unsafe { std::env::set_var(&var, "s3cret") };
-    let Setup { redis, proxy: _proxy, http: api } = setup(Some(&var)).await;
+    let Setup { redis, proxy: _proxy, http: api } = setup(|config| config.admin.password_env = var.clone()).await;
     common::until_http(&api, "/healthz", 200).await;
     assert_eq!(json(&api, "GET", "/api/stats", None).await.0, 401);
     assert_eq!(json(&api, "POST", "/api/clear", Some("wrong")).await.0, 401);
@@ -146,7 +145,7 @@ async fn the_api_needs_the_admin_password_and_readiness_follows_redis() {
 /// `GET /api/hotkeys`, estimated from a sample.
 #[tokio::test]
 async fn hot_keys_are_the_most_read_and_the_most_written() {
-    let Setup { redis, proxy, http: api } = setup(None).await;
+    let Setup { redis, proxy, http: api } = setup(|_| {}).await;
     let mut client = proxy.raw().await;
     let mut direct = Raw::connect(redis.addr()).await;
     wait_for_caching(&mut client, &mut direct).await;
@@ -188,16 +187,14 @@ async fn hot_keys_are_the_most_read_and_the_most_written() {
 /// and later reads of them are hits; keys whose rule does not cache are left alone.
 #[tokio::test]
 async fn warming_fills_the_tier_with_matching_keys() {
-    let redis = Redis::start();
-    let mut config = config_for(&redis.addr());
-    let api = format!("127.0.0.1:{}", free_port());
-    config.metrics.address = api.clone();
-    config.rule.push(nearcache::config::Rule {
-        pattern: "warm:nocache:*".into(),
-        cache: Some(nearcache::config::CacheMode::None),
-        ..Default::default()
-    });
-    let proxy = Proxy::start(config).await;
+    let Setup { redis, proxy, http: api } = setup(|config| {
+        config.rule.push(nearcache::config::Rule {
+            pattern: "warm:nocache:*".into(),
+            cache: Some(nearcache::config::CacheMode::None),
+            ..Default::default()
+        })
+    })
+    .await;
     let mut client = proxy.raw().await;
     let mut direct = Raw::connect(redis.addr()).await;
     wait_for_caching(&mut client, &mut direct).await;
