@@ -205,3 +205,60 @@ async fn idle_counts_from_each_clients_last_command() {
     assert!(number(&late_line, "age") >= 1 && number(&late_line, "idle") == 0, "{late_line}");
     assert_eq!(number(&busy_line, "idle"), 0, "{busy_line}");
 }
+
+/// CLIENT INFO, CLIENT LIST and INFO pipelined among reads and writes of several clients on
+/// ONE upstream connection: each client gets its own replies, in order, and its own line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_pipelined_by_many_clients_on_one_connection() {
+    let redis = Redis::start();
+    let mut config = common::config_for(&redis.addr());
+    config.upstream.connections = 1;
+    let proxy = Proxy::start(config).await;
+    const CLIENTS: usize = 6;
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let mut raw = proxy.raw().await;
+        assert_eq!(call(&mut raw, &["CLIENT", "SETNAME", &format!("c{c}")]).await, "+OK\r\n");
+        clients.push(raw);
+    }
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut raw)| {
+            tokio::spawn(async move {
+                for round in 0..20 {
+                    let (key, value) = (format!("k{c}"), format!("v{c}-{round}"));
+                    let mut out = Vec::new();
+                    for args in [
+                        &["SET", &key, &value][..],
+                        &["CLIENT", "INFO"],
+                        &["GET", &key],
+                        &["INFO", "clients"],
+                        &["CLIENT", "LIST", "TYPE", "normal"],
+                        &["GET", &key],
+                    ] {
+                        out.extend_from_slice(&nearcache::framing::encode_command(args));
+                    }
+                    raw.send(&out).await;
+                    let mut replies = Vec::new();
+                    for _ in 0..6 {
+                        replies.push(String::from_utf8_lossy(&raw.reply().await).into_owned());
+                    }
+                    let bulk = format!("${}\r\n{value}\r\n", value.len());
+                    assert_eq!(replies[0], "+OK\r\n");
+                    assert!(replies[1].contains(&format!(" name=c{c} ")) && replies[1].contains(" cmd=client|info "));
+                    assert_eq!(replies[2], bulk, "client {c} round {round}");
+                    assert!(replies[3].contains(&format!("\r\nconnected_clients:{CLIENTS}\r\n")), "{}", replies[3]);
+                    assert_eq!(lines(&replies[4]).len(), CLIENTS);
+                    assert_eq!(replies[5], bulk);
+                }
+                // Kept open until every client is done: INFO counts them all.
+                raw
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for task in tasks {
+        done.push(task.await.unwrap());
+    }
+}
