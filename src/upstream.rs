@@ -24,7 +24,7 @@ pub use handshake::ServerInfo;
 pub use recovery::recover;
 pub use target::{Switch, Target};
 
-pub use handshake::read_replies;
+pub use handshake::{exchange, read_replies};
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

@@ -13,9 +13,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use redis_protocol::resp2::types::{OwnedFrame, Resp2Frame as _};
-use tokio::io::AsyncWriteExt;
 
 use crate::cache::Tier;
 use crate::error::ProxyError;
@@ -23,7 +22,7 @@ use crate::framing::encode_command;
 use crate::policy::Policy;
 use crate::proxy::{may_cache, variant_id};
 use crate::transport::Stream;
-use crate::upstream::{PoolKey, Upstream, read_replies};
+use crate::upstream::{PoolKey, Upstream, exchange};
 
 /// Keys read per second at most, so a warm-up never competes with clients for Redis.
 pub const KEYS_PER_SECOND: u64 = 2000;
@@ -213,12 +212,7 @@ async fn warm_key(
 
 /// Sends requests and reads as many replies.
 async fn ask(stream: &mut Stream, requests: &[Bytes]) -> Result<Vec<Bytes>, String> {
-    let mut out = BytesMut::new();
-    for request in requests {
-        out.extend_from_slice(request);
-    }
-    stream.write_all(&out).await.map_err(|e| e.to_string())?;
-    read_replies(stream, requests.len()).await
+    exchange(stream, &requests.concat(), requests.len()).await
 }
 
 /// SCAN's reply: the next cursor and the keys.

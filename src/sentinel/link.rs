@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::{OwnedFrame, Resp2Frame as _};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, info};
@@ -15,7 +15,7 @@ use crate::config;
 use crate::framing::encode_command;
 use crate::reply::ReplyScanner;
 use crate::transport::{Stream, UpstreamTls};
-use crate::upstream::{Backoff, Upstream, read_replies};
+use crate::upstream::{Backoff, Upstream, exchange};
 
 /// How the sentinels are reached (from `[upstream]`).
 pub struct Settings {
@@ -53,7 +53,7 @@ impl Settings {
                 true => encode_command(&["AUTH", password]),
                 false => encode_command(&["AUTH", user, password]),
             };
-            let reply = call(&mut stream, &auth).await?;
+            let reply = exchange(&mut stream, &auth, 1).await?.remove(0);
             if reply.starts_with(b"-") {
                 return Err(format!(
                     "AUTH refused (check upstream.sentinel_username/sentinel_password): {}",
@@ -63,11 +63,6 @@ impl Settings {
         }
         Ok(stream)
     }
-}
-
-async fn call(stream: &mut Stream, request: &[u8]) -> Result<Bytes, String> {
-    stream.write_all(request).await.map_err(|e| e.to_string())?;
-    Ok(read_replies(stream, 1).await?.remove(0))
 }
 
 /// What a sentinel says of the primary: its address, the configuration epoch it has, and
@@ -106,9 +101,7 @@ impl Link {
             if self.stream.is_none() {
                 self.stream = Some(settings.connect(&self.addr).await?);
             }
-            let stream = self.stream.as_mut().expect("connected above");
-            stream.write_all(request).await.map_err(|e| e.to_string())?;
-            read_replies(stream, replies).await
+            exchange(self.stream.as_mut().expect("connected above"), request, replies).await
         })
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {}ms", settings.timeout.as_millis())));
@@ -201,12 +194,9 @@ pub async fn follow_switches(settings: Arc<Settings>, addr: String, upstream: Ar
 
 async fn subscribed(settings: &Settings, addr: &str, upstream: &Upstream, backoff: &mut Backoff) -> Result<(), String> {
     let mut stream = timeout(settings.timeout, settings.connect(addr)).await.map_err(|_| "connect timed out")??;
-    stream
-        .write_all(&encode_command(&["SUBSCRIBE", "+switch-master", "+promoted-slave"]))
-        .await
-        .map_err(|e| e.to_string())?;
+    let subscribe = encode_command(&["SUBSCRIBE", "+switch-master", "+promoted-slave"]);
     let confirmed =
-        timeout(settings.timeout, read_replies(&mut stream, 2)).await.map_err(|_| "SUBSCRIBE timed out")??;
+        timeout(settings.timeout, exchange(&mut stream, &subscribe, 2)).await.map_err(|_| "SUBSCRIBE timed out")??;
     if let Some(refused) = confirmed.iter().find(|r| r.starts_with(b"-")) {
         return Err(String::from_utf8_lossy(refused).into_owned());
     }

@@ -2,9 +2,8 @@
 //! command table to learn what it does not name (`command/learned.rs`).
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
 
-use super::handshake::read_replies;
+use super::handshake::exchange;
 use super::{PoolKey, Upstream};
 use crate::framing::encode_command;
 
@@ -14,8 +13,7 @@ impl Upstream {
         let reply = self
             .within("COMMAND", async {
                 let mut stream = self.connect(PoolKey::default()).await.map_err(|e| e.to_string())?;
-                stream.write_all(&encode_command(&["cOMMAND"])).await.map_err(|e| e.to_string())?;
-                read_replies(&mut stream, 1).await
+                exchange(&mut stream, &encode_command(&["cOMMAND"]), 1).await
             })
             .await;
         reply.ok()?.pop()

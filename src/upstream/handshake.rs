@@ -141,8 +141,7 @@ impl Upstream {
             let mut stream = self.secure(tcp, addr).await?;
             let mut request = self.hello("2").to_vec();
             request.extend_from_slice(&encode_command(&["rOLE"]));
-            stream.write_all(&request).await.map_err(|e| e.to_string())?;
-            let replies = read_replies(&mut stream, 2).await?;
+            let replies = exchange(&mut stream, &request, 2).await?;
             if replies[0].starts_with(b"-") {
                 return Err(format!("HELLO failed: {}", String::from_utf8_lossy(&replies[0]).trim_end()));
             }
@@ -185,8 +184,7 @@ impl Upstream {
         if key.db != 0 {
             request.extend_from_slice(&encode_command(&["sELECT".to_string(), key.db.to_string()]));
         }
-        stream.write_all(&request).await.map_err(|e| e.to_string())?;
-        let replies = read_replies(stream, if key.db != 0 { 3 } else { 2 }).await?;
+        let replies = exchange(stream, &request, if key.db != 0 { 3 } else { 2 }).await?;
         let hello = &replies[0];
         if hello.first() == Some(&b'-') {
             let reply = String::from_utf8_lossy(hello);
@@ -211,6 +209,12 @@ impl Upstream {
         }
         Ok(())
     }
+}
+
+/// Writes `request` (one or more commands) and reads `n` complete replies.
+pub async fn exchange(stream: &mut Stream, request: &[u8], n: usize) -> Result<Vec<Bytes>, String> {
+    stream.write_all(request).await.map_err(|e| e.to_string())?;
+    read_replies(stream, n).await
 }
 
 /// Reads exactly `n` complete replies.
