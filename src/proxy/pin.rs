@@ -300,16 +300,10 @@ impl Session {
                 }
             }
             Class::Hello if !env.access.required() && super::logs_in(class, cmd, env) => {
-                let user =
-                    super::login_of(class, cmd).map(|(user, _)| Bytes::copy_from_slice(user)).unwrap_or_default();
-                expect = Expect::Confirm(Confirm::Login(Some(hello_change(cmd)), user));
+                expect = Expect::Confirm(Confirm::Login(Some(hello_change(cmd)), login_user(class, cmd)));
             }
             Class::Hello => expect = Expect::Confirm(Confirm::Hello(hello_change(cmd))),
-            Class::Auth => {
-                let user =
-                    super::login_of(class, cmd).map(|(user, _)| Bytes::copy_from_slice(user)).unwrap_or_default();
-                expect = Expect::Confirm(Confirm::Login(None, user));
-            }
+            Class::Auth => expect = Expect::Confirm(Confirm::Login(None, login_user(class, cmd))),
             Class::ClientId if !pin.in_multi && !pin.stream => expect = Expect::Confirm(Confirm::ShownId),
             Class::ClientSetName if cmd.argc() == 3 => {
                 let name = cmd.arg(2).filter(|n| !n.is_empty()).map(Bytes::copy_from_slice);
@@ -323,6 +317,11 @@ impl Session {
         let info = counted && super::shows_clients(command);
         Route::Pinned { stream: self.pin.stream, rewrite, expect, info }
     }
+}
+
+/// The user AUTH or HELLO ... AUTH logs in as.
+fn login_user(class: Class, cmd: &CommandView<'_>) -> Bytes {
+    super::login_of(class, cmd).map(|(user, _)| Bytes::copy_from_slice(user)).unwrap_or_default()
 }
 
 /// `CLIENT TRACKING ...`.
