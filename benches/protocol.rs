@@ -72,6 +72,7 @@ fn routing(c: &mut Criterion) {
                 seq: 0,
                 sink: &sink,
                 clients: &clients,
+                cluster: false,
             };
             let cmd = CommandView::new(black_box(&get), 2);
             session.route(&cmd, &nearcache::command::lookup(cmd.arg(0).unwrap_or_default()), &env)
@@ -93,6 +94,7 @@ fn routing(c: &mut Criterion) {
         seq: 0,
         sink: &sink,
         clients: &clients,
+        cluster: false,
     };
     let get_command = nearcache::command::lookup(b"GET");
     let Route::Fill(_, ticket) = session.route(&CommandView::new(&get, 2), &get_command, &env) else {
@@ -115,6 +117,7 @@ fn routing(c: &mut Criterion) {
                 seq: 0,
                 sink: &sink,
                 clients: &clients,
+                cluster: false,
             };
             let cmd = CommandView::new(&get[..len], argc);
             match session.route(&cmd, &nearcache::command::lookup(cmd.arg(0).unwrap_or_default()), &env) {

@@ -79,6 +79,8 @@ pub struct Tier {
     pub stats: Arc<Stats>,
     /// The most-read and most-invalidated keys lately (sampled).
     pub hot: HotKeys,
+    /// In front of a Redis Cluster: per-slot epochs and tracking (`slots.rs`).
+    slots: std::sync::OnceLock<slots::Slots>,
 }
 
 /// What invalidated a key (for the metrics).
@@ -165,6 +167,8 @@ pub struct FillTicket {
     id: Bytes,
     epoch: u64,
     clears: u64,
+    /// Its slot's epoch (in front of a Redis Cluster; see `slots.rs`).
+    slot_epoch: u32,
     local_ttl: Duration,
     /// The rule whose numbers the fill and the entry count under.
     rule: Option<Arc<RuleStats>>,
@@ -220,6 +224,7 @@ impl Tier {
             max_entry_size: AtomicUsize::new(max_entry_size),
             stats,
             hot: HotKeys::default(),
+            slots: std::sync::OnceLock::new(),
         }
     }
 
@@ -321,7 +326,8 @@ impl Tier {
         if COUNTED {
             inc(&self.stats.misses);
         }
-        Lookup::Miss(FillTicket { key: state.key().clone(), id, epoch, clears, local_ttl, rule: None })
+        let slot_epoch = self.slot_epoch(key);
+        Lookup::Miss(FillTicket { key: state.key().clone(), id, epoch, clears, slot_epoch, local_ttl, rule: None })
     }
 
     fn hit(&self, key: &[u8], id: &[u8], at: LookupAt) -> Option<Bytes> {
@@ -440,6 +446,7 @@ mod admin;
 mod fill;
 mod hotkeys;
 mod lru;
+mod slots;
 mod split;
 mod stats;
 

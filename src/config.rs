@@ -295,6 +295,9 @@ pub struct Upstream {
     pub sentinel_password_env: String,
     /// Reach the sentinels over TLS (same CA and client certificate as for Redis).
     pub sentinel_tls: bool,
+    /// Seed nodes (`host:port`) of a Redis Cluster; non-empty: the proxy fronts the cluster
+    /// (see `cluster.rs`), instead of `address`.
+    pub cluster: Vec<String>,
 }
 
 impl Default for Listen {
@@ -356,6 +359,7 @@ impl Default for Upstream {
             sentinel_password: String::new(),
             sentinel_password_env: String::new(),
             sentinel_tls: false,
+            cluster: Vec::new(),
         }
     }
 }

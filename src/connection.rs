@@ -339,6 +339,7 @@ impl Client {
                 seq: self.next_seq,
                 sink: &self.sink,
                 clients: &self.ctx.clients,
+                cluster: self.ctx.cluster.is_some(),
             };
             match self.parser.parse(&self.rbuf[offset..]) {
                 Ok(None) => {
@@ -435,6 +436,7 @@ mod tests {
             metrics,
             commands: Default::default(),
             sentinel: None,
+            cluster: None,
             clients: Default::default(),
             warm: Default::default(),
         });

@@ -37,6 +37,9 @@ pub struct Context {
     pub warm: Arc<crate::warm::Warmer>,
     /// With `[upstream] sentinels`: what following the primary has seen.
     pub sentinel: Option<Arc<crate::sentinel::Stats>>,
+    /// With `[upstream] cluster`: the cluster's nodes and slot map; shared requests are routed
+    /// through it.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// What a reload replaces as a whole: read once per batch of requests.

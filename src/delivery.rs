@@ -27,8 +27,10 @@ use crate::upstream::{Batch, ReplySink, ReplyWork, Step};
 #[derive(Debug)]
 pub struct Delivery {
     tier: Option<Arc<Tier>>,
-    /// Replies still to come from the proxy's PTTL probes, and the lifetimes they gave.
+    /// Replies still to come from the proxy's PTTL probes (of `probes_sent`), and the lifetimes
+    /// they gave.
     probes: u32,
+    probes_sent: u32,
     pttls: VecDeque<i64>,
     /// The batch is one cacheable read: its reply fills the tier.
     fill: Option<FillTicket>,
@@ -101,6 +103,7 @@ impl Delivery {
         Delivery {
             tier,
             probes: 0,
+            probes_sent: 0,
             pttls: VecDeque::new(),
             fill: None,
             split: None,
@@ -128,9 +131,10 @@ impl Delivery {
             bytes.freeze()
         };
         self.probes = probed.len() as u32;
+        self.probes_sent = self.probes;
         let hidden: usize = self.shaped.iter().map(|(_, shaper)| shaper.commands() - 1).sum();
         let replies = count + self.probes + hidden as u32;
-        Batch { bytes, seq, count, replies, sink: sink.clone(), work: Some(self) }
+        Batch { bytes, seq, count, replies, sink: sink.clone(), work: Some(self), hops: 0, asking: false }
     }
 
     /// Redis answered the requests since the last client reply: their written keys are
@@ -199,6 +203,34 @@ impl ReplyWork for Delivery {
 
     fn fail(&mut self, error: &Bytes) {
         self.release(error);
+    }
+
+    /// Only written keys to invalidate again (a run of requests): each request's work is that.
+    fn per_request(&self) -> bool {
+        self.fill.is_none() && self.split.is_none() && self.shaped.is_empty() && self.info.is_none()
+    }
+
+    fn for_part(&self, requests: &Bytes) -> Option<Box<dyn ReplyWork>> {
+        Delivery::for_batch(self.tier.as_ref(), requests, self.writes.is_some(), Vec::new())
+            .map(|delivery| delivery as Box<dyn ReplyWork>)
+    }
+
+    fn restart(&mut self) {
+        self.probes = self.probes_sent;
+        self.pttls.clear();
+        self.delivered = 0;
+        if let Some(written) = self.writes.as_mut() {
+            (written.at, written.answered) = (0, 0);
+        }
+        self.shaped.iter_mut().for_each(|(_, shaper)| shaper.restart());
+        // The read's fill is refused (its waiters still get the reply): the key's epoch moves.
+        let Some(tier) = &self.tier else { return };
+        if let Some(ticket) = &self.fill {
+            tier.invalidate(ticket.key(), Cause::WriteAnswered);
+        }
+        if let Some(split) = &self.split {
+            split.probe_keys().for_each(|key| tier.invalidate(key, Cause::WriteAnswered));
+        }
     }
 }
 

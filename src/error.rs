@@ -87,6 +87,9 @@ pub enum ProxyError {
     ReadAbandoned,
 
     // --- caused by the upstream ---
+    /// Redis Cluster: no node serves the key's slot (Redis Cluster's own words).
+    #[error("Hash slot not served")]
+    SlotNotServed,
     /// Nothing was sent: the upstream cannot be reached right now.
     #[error("upstream {addr} unavailable: {reason}")]
     UpstreamUnavailable { addr: String, reason: String },
@@ -132,6 +135,7 @@ impl ProxyError {
             // ioredis users retry it with reconnectOnError), so their "Redis is down" handling
             // runs instead of treating it as a bug in the command.
             ProxyError::UpstreamUnavailable { .. } | ProxyError::BreakerOpen { .. } => "LOADING",
+            ProxyError::SlotNotServed => "CLUSTERDOWN",
             _ => "ERR",
         };
         format!("{code} {self}")

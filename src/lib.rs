@@ -38,6 +38,7 @@ pub mod admin;
 pub mod breaker;
 pub mod cache;
 pub mod client_table;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod connection;

@@ -44,6 +44,10 @@ pub struct PinnedConn {
     /// lost, like a closed connection, and what it read after the switch is dropped.
     switch: Switch,
     _up: ConnectionUp,
+    /// Redis Cluster: the node it is connected to, and whether a command with keys was sent in
+    /// the current pin (it can no longer move to another node).
+    pub node: Option<Arc<str>>,
+    pub keyed: bool,
 }
 
 /// Requests sent together, waiting for replies.
@@ -90,6 +94,8 @@ impl PinnedConn {
             fifo: VecDeque::new(),
             switch,
             _up: up,
+            node: None,
+            keyed: false,
         })
     }
 
@@ -134,6 +140,19 @@ impl PinnedConn {
             (self.key, self.identity) = (key, identity);
         }
         self.in_pin = false;
+        self.keyed = false;
+    }
+
+    /// A pin is using it.
+    pub fn in_pin(&self) -> bool {
+        self.in_pin
+    }
+
+    /// Sends a command of the proxy's own, whose reply nobody sees.
+    pub async fn send_hidden(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let hidden = Expected { seq: 0, left: 1, work: None, pushes: false, confirm: None, hidden: true };
+        self.fifo.push_back(hidden);
+        self.wr.write_all(bytes).await
     }
 
     /// No counted reply is outstanding.

@@ -87,6 +87,9 @@ pub struct Env<'a> {
     pub sink: &'a ReplySink,
     /// Every client of the proxy (CLIENT LIST, CLIENT KILL).
     pub clients: &'a ClientTable,
+    /// In front of a Redis Cluster: an MGET whose keys are in several slots is split per node
+    /// (`cluster.rs`), not by the tier.
+    pub cluster: bool,
 }
 
 impl Env<'_> {
@@ -327,7 +330,7 @@ impl Session {
             Effect::CacheableRead => {
                 let key = cmd.arg(1).unwrap_or_default();
                 let rule = env.policy.for_key(key);
-                if !may_cache(rule.mode, tier) {
+                if !may_cache(rule.mode, tier, key) {
                     if env.upstream_down && rule.mode != CacheMode::None {
                         self.variant_id(cmd.args());
                         if let Some(reply) = tier.stale_answer(key, &self.variant, env.now) {
@@ -362,12 +365,15 @@ impl Session {
     /// only the others go upstream.
     fn route_mget(&mut self, cmd: &CommandView<'_>, tier: &Tier, env: &Env<'_>) -> Route {
         let keys = cmd.argc() - 1;
+        if env.cluster && !crate::cluster::map::one_slot(cmd.args().skip(1)) {
+            return Route::Shared(self.pool_key());
+        }
         let mut parts = Vec::with_capacity(keys);
         let mut tickets = Vec::new();
         let mut missing: Vec<&[u8]> = vec![b"MGET"];
         for key in cmd.args().skip(1) {
             let rule = env.policy.for_key(key);
-            let ticket = if may_cache(rule.mode, tier) {
+            let ticket = if may_cache(rule.mode, tier, key) {
                 self.variant_id([&b"GET"[..], key].into_iter());
                 let stats = env.policy.stats(rule.rule);
                 match tier.lookup_or_register(key, &self.variant, rule.local_ttl, env.lookup_at()) {
@@ -474,11 +480,11 @@ pub fn describe_variant(id: &[u8]) -> String {
     out
 }
 
-/// Whether a rule's reads may be cached now.
-pub fn may_cache(mode: CacheMode, tier: &Tier) -> bool {
+/// Whether a rule's reads of `key` may be cached now.
+pub fn may_cache(mode: CacheMode, tier: &Tier, key: &[u8]) -> bool {
     match mode {
         CacheMode::None => false,
-        CacheMode::Tracked => tier.tracking_up(),
+        CacheMode::Tracked => tier.tracked(key),
         CacheMode::Ttl => true,
     }
 }

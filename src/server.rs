@@ -74,16 +74,25 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let Resolved { config, live, listen_tls: tls, upstream_tls, upstream_password: password, sentinel_password } =
         resolve(config)?;
     let metrics = Arc::new(Metrics::default());
-    let upstream = Upstream::new(&config, password, upstream_tls.clone(), Arc::clone(&metrics));
+    let upstream = Upstream::new(&config, password.clone(), upstream_tls.clone(), Arc::clone(&metrics));
     let cache = &config.cache;
     let tier = cache
         .enabled
         .then(|| Arc::new(Tier::new(cache.max_memory.0, cache.max_entry_size.0 as usize, false, cache.serve_stale.0)));
     // With Sentinel, the primary is found first (the connections below wait for it).
     let sentinel = (!config.upstream.sentinels.is_empty()).then(|| {
-        let settings = crate::sentinel::Settings::new(&config.upstream, sentinel_password.clone(), upstream_tls);
+        let settings =
+            crate::sentinel::Settings::new(&config.upstream, sentinel_password.clone(), upstream_tls.clone());
         crate::sentinel::start(settings, Arc::clone(&upstream), tier.clone())
     });
+    // With a cluster, its slot map is read first (shared requests are routed by it).
+    let cluster = (!config.upstream.cluster.is_empty()).then(|| {
+        let metrics = Arc::clone(&metrics);
+        crate::cluster::Cluster::start(&config, password.clone(), upstream_tls.clone(), metrics, tier.clone())
+    });
+    if let Some((cluster, _)) = &cluster {
+        cluster.mapped(config.upstream.connect_timeout.0).await;
+    }
     // Dial the default pool now, so an unreachable upstream is reported at start.
     upstream.pool(PoolKey::default());
     // Clients are served once the first handshake told Redis's version (HELLO's reply has it),
@@ -101,6 +110,8 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     });
     let recovery = tokio::spawn(crate::upstream::recover(Arc::clone(&upstream)));
     let tracking = match (&tier, cache.tracking) {
+        // A cluster's tier tracks each node (`cluster.rs`).
+        _ if cluster.is_some() => None,
         (Some(tier), Tracking::Bcast) => Some(tokio::spawn(tracking::run(Arc::clone(&upstream), Arc::clone(tier)))),
         _ => None,
     };
@@ -120,6 +131,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         clients: Default::default(),
         warm: Default::default(),
         sentinel: sentinel.as_ref().map(|(stats, _)| Arc::clone(stats)),
+        cluster: cluster.as_ref().map(|(cluster, _)| Arc::clone(cluster)),
     });
     let exporter = serve_metrics(&config.metrics.address, &ctx).await;
     let hangups = tokio::spawn(reload::on_sighup(Arc::clone(&ctx)));
@@ -167,7 +179,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         warn!(clients = clients.len(), "drain timeout: closing the remaining clients");
         clients.shutdown().await;
     }
-    let following = sentinel.map(|(_, task)| task);
+    let following = sentinel.map(|(_, task)| task).or(cluster.map(|(_, task)| task));
     for task in [tracking, exporter, following, Some(hangups), Some(recovery), Some(learning)].into_iter().flatten() {
         task.abort();
     }

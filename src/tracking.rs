@@ -25,16 +25,40 @@ use crate::upstream::{Backoff, PoolKey, Upstream};
 /// A connection that lived this long before failing starts the backoff over.
 const STABLE: Duration = Duration::from_secs(2);
 
+/// What a tracking connection covers: what happens when it comes up and when it is lost.
+pub trait Scope: Send + Sync {
+    /// Tracking is on: tracked rules may cache what it covers.
+    fn started(&self);
+    /// Invalidations may have been missed: what it covers is dropped and uncached until it is
+    /// back.
+    fn lost(&self);
+}
+
+/// One Redis: the whole tier.
+impl Scope for Tier {
+    fn started(&self) {
+        self.tracking_started();
+    }
+    fn lost(&self) {
+        self.tracking_lost();
+    }
+}
+
 /// Runs the tracking connection for as long as the proxy runs, reconnecting with backoff.
 pub async fn run(upstream: Arc<Upstream>, tier: Arc<Tier>) {
+    run_for(upstream, Arc::clone(&tier), tier).await
+}
+
+/// [`run`] for what `scope` covers (a Redis Cluster node's slots, see `cluster.rs`).
+pub async fn run_for(upstream: Arc<Upstream>, tier: Arc<Tier>, scope: Arc<dyn Scope>) {
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
-        let err = track(&upstream, &tier).await;
-        if tier.tracking_up() {
+        let (err, was_up) = track(&upstream, &tier, &*scope).await;
+        if was_up {
             warn!(upstream = %upstream.addr(), error = %err, "tracking connection lost: local tier cleared, tracked keys uncached until it is back");
         }
-        tier.tracking_lost();
+        scope.lost();
         if started.elapsed() > STABLE {
             backoff.reset();
         }
@@ -42,18 +66,18 @@ pub async fn run(upstream: Arc<Upstream>, tier: Arc<Tier>) {
     }
 }
 
-/// One tracking connection, until it fails.
-async fn track(upstream: &Upstream, tier: &Tier) -> String {
+/// One tracking connection, until it fails: why, and whether tracking had been on.
+async fn track(upstream: &Upstream, tier: &Tier, scope: &dyn Scope) -> (String, bool) {
     let (mut stream, mut switch) = match upstream.connect_watched(PoolKey { db: 0, resp3: true }).await {
         Ok(opened) => opened,
-        Err(err) => return err.to_string(),
+        Err(err) => return (err.to_string(), false),
     };
     let _up = upstream.connection_up();
     let mut request = BytesMut::new();
     request.extend_from_slice(&encode_command(&["cLIENT", "SETNAME", "nearcache-tracking"]));
     request.extend_from_slice(&encode_command(&["cLIENT", "TRACKING", "ON", "BCAST"]));
     if let Err(e) = stream.write_all(&request).await {
-        return e.to_string();
+        return (e.to_string(), false);
     }
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut scanner = ReplyScanner::default();
@@ -61,16 +85,17 @@ async fn track(upstream: &Upstream, tier: &Tier) -> String {
     loop {
         while let Some(len) = match scanner.scan(&buf) {
             Ok(found) => found,
-            Err(e) => return e.to_string(),
+            Err(e) => return (e.to_string(), confirmations == 2),
         } {
             let frame = buf.split_to(len);
             if confirmations < 2 {
                 if &frame[..] != b"+OK\r\n" {
-                    return format!("CLIENT TRACKING refused: {}", String::from_utf8_lossy(&frame).trim_end());
+                    let refused = String::from_utf8_lossy(&frame).trim_end().to_owned();
+                    return (format!("CLIENT TRACKING refused: {refused}"), false);
                 }
                 confirmations += 1;
                 if confirmations == 2 {
-                    tier.tracking_started();
+                    scope.started();
                     info!(upstream = %upstream.addr(), "tracking on: the local tier caches tracked keys");
                 }
                 continue;
@@ -79,14 +104,15 @@ async fn track(upstream: &Upstream, tier: &Tier) -> String {
         }
         // A new primary never tracked what is cached: the tier is cleared (by `sentinel.rs`,
         // and again here) and tracking starts over on the new one.
+        let up = confirmations == 2;
         tokio::select! {
             read = stream.read_buf(&mut buf) => match read {
-                Ok(0) => return "closed by upstream".into(),
-                Ok(_) if switch.happened() => return "the primary changed".into(),
+                Ok(0) => return ("closed by upstream".into(), up),
+                Ok(_) if switch.happened() => return ("the primary changed".into(), up),
                 Ok(_) => {}
-                Err(e) => return e.to_string(),
+                Err(e) => return (e.to_string(), up),
             },
-            _ = switch.wait() => return "the primary changed".into(),
+            _ = switch.wait() => return ("the primary changed".into(), up),
         }
     }
 }

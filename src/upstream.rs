@@ -106,6 +106,10 @@ pub struct Batch {
     /// What the caller does with each reply before its client gets it; `None`: every reply is
     /// delivered as it is.
     pub work: Option<Box<dyn ReplyWork>>,
+    /// Redis Cluster: how many MOVED/ASK redirections brought it here, and whether it is sent
+    /// after `ASKING` (whose reply the connection drops).
+    pub hops: u8,
+    pub asking: bool,
 }
 
 impl std::fmt::Debug for Batch {
@@ -126,6 +130,47 @@ pub trait ReplyWork: Send {
     fn reply(&mut self, frame: &[u8]) -> Step;
     /// The batch failed before every reply arrived: its requests not answered yet get `error`.
     fn fail(&mut self, error: &Bytes);
+    /// Redis Cluster: whether the work is the same for each request of the batch on its own
+    /// (a request redirected by MOVED/ASK is then sent again alone, with [`ReplyWork::for_part`]);
+    /// otherwise the batch is one request and is sent again whole, after [`ReplyWork::restart`].
+    fn per_request(&self) -> bool {
+        false
+    }
+    /// The work for some of the batch's requests (`requests`) sent on their own.
+    fn for_part(&self, _requests: &Bytes) -> Option<Box<dyn ReplyWork>> {
+        None
+    }
+    /// The batch was redirected and is sent again: forget the replies seen, and never fill
+    /// the tier from it (an ASK target is mid-migration; a MOVED target may not be tracked yet).
+    fn restart(&mut self) {}
+}
+
+/// Where a Redis Cluster node's MOVED or ASK reply sends a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirection {
+    pub ask: bool,
+    pub slot: u16,
+    pub addr: String,
+}
+
+impl Redirection {
+    /// `-MOVED <slot> <host:port>` or `-ASK <slot> <host:port>`.
+    pub fn parse(frame: &[u8]) -> Option<Redirection> {
+        let (ask, rest) = if let Some(rest) = frame.strip_prefix(b"-MOVED ") {
+            (false, rest)
+        } else {
+            (true, frame.strip_prefix(b"-ASK ")?)
+        };
+        let text = std::str::from_utf8(rest).ok()?.trim_end();
+        let (slot, addr) = text.split_once(' ')?;
+        Some(Redirection { ask, slot: slot.parse().ok()?, addr: addr.to_owned() })
+    }
+}
+
+/// Who sends redirected requests on (`cluster.rs`): the connection only finds MOVED and ASK.
+pub trait Redirect: Send + Sync {
+    /// Send `batch` where `to` says, on connection `lane` of that node's pool for `key`.
+    fn redirect(&self, to: Redirection, batch: Batch, key: PoolKey, lane: usize);
 }
 
 /// What becomes of one upstream reply.
@@ -142,11 +187,11 @@ pub enum Step {
 impl Batch {
     /// A batch whose replies are delivered as they are.
     pub fn plain(bytes: Bytes, seq: u64, count: u32, sink: ReplySink) -> Batch {
-        Batch { bytes, seq, count, replies: count, sink, work: None }
+        Batch { bytes, seq, count, replies: count, sink, work: None, hops: 0, asking: false }
     }
 
     /// Answers every request of the batch with `err` (nothing was sent).
-    fn fail(mut self, err: &ProxyError) {
+    pub fn fail(mut self, err: &ProxyError) {
         let bytes = err.to_replies(self.count as usize);
         if let Some(work) = self.work.as_mut() {
             work.fail(&bytes);
@@ -180,6 +225,8 @@ pub struct Upstream {
     back: tokio::sync::Notify,
     spares: spares::Spares,
     spare_connections: usize,
+    /// A Redis Cluster node's: where MOVED and ASK replies are followed.
+    redirect: Option<std::sync::Weak<dyn Redirect>>,
 }
 
 /// A shared pool: the senders of its connection tasks.
@@ -214,21 +261,46 @@ impl Upstream {
         tls: Option<UpstreamTls>,
         metrics: Arc<Metrics>,
     ) -> Arc<Upstream> {
+        let up = &config.upstream;
+        let (target, name) = match (up.sentinels.is_empty(), up.cluster.first()) {
+            (false, _) => (Target::sentinel(&up.master_name), format!("'{}' (Sentinel)", up.master_name)),
+            // A cluster's first seed: keyless commands' and sessions' node until the map is read.
+            (true, Some(seed)) => (Target::fixed(seed), seed.clone()),
+            (true, None) => (Target::fixed(&up.address), up.address.clone()),
+        };
+        Upstream::build(config, target, &name, password, tls, metrics, None)
+    }
+
+    /// A Redis Cluster node's upstream: its own connections and breaker; MOVED and ASK go to
+    /// `redirect`.
+    pub fn for_node(
+        config: &config::Config,
+        addr: &str,
+        password: Option<String>,
+        tls: Option<UpstreamTls>,
+        metrics: Arc<Metrics>,
+        redirect: std::sync::Weak<dyn Redirect>,
+    ) -> Arc<Upstream> {
+        Upstream::build(config, Target::fixed(addr), addr, password, tls, metrics, Some(redirect))
+    }
+
+    fn build(
+        config: &config::Config,
+        target: Target,
+        name: &str,
+        password: Option<String>,
+        tls: Option<UpstreamTls>,
+        metrics: Arc<Metrics>,
+        redirect: Option<std::sync::Weak<dyn Redirect>>,
+    ) -> Arc<Upstream> {
         let (breaker, config) = (&config.breaker, &config.upstream);
         let user = if config.username.is_empty() { "default".to_owned() } else { config.username.clone() };
-        let target = match config.sentinels.is_empty() {
-            true => Target::fixed(&config.address),
-            false => Target::sentinel(&config.master_name),
-        };
-        let name = match config.sentinels.is_empty() {
-            true => config.address.clone(),
-            false => format!("'{}' (Sentinel)", config.master_name),
-        };
         Arc::new(Upstream {
+            redirect,
             target: Arc::new(target),
             tls: tls.filter(|_| config.tls),
             metrics,
-            breaker: Arc::new(Breaker::new(breaker, &name)),
+            breaker: Arc::new(Breaker::new(breaker, name)),
             connections: config.connections,
             connect_timeout: config.connect_timeout.0,
             command_timeout: config.command_timeout.0,

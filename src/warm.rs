@@ -178,7 +178,7 @@ async fn warm_key(
     id: &mut Vec<u8>,
 ) -> Result<Warmed, String> {
     let rule = policy.for_key(key);
-    if !may_cache(rule.mode, tier) {
+    if !may_cache(rule.mode, tier, key) {
         return Ok(Warmed::Skipped);
     }
     let kind = ask(stream, &[encode_command(&[&b"tYPE"[..], key])]).await?.remove(0);

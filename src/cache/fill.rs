@@ -23,7 +23,9 @@ impl Tier {
             let _no_clear = self.clearing.read().unwrap_or_else(|e| e.into_inner());
             let Some(mut state) = self.in_flight.get_mut(&ticket.key) else { return false };
             let waiters = take_flight(&mut state, &ticket);
-            let fresh = state.epoch == ticket.epoch && self.clears.load(Ordering::Acquire) == ticket.clears;
+            let fresh = state.epoch == ticket.epoch
+                && self.clears.load(Ordering::Acquire) == ticket.clears
+                && self.slot_fresh(&ticket.key, ticket.slot_epoch);
             let lifetime = lifetime(ticket.local_ttl, pttl);
             if !fresh {
                 inc(&self.stats.fills_refused);

@@ -40,6 +40,8 @@ pub struct Stats {
     pub invalidated_by_admin: AtomicU64,
     /// Whole-tier clears: FLUSHDB/FLUSHALL/SWAPDB, flush pushes, tracking lost.
     pub clears: AtomicU64,
+    /// Redis Cluster: times some slots' entries were dropped (owner changed, tracking lost).
+    pub slot_drops: AtomicU64,
     pub invalidation_delay: Histogram,
     writes: AtomicU64,
     timed: Mutex<HashMap<Bytes, Instant>>,

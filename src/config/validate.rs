@@ -27,6 +27,33 @@ impl Config {
         Ok(())
     }
 
+    /// `cluster` seeds replace `address` and exclude `sentinels`.
+    fn check_cluster(&self) -> Result<(), (&'static str, String)> {
+        let up = &self.upstream;
+        if up.cluster.is_empty() {
+            return Ok(());
+        }
+        if !up.sentinels.is_empty() {
+            return Err((
+                "upstream.cluster",
+                "conflicts with upstream.sentinels: a cluster fails over by itself".into(),
+            ));
+        }
+        if up.address != super::Upstream::default().address {
+            return Err((
+                "upstream.address",
+                format!(
+                    "{:?} conflicts with upstream.cluster: the cluster's nodes are found from its seeds",
+                    up.address
+                ),
+            ));
+        }
+        for seed in &up.cluster {
+            check_address("upstream.cluster", seed)?;
+        }
+        Ok(())
+    }
+
     /// Checks what types alone cannot; errors name the key. The passwords it names are checked
     /// here (a file that names an unset variable is refused with its line); the TLS files are
     /// read once, at start (`server::resolve`, which `--check` runs too).
@@ -37,6 +64,7 @@ impl Config {
         check_address("listen.address", &self.listen.address)?;
         check_address("upstream.address", &self.upstream.address)?;
         self.check_sentinels()?;
+        self.check_cluster()?;
         if !self.metrics.address.is_empty() {
             check_address("metrics.address", &self.metrics.address)?;
         }

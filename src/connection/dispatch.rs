@@ -65,12 +65,13 @@ pub(super) struct TierWork {
 
 impl TierWork {
     /// Whether the request may join a run of others: nothing but forwarding and, on the
-    /// shared pool (whose connections shape each request of a batch), reply shaping.
-    fn joins_runs(&self, dest: Dest) -> bool {
+    /// shared pool (whose connections shape each request of a batch), reply shaping (not in
+    /// front of a cluster, where a run is split per node and a redirected request sent alone).
+    fn joins_runs(&self, dest: Dest, cluster: bool) -> bool {
         self.read.is_none()
             && !self.info
             && self.expect == Expect::One
-            && (self.shaped.is_empty() || matches!(dest, Dest::Shared(_)))
+            && (self.shaped.is_empty() || (matches!(dest, Dest::Shared(_)) && !cluster))
     }
 
     /// How many replies the request gets (on a destination whose replies are counted).
@@ -137,7 +138,7 @@ impl Client {
         };
         let counted = u32::from(dest.counted()) * work.replies();
         // Nothing to do with its replies but deliver them: it may join the run before it.
-        let plain = work.joins_runs(dest);
+        let plain = work.joins_runs(dest, self.ctx.cluster.is_some());
         if let (true, Some(run)) = (plain, self.run.as_mut())
             && run.dest == dest
         {
@@ -229,7 +230,10 @@ impl Client {
                     Some(delivery) => delivery.into_batch(bytes, seq, count, &self.sink),
                     None => Batch::plain(bytes, seq, count, self.sink.clone()),
                 };
-                self.pool(key).send(slot, batch);
+                match &self.ctx.cluster {
+                    Some(cluster) => cluster.send(key, slot, batch),
+                    None => self.pool(key).send(slot, batch),
+                }
             }
             Dest::Pinned { stream } => {
                 // A shaped request (or INFO) is sent to a pinned connection on its own.

@@ -7,10 +7,12 @@ use bytes::Bytes;
 use tracing::debug;
 
 use super::Client;
+use crate::cluster::Cluster;
 use crate::error::ProxyError;
 use crate::pinned_conn::PinnedConn;
 use crate::proxy::Expect;
-use crate::upstream::{ReplyChunk, ReplyWork};
+use crate::upstream::{Redirection, ReplyChunk, ReplyWork, Upstream};
+use std::sync::Arc;
 
 impl Client {
     /// `work`: what becomes of the upstream replies (TTL enforcement sent more than the client's
@@ -25,11 +27,20 @@ impl Client {
         expect: Expect,
     ) {
         let key = self.session.pin_key();
+        // Redis Cluster: the node this request's keys are on, and whether the session's
+        // connection must move there first.
+        let (upstream, node, reopen_multi) = match self.ctx.cluster.clone() {
+            Some(cluster) => self.pin_node(&cluster, &bytes),
+            None => (Arc::clone(&self.ctx.upstream), None, false),
+        };
         if self.pinned.is_none() {
             let identity = self.session.pin_identity().to_vec();
             // Boxed: connecting (TLS, handshake) is a large future, rare next to the rest.
-            match Box::pin(PinnedConn::open(&self.ctx.upstream, key, identity, stream)).await {
-                Ok(conn) => self.pinned = Some(conn),
+            match Box::pin(PinnedConn::open(&upstream, key, identity, stream)).await {
+                Ok(mut conn) => {
+                    conn.node = node.clone().or_else(|| Some(upstream.addr().into()));
+                    self.pinned = Some(conn)
+                }
                 Err(err) => {
                     // What the session was to start cannot: the requests get the error, and the
                     // client is closed after them (commands it pipelined behind a MULTI must
@@ -48,13 +59,47 @@ impl Client {
         }
         let conn = self.pinned.as_mut().expect("opened above");
         let state = self.session.pin_needs_state().then_some((key, self.session.pin_identity()));
+        conn.keyed |= node.is_some();
         let sent = match conn.begin_pin(state).await {
+            // The transaction the client opened is opened again on the node its keys are on.
+            Ok(()) if reopen_multi => match conn.send_hidden(b"*1\r\n$5\r\nMULTI\r\n").await {
+                Ok(()) => conn.send(&bytes, seq, count, stream, work, expect).await,
+                Err(e) => Err(e),
+            },
             Ok(()) => conn.send(&bytes, seq, count, stream, work, expect).await,
             Err(e) => Err(e),
         };
         if let Err(e) = sent {
             self.pinned_failed(self.lost(e));
         }
+    }
+
+    /// Redis Cluster: which node's upstream this pinned request goes to, that node (when the
+    /// request has keys), and whether the session's connection was given up to move there with
+    /// the transaction it opened (MULTI is then sent again, hidden). A session's connection
+    /// moves only while nothing keyed ran on it in the pin, nothing is in flight on it, and the
+    /// client was not shown its id: at a pin's start (the node of its first keyed command,
+    /// looked for among the requests already read), or in a transaction whose first keyed
+    /// command comes after MULTI's reply.
+    fn pin_node(&mut self, cluster: &Arc<Cluster>, bytes: &[u8]) -> (Arc<Upstream>, Option<Arc<str>>, bool) {
+        let needed = cluster.node_for_requests(bytes);
+        let starting = self.pinned.as_ref().is_none_or(|conn| !conn.in_pin());
+        let target = needed.clone().or_else(|| if starting { cluster.node_for_requests(&self.rbuf) } else { None });
+        let mut reopen_multi = false;
+        if let (Some(target), Some(conn)) = (&target, self.pinned.as_ref()) {
+            let elsewhere = conn.node.as_ref() != Some(target);
+            let in_multi = !starting && !conn.keyed && self.session.in_multi();
+            if elsewhere && conn.is_idle() && !self.session.id_shown() && (starting || in_multi) {
+                // Closing it discards the empty transaction Redis holds there.
+                self.pinned = None;
+                reopen_multi = in_multi;
+            }
+        }
+        let upstream = match (&target, &self.pinned) {
+            (Some(target), None) => cluster.upstream_of(target),
+            _ => cluster.upstream_any().unwrap_or_else(|| Arc::clone(&self.ctx.upstream)),
+        };
+        (upstream, needed, reopen_multi)
     }
 
     pub(super) fn on_pinned(&mut self, read: io::Result<usize>) {
@@ -67,7 +112,14 @@ impl Client {
         let monitoring = self.session.is_monitoring();
         let Some(conn) = self.pinned.as_mut() else { return };
         let (replies, session, target) = (&mut self.replies, &mut self.session, self.ctx.upstream.target());
-        let taken = conn.take_replies(stream, pass_pushes, monitoring, |seq, bytes, confirm| {
+        let (cluster, on) = (self.ctx.cluster.as_deref(), conn.node.clone());
+        let taken = conn.take_replies(stream, pass_pushes, monitoring, |seq, mut bytes, confirm| {
+            if let Some(cluster) = cluster
+                && let Some(to) = Redirection::parse(&bytes)
+            {
+                // Never shown: a session's connection does not follow MOVED/ASK (its state is there).
+                bytes = cluster.pinned_redirect(&to, on.as_deref());
+            }
             session.note_subscription(&bytes);
             if crate::reply::is_readonly(&bytes) {
                 // A replica: the primary moved (Sentinel). The client gets Redis's error.

@@ -110,6 +110,11 @@ impl Session {
         self.pin.key
     }
 
+    /// A transaction is open (MULTI sent, no EXEC/DISCARD yet).
+    pub fn in_multi(&self) -> bool {
+        self.pin.active && self.pin.in_multi
+    }
+
     /// The session's name and library info when the pin began (later changes in the same
     /// pipeline are applied on the pinned connection itself).
     pub fn pin_identity(&self) -> &[Bytes] {

@@ -31,6 +31,7 @@ fn route_with(session: &mut Session, args: &[&str], tier: Option<&Tier>, policy:
         seq: 0,
         sink: &sink,
         clients,
+        cluster: false,
     };
     let cmd = CommandView::new(&bytes, args.len());
     session.route(&cmd, &crate::command::lookup(cmd.arg(0).unwrap_or_default()), &env)

@@ -53,6 +53,11 @@ impl Shaper {
         Shaper { shape, seen: 0, reply: None }
     }
 
+    /// The request is sent again (a Redis Cluster redirection): no reply seen yet.
+    pub fn restart(&mut self) {
+        (self.seen, self.reply) = (0, None);
+    }
+
     /// How many commands were sent for the request.
     pub fn commands(&self) -> usize {
         self.shape.commands()

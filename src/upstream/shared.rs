@@ -25,9 +25,10 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
-use super::{Backoff, Batch, PoolKey, ReplyChunk, ReplySink, ReplyWork, Step, Switch, Upstream};
+use super::{Backoff, Batch, PoolKey, Redirection, ReplyChunk, ReplySink, ReplyWork, Step, Switch, Upstream};
 use crate::breaker::{self, Outcome};
 use crate::error::ProxyError;
+use crate::framing::{Limits, Parsed, RequestParser};
 use crate::reply::{self, ReplyScanner};
 use crate::transport::{Reader, Stream, Writer};
 use crate::writev;
@@ -50,12 +51,29 @@ struct Route {
     /// A reply said the server cannot be used (LOADING, MASTERDOWN): a failed call.
     unusable: bool,
     work: Option<Box<dyn ReplyWork>>,
+    /// Redis Cluster only: what MOVED and ASK need (see [`Redirected`]).
+    cluster: Option<Box<Redirected>>,
+}
+
+/// A cluster node's batch, kept until answered: a request Redis redirects is sent again.
+struct Redirected {
+    bytes: Bytes,
+    hops: u8,
+    /// Sent after ASKING: its reply (the first) is dropped.
+    asking: bool,
+    /// Where the next request of `bytes` starts, and its index (requests are found in order).
+    next: (u32, usize),
+    /// A batch of one request with work was redirected: its other replies are dropped and it
+    /// is sent again whole.
+    whole: Option<Redirection>,
 }
 
 impl Route {
-    fn new(batch: Batch, sent_at: Instant) -> (Route, Bytes) {
-        let Batch { bytes, seq, count, replies, sink, work } = batch;
-        (Route { sink, seq, count, done: 0, replies, read: 0, sent_at, unusable: false, work }, bytes)
+    fn new(batch: Batch, sent_at: Instant, cluster: bool) -> (Route, Bytes) {
+        let Batch { bytes, seq, count, replies, sink, work, hops, asking } = batch;
+        let cluster =
+            cluster.then(|| Box::new(Redirected { bytes: bytes.clone(), hops, asking, next: (0, 0), whole: None }));
+        (Route { sink, seq, count, done: 0, replies, read: 0, sent_at, unusable: false, work, cluster }, bytes)
     }
 
     fn deliver(&mut self, bytes: Bytes, count: u32) {
@@ -88,7 +106,7 @@ pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batche
                 let _up = up.connection_up();
                 backoff.reset();
                 failures = 0;
-                match serve(&up, stream, switch, &mut batches).await {
+                match serve(&up, stream, switch, &mut batches, (key, slot)).await {
                     None => return,
                     Some(Lost::Switched) => info!(upstream = %up.addr(), slot, "the primary changed: reconnecting"),
                     Some(Lost::Error(err)) => {
@@ -150,13 +168,14 @@ async fn serve(
     stream: Stream,
     mut switch: Switch,
     batches: &mut UnboundedReceiver<Batch>,
+    lane: (PoolKey, usize),
 ) -> Option<Lost> {
     let (rd, wr) = stream.into_split();
     let (route_tx, mut routes) = mpsc::unbounded_channel();
     let mut current: Option<Route> = None;
     let lost = tokio::select! {
         done = write_loop(up, wr, batches, &route_tx) => Lost::Error(done.err()?),
-        lost = read_loop(up, rd, &mut switch, &mut routes, &mut current) => lost,
+        lost = read_loop(up, rd, &mut switch, &mut routes, &mut current, lane) => lost,
     };
     // What requests in flight get: a switch is no failure of the upstream for the breaker.
     let err = match &lost {
@@ -194,8 +213,12 @@ async fn write_loop(
         while let Some(batch) = next {
             // The route is recorded before the bytes can reach Redis, so the reader always
             // finds it when the reply arrives.
-            let (route, bytes) = Route::new(batch, sent_at);
+            let asking = batch.asking;
+            let (route, bytes) = Route::new(batch, sent_at, up.redirect.is_some());
             let _ = routes.send(route);
+            if asking {
+                out.push_back(Bytes::from_static(b"*1\r\n$6\r\nASKING\r\n"));
+            }
             out.push_back(bytes);
             gathered += 1;
             next = if gathered < MAX_BATCHES_PER_WRITE { batches.try_recv().ok() } else { None };
@@ -211,6 +234,7 @@ async fn read_loop(
     switch: &mut Switch,
     routes: &mut UnboundedReceiver<Route>,
     current: &mut Option<Route>,
+    lane: (PoolKey, usize),
 ) -> Lost {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = ReplyScanner::default();
@@ -262,7 +286,7 @@ async fn read_loop(
         if switch.happened() {
             return Lost::Switched;
         }
-        if let Err(err) = deliver(up, &mut buf, &mut scanner, routes, current) {
+        if let Err(err) = deliver(up, &mut buf, &mut scanner, routes, current, lane) {
             return Lost::Error(err);
         }
     }
@@ -276,6 +300,7 @@ fn deliver(
     scanner: &mut ReplyScanner,
     routes: &mut UnboundedReceiver<Route>,
     current: &mut Option<Route>,
+    lane: (PoolKey, usize),
 ) -> Result<(), ProxyError> {
     // buf[..scanned] holds `frames` complete replies for `current`, not yet delivered.
     let mut scanned = 0;
@@ -295,6 +320,21 @@ fn deliver(
             return Err(lost_error(up, "a reply arrived with no request waiting for it"));
         };
         let frame = &buf[scanned..scanned + len];
+        if route.cluster.as_deref().is_some_and(|c| c.takes(route.read, frame)) {
+            // Redis Cluster: ASKING's reply, or a redirection (the request is sent on).
+            flush(buf, scanned, frames, current);
+            (scanned, frames) = (0, 0);
+            let frame = buf.split_to(len);
+            let route = current.as_mut().expect("checked above");
+            redirect(up, route, &frame, lane);
+            route.read += 1;
+            if route.read == route.replies {
+                finished(up, route);
+                resend_whole(up, route, lane);
+                *current = None;
+            }
+            continue;
+        }
         route.unusable |= breaker::is_unusable(frame);
         if reply::is_readonly(frame) {
             // A replica: the primary moved. The write gets Redis's error, never a retry.
@@ -327,6 +367,91 @@ fn deliver(
     }
     flush(buf, scanned, frames, current);
     Ok(())
+}
+
+impl Redirected {
+    /// Whether the connection, not the client, takes this reply (the `read`th of the batch).
+    fn takes(&self, read: u32, frame: &[u8]) -> bool {
+        (self.asking && read == 0)
+            || self.whole.is_some()
+            || frame.starts_with(b"-MOVED ")
+            || frame.starts_with(b"-ASK ")
+    }
+
+    /// The batch's request `index` (asked for in increasing order).
+    fn request(&mut self, index: u32) -> Option<Bytes> {
+        let mut parser = RequestParser::new(Limits::NONE);
+        loop {
+            let (at, offset) = self.next;
+            let Ok(Some(Parsed::Command { len, .. })) = parser.parse(&self.bytes[offset..]) else { return None };
+            self.next = (at + 1, offset + len);
+            if at == index {
+                return Some(self.bytes.slice(offset..offset + len));
+            }
+        }
+    }
+}
+
+/// A reply the connection takes from a cluster node's batch (see [`Redirected::takes`]). A
+/// redirected request of a run is sent on alone, its reply taking its place in the client's
+/// order; a batch of one request with work is sent on whole once its last reply is read.
+fn redirect(up: &Upstream, route: &mut Route, frame: &[u8], lane: (PoolKey, usize)) {
+    let Some(cluster) = route.cluster.as_deref_mut() else { return };
+    if (cluster.asking && route.read == 0) || cluster.whole.is_some() {
+        return;
+    }
+    let Some(to) = Redirection::parse(frame) else { return };
+    if !route.work.as_ref().is_none_or(|work| work.per_request()) {
+        cluster.whole = Some(to);
+        return;
+    }
+    let index = route.read - u32::from(cluster.asking);
+    let Some(request) = cluster.request(index) else { return };
+    if let Some(work) = route.work.as_mut() {
+        // Work per request keeps its place in the batch (nothing is delivered from it).
+        work.reply(frame);
+    }
+    let batch = Batch {
+        work: route.work.as_ref().and_then(|work| work.for_part(&request)),
+        bytes: request,
+        seq: route.seq + u64::from(route.done),
+        count: 1,
+        replies: 1 + u32::from(to.ask),
+        sink: route.sink.clone(),
+        hops: cluster.hops.saturating_add(1),
+        asking: to.ask,
+    };
+    route.done += 1;
+    send_on(up, to, batch, lane);
+}
+
+/// The last reply of a batch redirected whole arrived: it is sent on, its work restarted.
+fn resend_whole(up: &Upstream, route: &mut Route, lane: (PoolKey, usize)) {
+    let Some(cluster) = route.cluster.as_deref_mut() else { return };
+    let Some(to) = cluster.whole.take() else { return };
+    let mut work = route.work.take();
+    if let Some(work) = work.as_mut() {
+        work.restart();
+    }
+    let batch = Batch {
+        bytes: cluster.bytes.clone(),
+        seq: route.seq + u64::from(route.done),
+        count: route.count - route.done,
+        replies: route.replies - u32::from(cluster.asking) + u32::from(to.ask),
+        sink: route.sink.clone(),
+        work,
+        hops: cluster.hops.saturating_add(1),
+        asking: to.ask,
+    };
+    route.done = route.count;
+    send_on(up, to, batch, lane);
+}
+
+fn send_on(up: &Upstream, to: Redirection, batch: Batch, (key, lane): (PoolKey, usize)) {
+    match up.redirect.as_ref().and_then(std::sync::Weak::upgrade) {
+        Some(redirect) => redirect.redirect(to, batch, key, lane),
+        None => batch.fail(&lost_error(up, "the proxy is shutting down")),
+    }
 }
 
 /// Every reply of the route arrived: one call for the breaker.
@@ -376,7 +501,7 @@ mod tests {
         let (plain_sink, mut plain) = mpsc::unbounded_channel();
         let (work_sink, mut worked) = mpsc::unbounded_channel();
         let now = Instant::now();
-        let (route, _) = Route::new(Batch::plain(Bytes::new(), 10, 2, plain_sink), now);
+        let (route, _) = Route::new(Batch::plain(Bytes::new(), 10, 2, plain_sink), now, false);
         tx.send(route).unwrap();
         let batch = Batch {
             bytes: Bytes::new(),
@@ -385,11 +510,13 @@ mod tests {
             replies: 2,
             sink: work_sink,
             work: Some(Box::new(SwallowFirst(false))),
+            hops: 0,
+            asking: false,
         };
-        tx.send(Route::new(batch, now).0).unwrap();
+        tx.send(Route::new(batch, now, false).0).unwrap();
         let mut buf = BytesMut::from(&b"+a\r\n$1\r\nb\r\n:1\r\n+x\r\n$5\r\npar"[..]);
         let (mut scanner, mut current) = (ReplyScanner::default(), None);
-        deliver(&up, &mut buf, &mut scanner, &mut routes, &mut current).unwrap();
+        deliver(&up, &mut buf, &mut scanner, &mut routes, &mut current, (PoolKey::default(), 0)).unwrap();
         let chunk = plain.try_recv().unwrap();
         assert_eq!((chunk.seq, chunk.count, &chunk.bytes[..]), (10, 2, &b"+a\r\n$1\r\nb\r\n"[..]));
         let chunk = worked.try_recv().unwrap();
@@ -398,14 +525,14 @@ mod tests {
         assert_eq!(&buf[..], b"$5\r\npar", "the partial reply waits for its end");
         // A reply nobody asked for: the connection cannot be trusted any more.
         buf.extend_from_slice(b"ty\r\n");
-        assert!(deliver(&up, &mut buf, &mut scanner, &mut routes, &mut current).is_err());
+        assert!(deliver(&up, &mut buf, &mut scanner, &mut routes, &mut current, (PoolKey::default(), 0)).is_err());
     }
 
     /// A failed batch answers every reply its client has not had, and its work is told.
     #[test]
     fn a_failed_route_answers_what_is_left() {
         let (sink, mut replies) = mpsc::unbounded_channel();
-        let mut route = Route::new(Batch::plain(Bytes::new(), 0, 3, sink), Instant::now()).0;
+        let mut route = Route::new(Batch::plain(Bytes::new(), 0, 3, sink), Instant::now(), false).0;
         route.deliver(Bytes::from_static(b"+first\r\n"), 1);
         route.fail(&ProxyError::UpstreamLost { addr: "r".into(), reason: "gone".into() });
         assert_eq!(replies.try_recv().unwrap().count, 1);

@@ -103,11 +103,10 @@ impl Target {
         })
     }
 
-    /// Asks for the primary to be checked now (Sentinel mode; nothing otherwise).
+    /// Asks for the primary to be checked now (Sentinel mode), or the cluster's slot map to be
+    /// read again (a Redis Cluster node; see `cluster.rs`). Nothing waits for it otherwise.
     pub fn doubt(&self) {
-        if self.master_name.is_some() {
-            self.doubt.notify_one();
-        }
+        self.doubt.notify_one();
     }
 
     /// Waits for [`Target::doubt`].

@@ -2,6 +2,7 @@
 //! and a raw RESP client for byte-level assertions.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod cluster;
 pub mod fake;
 
 use std::net::{SocketAddr, TcpListener as StdListener};

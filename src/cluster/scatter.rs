@@ -1,0 +1,279 @@
+//! Commands a Redis Cluster runs on several nodes for one client request: multi-key commands
+//! whose keys are in several slots (split per node, replies joined in key order), and keyless
+//! commands about the whole dataset (run on every master, replies combined as one Redis would
+//! answer).
+
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+
+use super::map::slot_of;
+use crate::command::{self, Keys};
+use crate::error::ProxyError;
+use crate::framing::{CommandView, encode_command, parse_int};
+use crate::reply::ReplyScanner;
+use crate::upstream::{ReplyChunk, ReplySink, ReplyWork, Step};
+
+/// Where one request goes.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Placement {
+    /// To the master of this slot.
+    Slot(u16),
+    /// Anywhere (no key): the first master.
+    Any,
+    /// Its keys are in several slots: split per node (MGET, DEL, UNLINK, EXISTS, TOUCH).
+    Split(Combine),
+    /// To every master, the replies combined.
+    Everywhere(Combine),
+}
+
+/// How the replies of the parts make the client's one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Combine {
+    /// Integers added (DEL, UNLINK, EXISTS, TOUCH, DBSIZE).
+    Sum,
+    /// Each part's array elements go to these positions of the client's array (MGET).
+    Positions(Vec<Vec<usize>>),
+    /// Arrays joined (KEYS).
+    Concat,
+    /// The first error, else the first reply (FLUSHALL, SCRIPT LOAD ...).
+    Same,
+}
+
+/// Where `cmd` goes in a cluster.
+pub(super) fn placement(cmd: &CommandView<'_>) -> Placement {
+    let name = cmd.arg(0).unwrap_or_default();
+    let spec = command::lookup(name).spec;
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    match spec.keys {
+        Keys::None => {
+            let sub = cmd.arg(1).unwrap_or_default();
+            let sub_is = |n: &str| sub.eq_ignore_ascii_case(n.as_bytes());
+            if is("DBSIZE") {
+                Placement::Everywhere(Combine::Sum)
+            } else if is("KEYS") {
+                Placement::Everywhere(Combine::Concat)
+            } else if is("FLUSHALL") || is("FLUSHDB") || (is("SCRIPT") && (sub_is("LOAD") || sub_is("FLUSH"))) {
+                Placement::Everywhere(Combine::Same)
+            } else {
+                Placement::Any
+            }
+        }
+        // Found only by reading the options: the first argument is the key for most
+        // (a wrong guess is corrected by the node's MOVED).
+        Keys::Unknown => cmd.arg(1).map_or(Placement::Any, |key| Placement::Slot(slot_of(key))),
+        keys => {
+            let mut slots = command::key_args(cmd, keys).map(slot_of);
+            let Some(first) = slots.next() else { return Placement::Any };
+            if slots.all(|slot| slot == first) {
+                return Placement::Slot(first);
+            }
+            if is("MGET") {
+                Placement::Split(Combine::Positions(Vec::new()))
+            } else if is("DEL") || is("UNLINK") || is("EXISTS") || is("TOUCH") {
+                Placement::Split(Combine::Sum)
+            } else {
+                // Redis Cluster answers CROSSSLOT itself.
+                Placement::Slot(first)
+            }
+        }
+    }
+}
+
+/// The keys of a split command grouped by slot (Redis Cluster runs a multi-key command only
+/// when all its keys share one): (the slot's node by `owner`, the request for those keys, their
+/// positions among the command's keys). `None` when a slot has no owner.
+pub(super) fn split<N>(cmd: &CommandView<'_>, owner: impl Fn(u16) -> Option<N>) -> Option<Parts<N>> {
+    let name = cmd.arg(0).unwrap_or_default();
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    for (position, key) in cmd.args().skip(1).enumerate() {
+        let slot = slot_of(key);
+        match groups.iter_mut().find(|g| g.slot == slot) {
+            Some(group) => {
+                group.args.push(key);
+                group.positions.push(position);
+            }
+            None => groups.push(Group { slot, args: vec![name, key], positions: vec![position] }),
+        }
+    }
+    groups.into_iter().map(|g| Some((owner(g.slot)?, encode_command(&g.args), g.positions))).collect()
+}
+
+/// Requests for parts of one client request: (node, request, positions of its keys).
+pub(super) type Parts<N> = Vec<(N, Bytes, Vec<usize>)>;
+
+/// The keys of one slot, as a request for them.
+struct Group<'a> {
+    slot: u16,
+    args: Vec<&'a [u8]>,
+    positions: Vec<usize>,
+}
+
+/// The client's reply being assembled from its parts' replies.
+pub(super) struct Gather {
+    sink: ReplySink,
+    seq: u64,
+    combine: Combine,
+    parts: Vec<Option<Bytes>>,
+    left: usize,
+    /// The request's own work (its written keys invalidated again), given the joined reply.
+    work: Option<Box<dyn ReplyWork>>,
+}
+
+impl Gather {
+    pub(super) fn new(
+        sink: ReplySink,
+        seq: u64,
+        combine: Combine,
+        parts: usize,
+        work: Option<Box<dyn ReplyWork>>,
+    ) -> Arc<Mutex<Gather>> {
+        Arc::new(Mutex::new(Gather { sink, seq, combine, parts: vec![None; parts], left: parts, work }))
+    }
+}
+
+/// The work of one part: its reply is kept for the [`Gather`], never delivered itself.
+pub(super) struct Part {
+    gather: Arc<Mutex<Gather>>,
+    index: usize,
+    done: bool,
+}
+
+impl Part {
+    pub(super) fn new(gather: &Arc<Mutex<Gather>>, index: usize) -> Box<Part> {
+        Box::new(Part { gather: Arc::clone(gather), index, done: false })
+    }
+
+    fn put(&mut self, reply: Bytes) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let mut gather = self.gather.lock().unwrap_or_else(|e| e.into_inner());
+        gather.parts[self.index] = Some(reply);
+        gather.left -= 1;
+        if gather.left > 0 {
+            return;
+        }
+        let parts: Vec<Bytes> = gather.parts.iter_mut().map(|p| p.take().unwrap_or_default()).collect();
+        let mut joined = join(&gather.combine, &parts);
+        if let Some(work) = gather.work.as_mut()
+            && let Step::Replace(replaced) = work.reply(&joined)
+        {
+            joined = replaced;
+        }
+        let _ = gather.sink.send(ReplyChunk { seq: gather.seq, count: 1, bytes: joined });
+    }
+}
+
+impl ReplyWork for Part {
+    fn reply(&mut self, frame: &[u8]) -> Step {
+        self.put(Bytes::copy_from_slice(frame));
+        Step::Swallow
+    }
+
+    fn fail(&mut self, error: &Bytes) {
+        self.put(error.clone());
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        self.put(ProxyError::ReadAbandoned.to_reply());
+    }
+}
+
+/// The client's reply from the parts' (the first error, if any part failed).
+fn join(combine: &Combine, parts: &[Bytes]) -> Bytes {
+    if let Some(error) = parts.iter().find(|p| p.first().is_none_or(|&b| b == b'-' || b == b'!')) {
+        return if error.is_empty() { ProxyError::ReadAbandoned.to_reply() } else { error.clone() };
+    }
+    match combine {
+        Combine::Same => parts[0].clone(),
+        Combine::Sum => {
+            let sum: i64 = parts.iter().filter_map(|p| parse_int(p.get(1..p.len().saturating_sub(2))?)).sum();
+            Bytes::from(format!(":{sum}\r\n"))
+        }
+        Combine::Concat => {
+            let elements: Vec<&[u8]> = parts.iter().flat_map(|p| elements(p)).collect();
+            array(elements.len(), elements.into_iter())
+        }
+        Combine::Positions(positions) => {
+            let total = positions.iter().map(Vec::len).sum();
+            let mut out: Vec<&[u8]> = vec![b"$-1\r\n"; total];
+            for (part, positions) in parts.iter().zip(positions) {
+                for (element, &at) in elements(part).into_iter().zip(positions) {
+                    out[at] = element;
+                }
+            }
+            array(total, out.into_iter())
+        }
+    }
+}
+
+/// The elements of an array reply (none for anything else).
+fn elements(frame: &[u8]) -> Vec<&[u8]> {
+    let Some(header) = frame.iter().position(|&b| b == b'\n').map(|i| i + 1) else { return Vec::new() };
+    let count = parse_int(&frame[1..header.saturating_sub(2).max(1)]).unwrap_or(0).max(0) as usize;
+    let mut out = Vec::with_capacity(count);
+    let mut rest = &frame[header..];
+    for _ in 0..count {
+        let Ok(Some(len)) = ReplyScanner::default().scan(rest) else { break };
+        out.push(&rest[..len]);
+        rest = &rest[len..];
+    }
+    out
+}
+
+fn array<'a>(count: usize, elements: impl Iterator<Item = &'a [u8]>) -> Bytes {
+    let mut out = BytesMut::new();
+    out.extend_from_slice(format!("*{count}\r\n").as_bytes());
+    elements.for_each(|e| out.extend_from_slice(e));
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::{Limits, Parsed, RequestParser};
+
+    fn view(args: &[&str]) -> (Vec<u8>, usize) {
+        (encode_command(args).to_vec(), args.len())
+    }
+
+    fn place(args: &[&str]) -> Placement {
+        let (bytes, argc) = view(args);
+        let mut parser = RequestParser::new(Limits::NONE);
+        let Ok(Some(Parsed::Command { argc: n, .. })) = parser.parse(&bytes) else { panic!() };
+        assert_eq!(n, argc);
+        placement(&CommandView::new(&bytes, argc))
+    }
+
+    #[test]
+    fn requests_are_placed_by_their_keys() {
+        assert_eq!(place(&["GET", "foo"]), Placement::Slot(12182));
+        assert_eq!(place(&["PING"]), Placement::Any);
+        assert_eq!(place(&["MGET", "{a}1", "{a}2"]), Placement::Slot(slot_of(b"a")));
+        assert_eq!(place(&["MGET", "a", "b"]), Placement::Split(Combine::Positions(Vec::new())));
+        assert_eq!(place(&["DEL", "a", "b"]), Placement::Split(Combine::Sum));
+        assert_eq!(place(&["MSETNX", "a", "1", "b", "2"]), Placement::Slot(slot_of(b"a")));
+        assert_eq!(place(&["DBSIZE"]), Placement::Everywhere(Combine::Sum));
+        assert_eq!(place(&["script", "load", "return 1"]), Placement::Everywhere(Combine::Same));
+        assert_eq!(place(&["SCRIPT", "EXISTS", "x"]), Placement::Any);
+    }
+
+    #[test]
+    fn parts_join_as_one_redis_would_answer() {
+        let p = |s: &str| Bytes::from(s.to_owned());
+        assert_eq!(join(&Combine::Sum, &[p(":2\r\n"), p(":3\r\n")]), p(":5\r\n"));
+        assert_eq!(join(&Combine::Sum, &[p(":2\r\n"), p("-ERR x\r\n")]), p("-ERR x\r\n"));
+        let positions = Combine::Positions(vec![vec![0, 2], vec![1]]);
+        assert_eq!(
+            join(&positions, &[p("*2\r\n$1\r\na\r\n$-1\r\n"), p("*1\r\n$1\r\nb\r\n")]),
+            p("*3\r\n$1\r\na\r\n$1\r\nb\r\n$-1\r\n")
+        );
+        assert_eq!(join(&Combine::Concat, &[p("*1\r\n$1\r\na\r\n"), p("*0\r\n")]), p("*1\r\n$1\r\na\r\n"));
+        assert_eq!(join(&Combine::Same, &[p("+OK\r\n"), p("+OK\r\n")]), p("+OK\r\n"));
+        assert_eq!(join(&Combine::Same, &[p("$2\r\nab\r\n"), p("$2\r\nab\r\n")]), p("$2\r\nab\r\n"));
+        assert_eq!(join(&Combine::Same, &[p("+OK\r\n"), p("-ERR no\r\n")]), p("-ERR no\r\n"));
+    }
+}
