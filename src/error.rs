@@ -86,6 +86,10 @@ pub enum ProxyError {
     #[error("the read this one waited for was abandoned (its client disconnected); retry")]
     ReadAbandoned,
 
+    /// Redis Cluster has db 0 only (its own words).
+    #[error("SELECT is not allowed in cluster mode")]
+    SelectInCluster,
+
     // --- caused by the upstream ---
     /// Redis Cluster: no node serves the key's slot (Redis Cluster's own words).
     #[error("Hash slot not served")]

@@ -137,3 +137,80 @@ async fn an_owner_change_is_followed_and_drops_the_slot() {
     common::until_reply(&mut raw, &["GET", key], "the new owner's value", |r| r == "$3\r\nnew\r\n").await;
     proxy.stop().await;
 }
+
+/// Two keys whose slots two different masters own.
+fn keys_on_two_nodes(cluster: &Cluster, prefix: &str) -> (String, String) {
+    let first = format!("{prefix}:0");
+    let owner = cluster.owner_of(&first);
+    let second = (1..).map(|i| format!("{prefix}:{i}")).find(|k| cluster.owner_of(k) != owner).unwrap();
+    (first, second)
+}
+
+/// Transactions, WATCH, blocking commands, scripts and pub/sub run on the node of their keys,
+/// pipelined or not; a transaction whose keys are on two nodes is refused at queue time with
+/// CROSSSLOT and aborted at EXEC, as Redis Cluster does; SELECT is refused as it refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_run_on_the_node_of_their_keys() {
+    let cluster = Cluster::start(3, 0);
+    let proxy = Proxy::start(config(&cluster)).await;
+    let mut raw = proxy.raw().await;
+    for i in 0..6 {
+        let key = format!("tx:{i}");
+        // One command at a time, as redis-cli sends them: MULTI is answered before the key is known.
+        assert_eq!(call(&mut raw, &["MULTI"]).await, "+OK\r\n");
+        assert_eq!(call(&mut raw, &["SET", &key, "1"]).await, "+QUEUED\r\n");
+        assert_eq!(call(&mut raw, &["INCR", &key]).await, "+QUEUED\r\n");
+        assert_eq!(call(&mut raw, &["EXEC"]).await, "*2\r\n+OK\r\n:2\r\n");
+        assert_eq!(direct(cluster.owner_of(&key), &["GET", &key]), "2");
+    }
+    // Pipelined, as client libraries send a transaction.
+    let mut pipeline = Vec::new();
+    for args in [&["MULTI"][..], &["SET", "p:1", "a"], &["GET", "p:1"], &["EXEC"]] {
+        pipeline.extend_from_slice(&nearcache::framing::encode_command(args));
+    }
+    raw.send(&pipeline).await;
+    for expected in ["+OK\r\n", "+QUEUED\r\n", "+QUEUED\r\n", "*2\r\n+OK\r\n$1\r\na\r\n"] {
+        assert_eq!(String::from_utf8_lossy(&raw.reply().await), expected);
+    }
+    let (k1, k2) = keys_on_two_nodes(&cluster, "two");
+    assert_eq!(call(&mut raw, &["MULTI"]).await, "+OK\r\n");
+    assert_eq!(call(&mut raw, &["SET", &k1, "1"]).await, "+QUEUED\r\n");
+    assert!(call(&mut raw, &["SET", &k2, "1"]).await.starts_with("-CROSSSLOT"));
+    assert!(call(&mut raw, &["EXEC"]).await.starts_with("-EXECABORT"));
+    assert_eq!(call(&mut raw, &["WATCH", &k2]).await, "+OK\r\n");
+    assert_eq!(call(&mut raw, &["MULTI"]).await, "+OK\r\n");
+    assert_eq!(call(&mut raw, &["SET", &k2, "w"]).await, "+QUEUED\r\n");
+    assert_eq!(call(&mut raw, &["EXEC"]).await, "*1\r\n+OK\r\n");
+    // Scripts and blocking commands on keys of every node.
+    for key in [&k1, &k2] {
+        let got = call(&mut raw, &["EVAL", "return redis.call('SET', KEYS[1], 'e')", "1", key]).await;
+        assert_eq!(got, "+OK\r\n");
+        assert_eq!(direct(cluster.owner_of(key), &["GET", key]), "e");
+        let list = format!("{{{key}}}list");
+        let mut pusher = proxy.raw().await;
+        let blocked = tokio::spawn({
+            let addr = proxy.addr;
+            let list = list.clone();
+            async move {
+                let mut raw = Raw::connect(addr).await;
+                call(&mut raw, &["BLPOP", &list, "0"]).await
+            }
+        });
+        // Pushed until the blocked client got it (it may not be blocked yet at the first push).
+        let deadline = Instant::now() + PATIENCE;
+        while !blocked.is_finished() {
+            call(&mut pusher, &["RPUSH", &list, "x"]).await;
+            assert!(Instant::now() < deadline, "BLPOP never answered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(blocked.await.unwrap().contains("x"));
+    }
+    // Pub/sub: any node (Redis Cluster carries PUBLISH to every node).
+    let mut subscriber = proxy.raw().await;
+    assert!(call(&mut subscriber, &["SUBSCRIBE", "news"]).await.contains("subscribe"));
+    common::until_reply(&mut raw, &["PUBLISH", "news", "hi"], "a subscriber", |r| r == ":1\r\n").await;
+    assert!(String::from_utf8_lossy(&subscriber.reply().await).contains("hi"));
+    assert_eq!(call(&mut raw, &["SELECT", "1"]).await, "-ERR SELECT is not allowed in cluster mode\r\n");
+    assert_eq!(call(&mut raw, &["SELECT", "0"]).await, "+OK\r\n");
+    proxy.stop().await;
+}

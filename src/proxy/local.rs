@@ -37,6 +37,9 @@ impl Session {
             Local::Select => {
                 arity(argc == 2, "select")?;
                 let db = cmd.arg(1).and_then(parse_int).ok_or(ProxyError::NotInteger)?;
+                if env.cluster && db != 0 {
+                    return Err(ProxyError::SelectInCluster);
+                }
                 self.db =
                     u32::try_from(db).ok().filter(|&db| db < env.server.databases()).ok_or(ProxyError::DbOutOfRange)?;
                 Ok(ok())
