@@ -73,6 +73,7 @@ fn routing(c: &mut Criterion) {
                 sink: &sink,
                 clients: &clients,
                 cluster: false,
+                shard_down: None,
             };
             let cmd = CommandView::new(black_box(&get), 2);
             session.route(&cmd, &nearcache::command::lookup(cmd.arg(0).unwrap_or_default()), &env)
@@ -95,6 +96,7 @@ fn routing(c: &mut Criterion) {
         sink: &sink,
         clients: &clients,
         cluster: false,
+        shard_down: None,
     };
     let get_command = nearcache::command::lookup(b"GET");
     let Route::Fill(_, ticket) = session.route(&CommandView::new(&get, 2), &get_command, &env) else {
@@ -118,6 +120,7 @@ fn routing(c: &mut Criterion) {
                 sink: &sink,
                 clients: &clients,
                 cluster: false,
+                shard_down: None,
             };
             let cmd = CommandView::new(&get[..len], argc);
             match session.route(&cmd, &nearcache::command::lookup(cmd.arg(0).unwrap_or_default()), &env) {

@@ -28,6 +28,34 @@ use crate::reload;
 use crate::reply::{self, ReplyWriter};
 use crate::report::Snapshot;
 
+/// The slot map the proxy routes by: one `first-last node` line per range.
+pub fn cluster_slots(ctx: &Context) -> Result<String, ProxyError> {
+    let cluster = ctx.cluster.as_ref().ok_or(ProxyError::NotCluster)?;
+    let map = cluster.map();
+    let mut ranges: Vec<(u16, u16, String)> = map
+        .masters()
+        .iter()
+        .flat_map(|addr| map.ranges_of(addr).into_iter().map(move |(a, b)| (a, b, addr.to_string())))
+        .collect();
+    ranges.sort();
+    Ok(ranges.into_iter().map(|(a, b, addr)| format!("{a}-{b} {addr}\n")).collect())
+}
+
+/// Every node the proxy has connections to: address, slots served, breaker, tracking.
+pub fn cluster_nodes(ctx: &Context) -> Result<String, ProxyError> {
+    ctx.cluster.as_ref().ok_or(ProxyError::NotCluster)?;
+    let snapshot = Snapshot::take(ctx);
+    let nodes = snapshot.cluster.map(|c| c.nodes).unwrap_or_default();
+    Ok(nodes
+        .iter()
+        .map(|n| {
+            let role = if n.slots > 0 { "master" } else { "other" };
+            let tracking = if n.tracking { "up" } else { "down" };
+            format!("{} {role} slots={} breaker={} tracking={tracking}\n", n.addr, n.slots, n.breaker.name())
+        })
+        .collect())
+}
+
 /// The reply to a `PROXY ...` command.
 pub fn answer(ctx: &Context, session: &mut Session, cmd: &CommandView<'_>) -> Bytes {
     run(ctx, session, cmd).unwrap_or_else(|e| e.to_reply())
@@ -56,6 +84,14 @@ fn run(ctx: &Context, session: &mut Session, cmd: &CommandView<'_>) -> Result<By
         ("BREAKER", "STATUS") => {
             arity(2)?;
             w.verbatim(breaker_status(ctx).as_bytes());
+        }
+        ("CLUSTER", "SLOTS") => {
+            arity(2)?;
+            w.verbatim(cluster_slots(ctx)?.as_bytes());
+        }
+        ("CLUSTER", "NODES") => {
+            arity(2)?;
+            w.verbatim(cluster_nodes(ctx)?.as_bytes());
         }
         ("CACHE", "INSPECT") => {
             arity(3)?;

@@ -117,6 +117,9 @@ struct Variant {
     reply: Bytes,
     filled_at: Instant,
     expires_at: Instant,
+    /// Its slot's epoch when filled (in front of a Redis Cluster): once it moved, the variant
+    /// is a stale answer only (see `slots.rs`).
+    slot_epoch: u32,
 }
 
 impl Variant {
@@ -334,7 +337,8 @@ impl Tier {
         let now = at.now;
         let entry = self.entries.get(key)?;
         let variant = entry.variants.iter().find(|v| v.id == id)?;
-        let fresh = variant.expires_at > now && !self.demoted(variant.filled_at);
+        let fresh =
+            variant.expires_at > now && !self.demoted(variant.filled_at) && self.slot_fresh(key, variant.slot_epoch);
         // While the upstream is down: a reply at most `serve_stale` old, expired or demoted.
         let stale_answer = at.stale_ok && now.saturating_duration_since(variant.filled_at) <= self.serve_stale;
         if !fresh && !stale_answer {

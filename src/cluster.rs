@@ -69,6 +69,8 @@ pub struct Cluster {
     tier: Option<Arc<Tier>>,
     map: ArcSwap<SlotMap>,
     nodes: Mutex<HashMap<Arc<str>, Node>>,
+    /// The same nodes' upstreams, read without a lock (a node's breaker, per request).
+    upstreams: ArcSwap<Vec<(Arc<str>, Arc<Upstream>)>>,
     /// Read the map again soon (a MOVED, a lost node).
     refresh: Notify,
     /// The first map was installed.
@@ -114,6 +116,7 @@ impl Cluster {
             tier,
             map: ArcSwap::from_pointee(SlotMap::default()),
             nodes: Mutex::new(HashMap::new()),
+            upstreams: ArcSwap::from_pointee(Vec::new()),
             refresh: Notify::new(),
             mapped: Notify::new(),
             stats: Stats::default(),
@@ -173,8 +176,23 @@ impl Cluster {
             let scope = Arc::new(NodeScope { cluster: self.me.clone(), addr: Arc::clone(&addr) });
             tasks.push(tokio::spawn(tracking::run_for(Arc::clone(&up), Arc::clone(tier), scope)));
         }
+        let mut upstreams = Vec::clone(&self.upstreams.load());
+        upstreams.push((Arc::clone(&addr), Arc::clone(&up)));
+        self.upstreams.store(Arc::new(upstreams));
         nodes.insert(addr, Node { upstream: Arc::clone(&up), tracked: false, tasks });
         up
+    }
+
+    /// Whether the breaker of the node serving `key` refuses calls.
+    pub fn shard_down(&self, key: &[u8]) -> bool {
+        let map = self.map.load();
+        let Some(owner) = map.owner(map::slot_of(key)) else { return false };
+        self.upstreams.load().iter().find(|(addr, _)| addr == owner).is_some_and(|(_, up)| up.breaker().is_refusing())
+    }
+
+    /// Applies new breaker thresholds to every node's (a configuration reload).
+    pub fn reconfigure(&self, settings: &crate::config::Breaker) {
+        self.upstreams.load().iter().for_each(|(_, up)| up.breaker().reconfigure(settings));
     }
 
     /// Installs a new map: the slots whose owner changed lose their entries (and reads in

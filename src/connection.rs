@@ -321,7 +321,10 @@ impl Client {
     async fn process(&mut self) {
         let now = Instant::now();
         let first_seq = self.next_seq;
-        let upstream_down = self.ctx.upstream.breaker().is_refusing();
+        // In front of a cluster, each node's breaker decides for its keys.
+        let upstream_down = self.ctx.cluster.is_none() && self.ctx.upstream.breaker().is_refusing();
+        let cluster = self.ctx.cluster.clone();
+        let shard_down = |key: &[u8]| cluster.as_ref().is_some_and(|c| c.shard_down(key));
         let live = self.ctx.live.load();
         let ctx = Arc::clone(&self.ctx);
         let admin = |session: &mut Session, cmd: &CommandView<'_>| admin::answer(&ctx, session, cmd);
@@ -340,6 +343,7 @@ impl Client {
                 sink: &self.sink,
                 clients: &self.ctx.clients,
                 cluster: self.ctx.cluster.is_some(),
+                shard_down: self.ctx.cluster.is_some().then_some(&shard_down as _),
             };
             match self.parser.parse(&self.rbuf[offset..]) {
                 Ok(None) => {

@@ -86,6 +86,8 @@ pub enum ProxyError {
     #[error("the read this one waited for was abandoned (its client disconnected); retry")]
     ReadAbandoned,
 
+    #[error("the proxy does not front a Redis Cluster ([upstream] cluster is empty)")]
+    NotCluster,
     /// Redis Cluster has db 0 only (its own words).
     #[error("SELECT is not allowed in cluster mode")]
     SelectInCluster,

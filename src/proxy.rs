@@ -90,11 +90,19 @@ pub struct Env<'a> {
     /// In front of a Redis Cluster: an MGET whose keys are in several slots is split per node
     /// (`cluster.rs`), not by the tier.
     pub cluster: bool,
+    /// In front of a Redis Cluster: whether the breaker of the node serving a key refuses calls
+    /// (its cached replies may be served stale; `upstream_down` is then false).
+    pub shard_down: Option<&'a (dyn Fn(&[u8]) -> bool + Sync)>,
 }
 
 impl Env<'_> {
-    fn lookup_at(&self) -> LookupAt {
-        LookupAt { now: self.now, stale_ok: self.upstream_down }
+    fn lookup_at(&self, key: &[u8]) -> LookupAt {
+        LookupAt { now: self.now, stale_ok: self.down(key) }
+    }
+
+    /// Whether the upstream that serves `key` refuses calls (its breaker is open).
+    fn down(&self, key: &[u8]) -> bool {
+        self.upstream_down || self.shard_down.is_some_and(|down| down(key))
     }
 }
 
@@ -331,7 +339,7 @@ impl Session {
                 let key = cmd.arg(1).unwrap_or_default();
                 let rule = env.policy.for_key(key);
                 if !may_cache(rule.mode, tier, key) {
-                    if env.upstream_down && rule.mode != CacheMode::None {
+                    if env.down(key) && rule.mode != CacheMode::None {
                         self.variant_id(cmd.args());
                         if let Some(reply) = tier.stale_answer(key, &self.variant, env.now) {
                             return Route::Hit(reply);
@@ -342,7 +350,7 @@ impl Session {
                 self.variant_id(cmd.args());
                 let waiter = || Waiter { sink: env.sink.clone(), seq: env.seq };
                 let stats = env.policy.stats(rule.rule);
-                match tier.lookup(key, &self.variant, rule.local_ttl, env.lookup_at(), waiter) {
+                match tier.lookup(key, &self.variant, rule.local_ttl, env.lookup_at(key), waiter) {
                     Lookup::Hit(reply) => {
                         inc(&stats.hits);
                         Route::Hit(reply)
@@ -376,7 +384,7 @@ impl Session {
             let ticket = if may_cache(rule.mode, tier, key) {
                 self.variant_id([&b"GET"[..], key].into_iter());
                 let stats = env.policy.stats(rule.rule);
-                match tier.lookup_or_register(key, &self.variant, rule.local_ttl, env.lookup_at()) {
+                match tier.lookup_or_register(key, &self.variant, rule.local_ttl, env.lookup_at(key)) {
                     Ok(element) => {
                         inc(&stats.hits);
                         parts.push(Some(element));

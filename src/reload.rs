@@ -48,6 +48,9 @@ pub fn reload(ctx: &Context) -> Result<String, String> {
         .collect();
     let rules_changed = changed.iter().any(|key| key.starts_with("default.") || key.starts_with("rule."));
     ctx.upstream.breaker().reconfigure(&live.config.breaker);
+    if let Some(cluster) = &ctx.cluster {
+        cluster.reconfigure(&live.config.breaker);
+    }
     let cache = &live.config.cache;
     if let Some(tier) = &ctx.tier
         && (tier.max_memory() != cache.max_memory.0 || tier.max_entry_size() != cache.max_entry_size.0 as usize)

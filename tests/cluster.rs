@@ -214,3 +214,166 @@ async fn sessions_run_on_the_node_of_their_keys() {
     assert_eq!(call(&mut raw, &["SELECT", "0"]).await, "+OK\r\n");
     proxy.stop().await;
 }
+
+/// `redis-cli --cluster reshard` of 300 slots while four writers and four readers run through
+/// the proxy: no client sees MOVED, ASK or any error, and no read returns a value older than
+/// the last write acknowledged before it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_under_load_is_invisible() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let cluster = Cluster::start(3, 0);
+    let proxy = Proxy::start(config(&cluster)).await;
+    let masters = cluster.masters();
+    // The slots moved are the first master's first ones: keys there are written and read.
+    let from = cluster.owner_of_slot(0);
+    let to = *masters.iter().find(|&&p| p != from).unwrap();
+    let keys: Vec<String> =
+        (0..4000).map(|i| format!("r:{i}")).filter(|k| nearcache::cluster::map::slot_of(k.as_bytes()) < 300).collect();
+    assert!(keys.len() >= 40, "{} keys in the moved slots", keys.len());
+    let keys: Arc<Vec<String>> = Arc::new(keys.into_iter().take(40).collect());
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..keys.len()).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (writes, reads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (keys, acked, stop, writes, addr) = (keys.clone(), acked.clone(), stop.clone(), writes.clone(), proxy.addr);
+        tasks.push(tokio::spawn(async move {
+            let mut raw = Raw::connect(addr).await;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                for i in (w..keys.len()).step_by(4) {
+                    let reply = call(&mut raw, &["SET", &keys[i], &n.to_string()]).await;
+                    assert_eq!(reply, "+OK\r\n", "write of {}", keys[i]);
+                    acked[i].store(n, Ordering::Release);
+                    writes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for r in 0..4 {
+        let (keys, acked, stop, reads, addr) = (keys.clone(), acked.clone(), stop.clone(), reads.clone(), proxy.addr);
+        tasks.push(tokio::spawn(async move {
+            let mut raw = Raw::connect(addr).await;
+            let mut i = r;
+            while !stop.load(Ordering::Relaxed) {
+                i = (i + 7) % keys.len();
+                let floor = acked[i].load(Ordering::Acquire);
+                let reply = call(&mut raw, &["GET", &keys[i]]).await;
+                let value = match reply.as_str() {
+                    "$-1\r\n" => 0,
+                    reply if reply.starts_with('$') => reply.lines().nth(1).unwrap().parse::<u64>().unwrap(),
+                    other => panic!("read of {}: {other:?}", keys[i]),
+                };
+                assert!(value >= floor, "stale read of {}: {value} after {floor} was acknowledged", keys[i]);
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Load runs before, during and after the resharding.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (from_id, to_id) = (cluster.id_of(from), cluster.id_of(to));
+    let seed = cluster.nodes[0].addr();
+    let resharded = tokio::task::spawn_blocking(move || {
+        cli(&[
+            "--cluster",
+            "reshard",
+            &seed,
+            "--cluster-from",
+            &from_id,
+            "--cluster-to",
+            &to_id,
+            "--cluster-slots",
+            "300",
+            "--cluster-yes",
+            "--cluster-pipeline",
+            "5",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(resharded.is_some(), "redis-cli --cluster reshard failed");
+    cluster.wait_agreed();
+    let during = writes.load(Ordering::Relaxed);
+    let deadline = Instant::now() + PATIENCE;
+    while writes.load(Ordering::Relaxed) < during + 200 {
+        assert!(Instant::now() < deadline, "writes stopped after the resharding");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(cluster.owner_of_slot(0), to, "slot 0 moved");
+    let mut raw = proxy.raw().await;
+    let info = call(&mut raw, &["PROXY", "INFO"]).await;
+    println!(
+        "resharded 300 slots under load: {} writes, {} reads through the proxy; {}",
+        writes.load(Ordering::Relaxed),
+        reads.load(Ordering::Relaxed),
+        info.lines().filter(|l| l.starts_with("cluster_")).collect::<Vec<_>>().join(" ")
+    );
+    proxy.stop().await;
+}
+
+/// One shard hung (CLIENT PAUSE) does not hold up requests for the others; one shard killed
+/// fails fast on its own (its breaker opens, naming it), its cached keys are served stale
+/// under serve_stale, and the other shards run normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_shard_fails_alone() {
+    let mut cluster = Cluster::start(3, 0);
+    let mut config = config(&cluster);
+    config.cache.serve_stale = nearcache::config::Span(Duration::from_secs(60));
+    let proxy = Proxy::start(config).await;
+    let mut raw = proxy.raw().await;
+    let (down, up) = keys_on_two_nodes(&cluster, "shard");
+    let (down_port, up_port) = (cluster.owner_of(&down), cluster.owner_of(&up));
+    for key in [&down, &up] {
+        assert_eq!(call(&mut raw, &["SET", key, "v"]).await, "+OK\r\n");
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while !call(&mut raw, &["PROXY", "CACHE", "INSPECT", &down]).await.contains("GET") {
+        call(&mut raw, &["GET", &down]).await;
+        assert!(Instant::now() < deadline, "never cached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Hung (its clients paused): a write to that shard waits; writes to another shard are
+    // answered meanwhile.
+    assert_eq!(direct(down_port, &["CLIENT", "PAUSE", "3000"]), "OK");
+    let slow = tokio::spawn({
+        let (addr, key) = (proxy.addr, down.clone());
+        async move {
+            let mut raw = Raw::connect(addr).await;
+            call(&mut raw, &["SET", &key, "w"]).await
+        }
+    });
+    let mut fast = proxy.raw().await;
+    for _ in 0..50 {
+        assert_eq!(call(&mut fast, &["SET", &up, "u"]).await, "+OK\r\n");
+    }
+    assert!(!slow.is_finished(), "the busy shard answered before the other shard's 50 writes");
+    assert_eq!(slow.await.unwrap(), "+OK\r\n");
+    // The write through the proxy dropped the entry; cached again.
+    let deadline = Instant::now() + PATIENCE;
+    while !call(&mut raw, &["PROXY", "CACHE", "INSPECT", &down]).await.contains("GET") {
+        call(&mut raw, &["GET", &down]).await;
+        assert!(Instant::now() < deadline, "never cached again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Killed: its breaker opens; its writes fail at once naming it; its cached key is served.
+    cluster.kill(down_port);
+    let other = format!("{{{down}}}other");
+    let refused =
+        common::until_reply(&mut raw, &["SET", &other, "x"], "refused fast", |r| r.contains("circuit breaker open"))
+            .await;
+    assert!(refused.contains(&down_port.to_string()), "{refused}");
+    assert_eq!(call(&mut raw, &["GET", &down]).await, "$1\r\nw\r\n", "served stale");
+    assert_eq!(call(&mut raw, &["SET", &up, "still"]).await, "+OK\r\n");
+    assert_eq!(call(&mut raw, &["GET", &up]).await, "$5\r\nstill\r\n");
+    let nodes = call(&mut raw, &["PROXY", "CLUSTER", "NODES"]).await;
+    assert!(nodes.contains(&format!("127.0.0.1:{down_port} master slots=")), "{nodes}");
+    assert!(nodes.lines().any(|l| l.contains(&down_port.to_string()) && l.contains("breaker=open")), "{nodes}");
+    assert!(nodes.lines().any(|l| l.contains(&up_port.to_string()) && l.contains("breaker=closed")), "{nodes}");
+    proxy.stop().await;
+}

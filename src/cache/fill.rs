@@ -68,7 +68,8 @@ impl Tier {
             }
             None => Vec::with_capacity(1),
         };
-        variants.push(Variant { id: ticket.id.clone(), reply, filled_at: now, expires_at: now + lifetime });
+        let (id, slot_epoch) = (ticket.id.clone(), ticket.slot_epoch);
+        variants.push(Variant { id, reply, filled_at: now, expires_at: now + lifetime, slot_epoch });
         let touched = AtomicU64::new(now.duration_since(self.born).as_millis() as u64);
         let entry = Arc::new(KeyEntry { variants, touched, rule: ticket.rule.clone() });
         if let Some(rule) = &entry.rule {

@@ -68,8 +68,9 @@ impl Tier {
     }
 
     /// Nothing cached for `slots` can be trusted (their owner changed; their owner's tracking
-    /// was lost): their entries go and reads in flight for them will not fill. `change` (the new
-    /// slot map) runs first, while no fill can happen.
+    /// was lost): their entries are never a normal hit again (dropped, or kept as stale answers
+    /// under `serve_stale`, as [`Tier::distrust`] does for the whole tier) and reads in flight
+    /// for them will not fill. `change` (the new slot map) runs first, while no fill can happen.
     pub fn drop_slots<T>(&self, slots: &[u16], change: impl FnOnce() -> T) -> T {
         let Some(state) = self.slots.get() else { return change() };
         let _exclusive = self.clearing.write().unwrap_or_else(|e| e.into_inner());
@@ -82,6 +83,11 @@ impl Tier {
             state.epochs[usize::from(slot)].fetch_add(1, Ordering::AcqRel);
             dropped[usize::from(slot)] = true;
         }
+        inc(&self.stats.slot_drops);
+        if !self.serve_stale.is_zero() {
+            // Demoted by their epoch: stale answers while their node's breaker is open.
+            return changed;
+        }
         let doomed: Vec<_> =
             self.entries.iter().filter(|e| dropped[usize::from(slot_of(e.key()))]).map(|e| e.key().clone()).collect();
         let lru = self.lru.load();
@@ -89,7 +95,6 @@ impl Tier {
             self.entries.remove(&key);
             lru.invalidate(&key);
         }
-        inc(&self.stats.slot_drops);
         changed
     }
 }

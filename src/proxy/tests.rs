@@ -32,6 +32,7 @@ fn route_with(session: &mut Session, args: &[&str], tier: Option<&Tier>, policy:
         sink: &sink,
         clients,
         cluster: false,
+        shard_down: None,
     };
     let cmd = CommandView::new(&bytes, args.len());
     session.route(&cmd, &crate::command::lookup(cmd.arg(0).unwrap_or_default()), &env)

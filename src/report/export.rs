@@ -121,6 +121,9 @@ impl Collector for Exporter {
         counter(&mut e, "upstream_login_refused", help, s.upstream_login_refused)?;
         let help = "From a batch's write to its last reply, on shared upstream connections";
         histogram(&mut e, "upstream_latency", help, &s.upstream_latency)?;
+        if let Some(cluster) = &s.cluster {
+            encode_cluster(&mut e, cluster)?;
+        }
         let Some(sentinel) = &s.sentinel else { return Ok(()) };
         let help = "1 for the primary Sentinel named and ROLE confirmed; no series while none is known";
         let mut primary = e.encode_descriptor("sentinel_primary", help, None, MetricType::Gauge)?;
@@ -134,6 +137,31 @@ impl Collector for Exporter {
         e.encode_descriptor("sentinel_without_primary", help, Some(&Unit::Seconds), MetricType::Counter)?
             .encode_counter::<NoLabelSet, f64, f64>(&sentinel.seconds_without_primary, None)
     }
+}
+
+fn encode_cluster(e: &mut DescriptorEncoder, c: &super::snapshot::ClusterSnapshot) -> fmt::Result {
+    gauge(e, "cluster_masters", "Masters in the slot map the proxy routes by", c.masters as i64)?;
+    gauge(e, "cluster_slots_uncovered", "Slots no master serves in that map", c.slots_uncovered as i64)?;
+    let reads =
+        [([("result", "ok")], c.map_reads - c.map_read_failures), ([("result", "failed")], c.map_read_failures)];
+    counters(e, "cluster_map_reads", "CLUSTER SLOTS rounds by result", &reads)?;
+    let help = "Slots whose owner changed between two maps (their cached entries were dropped)";
+    counter(e, "cluster_slots_changed", help, c.slots_changed)?;
+    let redirections = [([("kind", "moved")], c.moved), ([("kind", "ask")], c.asked)];
+    counters(e, "cluster_redirections", "MOVED and ASK replies followed (never shown to clients)", &redirections)?;
+    let nodes: Vec<([(&str, &str); 1], u64)> = c.nodes.iter().map(|n| ([("node", n.addr.as_str())], n.slots)).collect();
+    gauges(e, "cluster_node_slots", "Slots each node serves in the map", &nodes)?;
+    let state = |n: &super::snapshot::NodeSnapshot| match n.breaker {
+        State::Closed => 0,
+        State::Open => 1,
+        State::HalfOpen => 2,
+    };
+    let breakers: Vec<([(&str, &str); 1], u64)> =
+        c.nodes.iter().map(|n| ([("node", n.addr.as_str())], state(n))).collect();
+    gauges(e, "cluster_node_breaker_state", "Each node's circuit breaker: 0 closed, 1 open, 2 half-open", &breakers)?;
+    let tracking: Vec<([(&str, &str); 1], u64)> =
+        c.nodes.iter().map(|n| ([("node", n.addr.as_str())], u64::from(n.tracking))).collect();
+    gauges(e, "cluster_node_tracking", "1 while the node's tracking connection is up", &tracking)
 }
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {

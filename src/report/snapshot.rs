@@ -35,6 +35,32 @@ pub struct Snapshot {
     pub upstream_latency: HistogramSnapshot,
     /// With `[upstream] sentinels`.
     pub sentinel: Option<SentinelSnapshot>,
+    /// With `[upstream] cluster`.
+    pub cluster: Option<ClusterSnapshot>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterSnapshot {
+    pub masters: u64,
+    pub slots_uncovered: u64,
+    pub map_reads: u64,
+    pub map_read_failures: u64,
+    pub slots_changed: u64,
+    pub moved: u64,
+    pub asked: u64,
+    pub hops_exceeded: u64,
+    pub nodes: Vec<NodeSnapshot>,
+}
+
+/// One node the proxy has connections to.
+#[derive(Debug, Clone)]
+pub struct NodeSnapshot {
+    pub addr: String,
+    /// Slots it serves in the map the proxy routes by (0: a replica, or a node left).
+    pub slots: u64,
+    pub breaker: State,
+    /// Its tracking connection is up (tracked rules cache its slots' keys).
+    pub tracking: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +175,7 @@ impl Snapshot {
             upstream_connections: m.upstream_connections.load(Ordering::Relaxed),
             upstream_login_refused: get(&m.upstream_login_refused),
             upstream_latency: m.upstream_latency.snapshot(),
+            cluster: ctx.cluster.as_deref().map(cluster_snapshot),
             sentinel: ctx.sentinel.as_deref().map(|s| SentinelSnapshot {
                 master_name: ctx.upstream.target().master_name().unwrap_or_default().to_owned(),
                 primary: ctx.upstream.target().addr().as_deref().unwrap_or_default().to_owned(),
@@ -244,7 +271,49 @@ impl Snapshot {
             out.line("sentinel_failovers", &s.failovers);
             out.line("sentinel_seconds_without_primary", &format!("{:.3}", s.seconds_without_primary));
         }
+        if let Some(c) = &self.cluster {
+            out.section("Cluster");
+            out.line("cluster_masters", &c.masters);
+            out.line("cluster_slots_uncovered", &c.slots_uncovered);
+            out.line("cluster_map_reads", &c.map_reads);
+            out.line("cluster_map_read_failures", &c.map_read_failures);
+            out.line("cluster_slots_changed", &c.slots_changed);
+            out.line("cluster_moved", &c.moved);
+            out.line("cluster_ask", &c.asked);
+            out.line("cluster_redirections_exceeded", &c.hops_exceeded);
+            for (i, n) in c.nodes.iter().enumerate() {
+                let tracking = if n.tracking { "up" } else { "down" };
+                let node =
+                    format!("addr={},slots={},breaker={},tracking={tracking}", n.addr, n.slots, n.breaker.name());
+                out.line(&format!("cluster_node{i}"), &node);
+            }
+        }
         out.0
+    }
+}
+
+fn cluster_snapshot(cluster: &crate::cluster::Cluster) -> ClusterSnapshot {
+    let s = &cluster.stats;
+    let map = cluster.map();
+    ClusterSnapshot {
+        masters: map.masters().len() as u64,
+        slots_uncovered: map.uncovered() as u64,
+        map_reads: get(&s.refreshes),
+        map_read_failures: get(&s.refresh_failures),
+        slots_changed: get(&s.slots_changed),
+        moved: get(&s.moved),
+        asked: get(&s.asked),
+        hops_exceeded: get(&s.hops_exceeded),
+        nodes: cluster
+            .nodes()
+            .into_iter()
+            .map(|(addr, up, tracking)| NodeSnapshot {
+                slots: map.ranges_of(&addr).iter().map(|(a, b)| u64::from(b - a) + 1).sum(),
+                addr: addr.to_string(),
+                breaker: up.breaker().state(),
+                tracking,
+            })
+            .collect(),
     }
 }
 

@@ -111,6 +111,12 @@ impl Cluster {
         panic!("no owner for slot {slot} in {out}");
     }
 
+    /// Kills the node on `port` (SIGKILL).
+    pub fn kill(&mut self, port: u16) {
+        let at = self.nodes.iter().position(|n| n.port == port).unwrap();
+        self.nodes.remove(at).stop();
+    }
+
     pub fn masters(&self) -> Vec<u16> {
         self.nodes
             .iter()
