@@ -92,8 +92,11 @@ pub struct Env<'a> {
     pub cluster: bool,
     /// In front of a Redis Cluster: whether the breaker of the node serving a key refuses calls
     /// (its cached replies may be served stale; `upstream_down` is then false).
-    pub shard_down: Option<&'a (dyn Fn(&[u8]) -> bool + Sync)>,
+    pub shard_down: Option<&'a KeyTest>,
 }
+
+/// A question about a key (see `Env::shard_down`).
+pub type KeyTest = dyn Fn(&[u8]) -> bool + Sync;
 
 impl Env<'_> {
     fn lookup_at(&self, key: &[u8]) -> LookupAt {
