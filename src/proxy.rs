@@ -92,11 +92,11 @@ pub struct Env<'a> {
     pub cluster: bool,
     /// In front of a Redis Cluster: whether the breaker of the node serving a key refuses calls
     /// (its cached replies may be served stale; `upstream_down` is then false).
-    pub shard_down: Option<&'a KeyTest>,
+    pub shard_down: Option<&'a KeyTest<'a>>,
 }
 
 /// A question about a key (see `Env::shard_down`).
-pub type KeyTest = dyn Fn(&[u8]) -> bool + Sync;
+pub type KeyTest<'a> = dyn Fn(&[u8]) -> bool + Sync + 'a;
 
 impl Env<'_> {
     fn lookup_at(&self, key: &[u8]) -> LookupAt {
