@@ -1,7 +1,7 @@
 //! A Redis Cluster behind the proxy, while clients see one standalone Redis.
 //!
 //! - **The slot map** ([`map::SlotMap`]) is read with `CLUSTER SLOTS` from a master it knows
-//!   or a seed (`[upstream] cluster`): every 5 s, and at once (debounced) after a MOVED reply
+//!   or a seed (`[upstream] cluster`): every second, and at once (debounced) after a MOVED reply
 //!   or a lost connection to a node.
 //! - **Each node** has an [`Upstream`] of its own: its shared pools, its breaker (a dead shard
 //!   fails fast on its own), its recovery probe and, with the tier, its tracking connection.
@@ -43,7 +43,7 @@ use map::{SLOTS, SlotMap};
 use scatter::{Combine, Gather, Part, Placement};
 
 /// How often the slot map is read when nothing prompts it.
-const REFRESH_EVERY: Duration = Duration::from_secs(5);
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// Redirections one request may follow before its client gets an error.
 pub const MAX_HOPS: u8 = 5;
 

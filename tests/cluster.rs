@@ -377,3 +377,143 @@ async fn a_failed_shard_fails_alone() {
     assert!(nodes.lines().any(|l| l.contains(&up_port.to_string()) && l.contains("breaker=closed")), "{nodes}");
     proxy.stop().await;
 }
+
+/// Waits until `more` further writes were acknowledged.
+async fn progress(writes: &std::sync::atomic::AtomicU64, more: u64) {
+    use std::sync::atomic::Ordering;
+    let from = writes.load(Ordering::Relaxed);
+    let deadline = Instant::now() + PATIENCE * 3;
+    while writes.load(Ordering::Relaxed) < from + more {
+        assert!(Instant::now() < deadline, "writes did not go on");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A replica of `master` (its port).
+fn replica_of(cluster: &Cluster, master: u16) -> u16 {
+    let id = cluster.id_of(master);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(node) = cluster.nodes.iter().find(|n| {
+            n.port != master && direct(n.port, &["CLUSTER", "MYID"]) != id && {
+                let role = direct(n.port, &["ROLE"]);
+                role.starts_with("slave") && role.contains(&master.to_string())
+            }
+        }) {
+            return node.port;
+        }
+        assert!(Instant::now() < deadline, "no replica of {master}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writers and readers on keys of every shard through the proxy while a replica takes over
+/// with CLUSTER FAILOVER, then while a master is killed: no client sees MOVED or ASK; across
+/// the graceful failover nothing fails and no read is older than a write acknowledged before
+/// it; after the kill, the dead shard's requests fail (its breaker opens) until its replica is
+/// promoted, then succeed again (the breaker of the new master is closed) by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failovers_are_followed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut cluster = Cluster::start(3, 1);
+    let proxy = Proxy::start(config(&cluster)).await;
+    let keys: Arc<Vec<String>> = Arc::new((0..24).map(|i| format!("f:{i}")).collect());
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..keys.len()).map(|_| AtomicU64::new(0)).collect());
+    let (stop, tolerate) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (writes, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for w in 0..3 {
+        let (keys, acked, stop, tolerate, writes, failed) =
+            (keys.clone(), acked.clone(), stop.clone(), tolerate.clone(), writes.clone(), failed.clone());
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut raw = Raw::connect(addr).await;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                for i in (w..keys.len()).step_by(3) {
+                    let reply = call(&mut raw, &["SET", &keys[i], &n.to_string()]).await;
+                    assert!(!reply.contains("MOVED") && !reply.contains("ASK "), "{reply}");
+                    if reply == "+OK\r\n" {
+                        acked[i].store(n, Ordering::Release);
+                        writes.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        assert!(tolerate.load(Ordering::Relaxed), "write of {} failed: {reply}", keys[i]);
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        }));
+    }
+    for r in 0..3 {
+        let (keys, acked, stop, tolerate, addr) =
+            (keys.clone(), acked.clone(), stop.clone(), tolerate.clone(), proxy.addr);
+        tasks.push(tokio::spawn(async move {
+            let mut raw = Raw::connect(addr).await;
+            let mut i = r;
+            while !stop.load(Ordering::Relaxed) {
+                i = (i + 5) % keys.len();
+                let floor = acked[i].load(Ordering::Acquire);
+                let reply = call(&mut raw, &["GET", &keys[i]]).await;
+                assert!(!reply.contains("MOVED") && !reply.contains("ASK "), "{reply}");
+                if tolerate.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let value = match reply.as_str() {
+                    "$-1\r\n" => 0,
+                    reply if reply.starts_with('$') => reply.lines().nth(1).unwrap().parse::<u64>().unwrap(),
+                    other => panic!("read of {}: {other:?}", keys[i]),
+                };
+                assert!(value >= floor, "stale read of {}: {value} after {floor} was acknowledged", keys[i]);
+            }
+        }));
+    }
+    progress(&writes, 100).await;
+    // Graceful: the replica of slot 0's master takes over.
+    let master = cluster.owner_of_slot(0);
+    let replica = replica_of(&cluster, master);
+    assert_eq!(direct(replica, &["CLUSTER", "FAILOVER"]), "OK");
+    let deadline = Instant::now() + PATIENCE * 3;
+    while cluster.owner_of_slot(0) != replica {
+        assert!(Instant::now() < deadline, "the failover never completed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    progress(&writes, 300).await;
+    let mut raw = proxy.raw().await;
+    common::until_reply(&mut raw, &["PROXY", "CLUSTER", "SLOTS"], "the new owner", |r| {
+        r.lines().nth(1).is_some_and(|l| l.starts_with("0-") && l.ends_with(&format!(":{replica}")))
+    })
+    .await;
+    // Killed: the shard fails until its replica is promoted, then works again by itself.
+    tolerate.store(true, Ordering::Relaxed);
+    let victim = cluster.owner_of_slot(0);
+    let successor = replica_of(&cluster, victim);
+    cluster.kill(victim);
+    let deadline = Instant::now() + PATIENCE * 3;
+    while cluster.owner_of_slot(0) != successor {
+        assert!(Instant::now() < deadline, "the replica was never promoted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every key writable again through the proxy.
+    for key in keys.iter() {
+        common::until_reply(&mut raw, &["SET", key, "after"], "a write after the failover", |r| r == "+OK\r\n").await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let nodes = call(&mut raw, &["PROXY", "CLUSTER", "NODES"]).await;
+    assert!(
+        nodes.lines().any(|l| l.contains(&format!(":{successor} master")) && l.contains("breaker=closed")),
+        "{nodes}"
+    );
+    println!(
+        "failovers: {} writes acknowledged, {} refused while the killed shard had no master; {}",
+        writes.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        call(&mut raw, &["PROXY", "INFO", "cluster"]).await.replace("\r\n", " ")
+    );
+    proxy.stop().await;
+}
