@@ -7,6 +7,9 @@
 #   scripts/conformance.sh                      # the whole extended set, tier on
 #   CACHE=off scripts/conformance.sh            # the same with cache.enabled = false
 #   scripts/conformance.sh unit/pubsub unit/multi   # single units
+#   CLUSTER=3 scripts/conformance.sh            # in front of a 3-master Redis Cluster, with the
+#                                               # suite's --cluster-mode (db 0 only; tests Redis
+#                                               # tags cluster:skip are left out)
 #
 # Knobs: SUITE_DIR (default ../shared/redis-suite), MIN_PASSED (exit non-zero when fewer tests
 # pass; default 0 = only report), BUILD (release|debug, default release), SKIP_BUILD=1 (use the
@@ -34,10 +37,11 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
   echo $((20000 + RANDOM % 20000)); }
 
 work=$(mktemp -d -t nearcache-conformance.XXXXXX)
-redis_pid=""; proxy_pid=""
+redis_pid=""; proxy_pid=""; cluster_pids=()
 cleanup() {
   local rc=$?
   if [ -n "$proxy_pid" ]; then kill "$proxy_pid" 2>/dev/null; wait "$proxy_pid" 2>/dev/null || true; fi
+  for pid in "${cluster_pids[@]}"; do kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; done
   # KILL: a redis-server inside a test's endless script defers a TERM's shutdown.
   if [ -n "$redis_pid" ]; then kill -9 "$redis_pid" 2>/dev/null; wait "$redis_pid" 2>/dev/null || true; fi
   rm -rf "$work"
@@ -56,25 +60,50 @@ wait_for() { # $1 = port: until it answers PING (bounded)
   echo "nothing answers on port $1" >&2; return 1
 }
 
-for attempt in 1 2 3; do
-  rport=$(free_port)
-  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
-    --logfile "$work/redis.log" &
-  redis_pid=$!
-  wait_for "$rport" && break
-  kill "$redis_pid" 2>/dev/null; redis_pid=""
-done
-[ -n "$redis_pid" ] || { echo "redis-server did not start" >&2; exit 1; }
-
 enabled=true; [ "$CACHE" = off ] && enabled=false
-cat >"$work/proxy.toml" <<EOF
-[cache]
-enabled = $enabled
-EOF
+printf '[cache]\nenabled = %s\n' "$enabled" >"$work/proxy.toml"
+if [ "${CLUSTER:-0}" -gt 0 ]; then
+  # Nodes whose cluster bus port (+10000) is free too.
+  seeds=()
+  for _ in $(seq "$CLUSTER"); do
+    while :; do
+      port=$(free_port)
+      [ "$port" -lt 55000 ] && ! (exec 3<>"/dev/tcp/127.0.0.1/$((port + 10000))") 2>/dev/null && break
+    done
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
+      --cluster-enabled yes --cluster-config-file "$work/nodes-$port.conf" --cluster-node-timeout 5000 \
+      --logfile "$work/redis-$port.log" &
+    cluster_pids+=($!)
+    wait_for "$port"
+    seeds+=("127.0.0.1:$port")
+  done
+  redis-cli --cluster create "${seeds[@]}" --cluster-yes >/dev/null
+  for _ in $(seq 300); do
+    redis-cli --cluster check "${seeds[0]}" 2>/dev/null | grep -q "All 16384 slots covered" &&
+      redis-cli -p "${seeds[0]##*:}" cluster info | grep -q "cluster_state:ok" && break
+    sleep 0.1
+  done
+  rport=${seeds[0]##*:}
+  printf '[upstream]\ncluster = [%s]\n' "$(printf '"%s",' "${seeds[@]}" | sed 's/,$//')" >>"$work/proxy.toml"
+  SUITE_ARGS="${SUITE_ARGS:-} --cluster-mode"
+  export SUITE_ARGS
+else
+  for attempt in 1 2 3; do
+    rport=$(free_port)
+    redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
+      --logfile "$work/redis.log" &
+    redis_pid=$!
+    wait_for "$rport" && break
+    kill "$redis_pid" 2>/dev/null; redis_pid=""
+  done
+  [ -n "$redis_pid" ] || { echo "redis-server did not start" >&2; exit 1; }
+fi
 for attempt in 1 2 3; do
   pport=$(free_port)
+  upstream=(--upstream "127.0.0.1:$rport")
+  [ "${CLUSTER:-0}" -gt 0 ] && upstream=()
   RUST_LOG=${RUST_LOG:-warn} "$bin" --config "$work/proxy.toml" --listen "127.0.0.1:$pport" \
-    --upstream "127.0.0.1:$rport" 2>"$work/proxy.log" &
+    "${upstream[@]}" 2>"$work/proxy.log" &
   proxy_pid=$!
   wait_for "$pport" && break
   kill "$proxy_pid" 2>/dev/null; proxy_pid=""
