@@ -38,9 +38,9 @@ use crate::framing::{CommandView, Limits, Parsed, RequestParser, encode_command}
 use crate::metrics::Metrics;
 use crate::tracking::{self, Scope};
 use crate::transport::UpstreamTls;
-use crate::upstream::{Batch, PoolKey, Redirect, Redirection, ReplyChunk, ReplySink, Upstream, exchange};
+use crate::upstream::{Batch, PoolKey, Redirect, Redirection, ReplyChunk, ReplySink, ReplyWork, Upstream, exchange};
 use map::{SLOTS, SlotMap};
-use scatter::{Combine, Gather, Part, Placement};
+use scatter::{Combine, Gather, Part, Placement, ScanCursor, ScanPage};
 
 /// How often the slot map is read when nothing prompts it.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -327,6 +327,23 @@ impl Cluster {
                 To::Down => {
                     let _ = batch.sink.send(ReplyChunk { seq, count: 1, bytes: ProxyError::SlotNotServed.to_reply() });
                 }
+                To::Scan(cursor) => {
+                    let (range, argc) = requests[i].clone();
+                    let bytes = cursor.request(&CommandView::new(&batch.bytes[range], argc));
+                    let masters = map.masters().len();
+                    let work = Some(Box::new(ScanPage { master: cursor.master, masters }) as Box<dyn ReplyWork>);
+                    let page = Batch {
+                        bytes,
+                        seq,
+                        count: 1,
+                        replies: 1,
+                        sink: batch.sink.clone(),
+                        work,
+                        hops: 0,
+                        asking: false,
+                    };
+                    self.send_to(&map.masters()[cursor.master], key, lane, page);
+                }
                 To::Split(combine) | To::Everywhere(combine) => {
                     let request = batch.bytes.slice(requests[i].0.clone());
                     let work = batch.work.as_ref().and_then(|work| work.for_part(&request));
@@ -359,6 +376,11 @@ impl Cluster {
             Placement::Any => self.any(map).map_or(To::Down, To::Node),
             Placement::Split(combine) => To::Split(combine),
             Placement::Everywhere(combine) => To::Everywhere(combine),
+            Placement::Scan => match cmd.arg(1).and_then(|arg| ScanCursor::parse(arg, map.masters().len())) {
+                Some(cursor) => map.masters().get(cursor.master).map_or(To::Down, |_| To::Scan(cursor)),
+                // Not a cursor: Redis's own error, from any master.
+                None => self.any(map).map_or(To::Down, To::Node),
+            },
         }
     }
 
@@ -376,7 +398,7 @@ impl Cluster {
         (request, argc): (Bytes, usize),
         seq: u64,
         sink: &ReplySink,
-        work: Option<Box<dyn crate::upstream::ReplyWork>>,
+        work: Option<Box<dyn ReplyWork>>,
         combine: Combine,
         everywhere: bool,
         map: &SlotMap,
@@ -396,7 +418,7 @@ impl Cluster {
         };
         let gather = Gather::new(sink.clone(), seq, combine, parts.len(), work);
         for (index, (addr, bytes, _)) in parts.into_iter().enumerate() {
-            let work = Some(Part::new(&gather, index) as Box<dyn crate::upstream::ReplyWork>);
+            let work = Some(Part::new(&gather, index) as Box<dyn ReplyWork>);
             let part =
                 Batch { bytes, seq: 0, count: 1, replies: 1, sink: self.dead.clone(), work, hops: 0, asking: false };
             self.send_to(&addr, key, lane, part);
@@ -441,6 +463,8 @@ impl Cluster {
 /// Where a request goes, resolved with the map.
 enum To {
     Node(Arc<str>),
+    /// A SCAN page of one master.
+    Scan(ScanCursor),
     /// No node serves its slot.
     Down,
     Split(Combine),
@@ -519,8 +543,7 @@ fn first_slot(bytes: &[u8]) -> Option<u16> {
     requests_upto(bytes, 64).into_iter().find_map(|(range, argc)| {
         match scatter::placement(&CommandView::new(&bytes[range], argc)) {
             Placement::Slot(slot) => Some(slot),
-            Placement::Split(_) => None,
-            Placement::Any | Placement::Everywhere(_) => None,
+            Placement::Split(_) | Placement::Any | Placement::Everywhere(_) | Placement::Scan => None,
         }
     })
 }

@@ -61,12 +61,37 @@ async fn clients_see_one_redis() {
     assert_eq!(call(&mut raw, &["MSET", "{t}a", "1", "{t}b", "2"]).await, "+OK\r\n");
     assert_eq!(call(&mut raw, &["MGET", "{t}a", "{t}b"]).await, "*2\r\n$1\r\n1\r\n$1\r\n2\r\n");
     assert_eq!(call(&mut raw, &["PING"]).await, "+PONG\r\n");
+    // SCAN walks every master, one after the other, with the master in the cursor.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor = "0".to_owned();
+    loop {
+        raw.cmd(&[b"SCAN", cursor.as_bytes(), b"COUNT", b"4"]).await;
+        let page = String::from_utf8_lossy(&raw.reply().await).into_owned();
+        let lines: Vec<&str> = page.split("\r\n").collect();
+        cursor = lines[2].to_owned();
+        seen.extend(lines[4..].iter().filter(|l| !l.starts_with('$') && !l.is_empty()).map(|l| l.to_string()));
+        if cursor == "0" {
+            break;
+        }
+    }
+    let mut all: std::collections::BTreeSet<String> =
+        keys.iter().filter(|k| !["key:1", "key:2", "key:3"].contains(&k.as_str())).cloned().collect();
+    all.extend(["{t}a".to_owned(), "{t}b".to_owned()]);
+    assert_eq!(seen, all);
     let sha = call(&mut raw, &["SCRIPT", "LOAD", "return 7"]).await;
     let sha = sha.lines().nth(1).unwrap().to_owned();
     // Loaded on every master: EVALSHA works whichever node the key is on.
     for key in ["key:7", "key:8", "key:9", "key:10"] {
         assert_eq!(call(&mut raw, &["EVALSHA", &sha, "1", key]).await, ":7\r\n");
     }
+
+    // FUNCTION LOAD on every master: FCALL works whichever node the key is on.
+    let library = "#!lua name=lib\nredis.register_function('seven', function(keys, args) return 7 end)";
+    assert_eq!(call(&mut raw, &["FUNCTION", "LOAD", library]).await, "$3\r\nlib\r\n");
+    for key in ["key:7", "key:8", "key:9", "key:10"] {
+        assert_eq!(call(&mut raw, &["FCALL", "seven", "1", key]).await, ":7\r\n");
+    }
+    assert_eq!(call(&mut raw, &["FUNCTION", "FLUSH"]).await, "+OK\r\n");
 
     // Six clients pipeline 200 commands each over keys of every node at once.
     let mut tasks = Vec::new();

@@ -25,6 +25,8 @@ pub(super) enum Placement {
     Split(Combine),
     /// To every master, the replies combined.
     Everywhere(Combine),
+    /// SCAN: to the master its cursor names (see [`ScanCursor`]).
+    Scan,
 }
 
 /// How the replies of the parts make the client's one.
@@ -53,8 +55,14 @@ pub(super) fn placement(cmd: &CommandView<'_>) -> Placement {
                 Placement::Everywhere(Combine::Sum)
             } else if is("KEYS") {
                 Placement::Everywhere(Combine::Concat)
-            } else if is("FLUSHALL") || is("FLUSHDB") || (is("SCRIPT") && (sub_is("LOAD") || sub_is("FLUSH"))) {
+            } else if is("FLUSHALL")
+                || is("FLUSHDB")
+                || (is("SCRIPT") && (sub_is("LOAD") || sub_is("FLUSH")))
+                || (is("FUNCTION") && (sub_is("LOAD") || sub_is("FLUSH") || sub_is("DELETE")))
+            {
                 Placement::Everywhere(Combine::Same)
+            } else if is("SCAN") {
+                Placement::Scan
             } else {
                 Placement::Any
             }
@@ -107,6 +115,65 @@ struct Group<'a> {
     slot: u16,
     args: Vec<&'a [u8]>,
     positions: Vec<usize>,
+}
+
+/// A SCAN over every master, one after the other: the client's cursor carries the master's
+/// index in its top byte and that master's own cursor below (Redis's cursors stay far below
+/// 2^56), and a master's last page leads to the next master's first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ScanCursor {
+    pub master: usize,
+    pub cursor: u64,
+}
+
+const MASTER_SHIFT: u32 = 56;
+
+impl ScanCursor {
+    /// The client's cursor (`None`: not a number, or beyond the masters known).
+    pub(super) fn parse(arg: &[u8], masters: usize) -> Option<ScanCursor> {
+        let client: u64 = std::str::from_utf8(arg).ok()?.parse().ok()?;
+        let master = (client >> MASTER_SHIFT) as usize;
+        (master < masters.max(1)).then_some(ScanCursor { master, cursor: client & ((1 << MASTER_SHIFT) - 1) })
+    }
+
+    /// SCAN with this master's cursor in place of the client's (argument 1).
+    pub(super) fn request(&self, cmd: &CommandView<'_>) -> Bytes {
+        let cursor = self.cursor.to_string();
+        let args: Vec<&[u8]> =
+            cmd.args().enumerate().map(|(i, arg)| if i == 1 { cursor.as_bytes() } else { arg }).collect();
+        encode_command(&args)
+    }
+}
+
+/// The work on a SCAN page: the master's next cursor becomes the client's.
+pub(super) struct ScanPage {
+    pub master: usize,
+    pub masters: usize,
+}
+
+impl ReplyWork for ScanPage {
+    fn reply(&mut self, frame: &[u8]) -> Step {
+        let items = elements(frame);
+        let (Some(cursor), Some(keys)) = (items.first(), items.get(1)) else { return Step::Deliver };
+        let Some(next) = bulk_text(cursor).and_then(parse_int).and_then(|n| u64::try_from(n).ok()) else {
+            return Step::Deliver;
+        };
+        let client = match (next, self.master + 1 < self.masters) {
+            (0, true) => ((self.master + 1) as u64) << MASTER_SHIFT,
+            (0, false) => 0,
+            (next, _) => ((self.master as u64) << MASTER_SHIFT) | next,
+        };
+        let client = client.to_string();
+        let mut out = BytesMut::new();
+        out.extend_from_slice(format!("*2\r\n${}\r\n{client}\r\n", client.len()).as_bytes());
+        out.extend_from_slice(keys);
+        Step::Replace(out.freeze())
+    }
+
+    fn fail(&mut self, _error: &Bytes) {}
+
+    /// Redirected (a moving slot): the page is read again there; the cursor is the master's.
+    fn restart(&mut self) {}
 }
 
 /// The client's reply being assembled from its parts' replies.
@@ -210,6 +277,13 @@ fn join(combine: &Combine, parts: &[Bytes]) -> Bytes {
     }
 }
 
+/// The text of a bulk string reply (`$3\r\nabc\r\n`).
+fn bulk_text(frame: &[u8]) -> Option<&[u8]> {
+    let header = frame.iter().position(|&b| b == b'\n')? + 1;
+    frame.first().filter(|&&b| b == b'$')?;
+    frame.get(header..frame.len().checked_sub(2)?)
+}
+
 /// The elements of an array reply (none for anything else).
 fn elements(frame: &[u8]) -> Vec<&[u8]> {
     let Some(header) = frame.iter().position(|&b| b == b'\n').map(|i| i + 1) else { return Vec::new() };
@@ -259,6 +333,28 @@ mod tests {
         assert_eq!(place(&["DBSIZE"]), Placement::Everywhere(Combine::Sum));
         assert_eq!(place(&["script", "load", "return 1"]), Placement::Everywhere(Combine::Same));
         assert_eq!(place(&["SCRIPT", "EXISTS", "x"]), Placement::Any);
+    }
+
+    #[test]
+    fn scan_cursors_carry_the_master() {
+        let first = ScanCursor::parse(b"0", 3).unwrap();
+        assert_eq!(first, ScanCursor { master: 0, cursor: 0 });
+        let mut page = ScanPage { master: 0, masters: 3 };
+        let reply = |cursor: &str| format!("*2\r\n${}\r\n{cursor}\r\n*1\r\n$1\r\nk\r\n", cursor.len());
+        // A master's last page leads to the next master; its other pages stay on it.
+        let next = |page: &mut ScanPage, cursor: &str| match page.reply(reply(cursor).as_bytes()) {
+            Step::Replace(bytes) => {
+                String::from_utf8(elements(&bytes).first().map(|c| bulk_text(c).unwrap().to_vec()).unwrap()).unwrap()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(next(&mut page, "0"), (1u64 << 56).to_string());
+        assert_eq!(next(&mut page, "12"), "12");
+        let parsed = ScanCursor::parse((1u64 << 56 | 40).to_string().as_bytes(), 3).unwrap();
+        assert_eq!(parsed, ScanCursor { master: 1, cursor: 40 });
+        assert_eq!(next(&mut ScanPage { master: 2, masters: 3 }, "0"), "0");
+        assert_eq!(ScanCursor::parse(b"x", 3), None);
+        assert_eq!(ScanCursor::parse((5u64 << 56).to_string().as_bytes(), 3), None);
     }
 
     #[test]
