@@ -12,6 +12,8 @@
 //!   connection of it (its lane), so Redis runs them in the client's order.
 //! - **MOVED and ASK** are followed by the node's connection (`upstream/shared.rs`), which hands
 //!   the request back here ([`Redirect`]): never shown to a client, at most [`MAX_HOPS`] times.
+//!   TRYAGAIN and CLUSTERDOWN (the request did not run) are retried on the same node after a
+//!   growing pause, as many times; then the client gets Redis's error.
 //! - **The tier** ([`crate::cache::Tier::per_slot`]): a tracking connection per node; when a
 //!   slot changes owner in the map, its entries are dropped and its reads in flight refused
 //!   before any request is routed by the new map; when a node's tracking connection is lost,
@@ -38,14 +40,14 @@ use crate::framing::{CommandView, Limits, Parsed, RequestParser, encode_command}
 use crate::metrics::Metrics;
 use crate::tracking::{self, Scope};
 use crate::transport::UpstreamTls;
-use crate::upstream::{Batch, PoolKey, Redirect, Redirection, ReplyChunk, ReplySink, ReplyWork, Upstream, exchange};
+use crate::upstream::{
+    Batch, MAX_HOPS, PoolKey, Redirect, Redirection, ReplyChunk, ReplySink, ReplyWork, Resend, Upstream, exchange,
+};
 use map::{SLOTS, SlotMap};
 use scatter::{Combine, Gather, Part, Placement, ScanCursor, ScanPage};
 
 /// How often the slot map is read when nothing prompts it.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
-/// Redirections one request may follow before its client gets an error.
-pub const MAX_HOPS: u8 = 5;
 
 /// What following the cluster has seen (`PROXY INFO`, `/metrics`).
 #[derive(Debug, Default)]
@@ -56,6 +58,8 @@ pub struct Stats {
     pub slots_changed: AtomicU64,
     pub moved: AtomicU64,
     pub asked: AtomicU64,
+    /// TRYAGAIN and CLUSTERDOWN replies retried.
+    pub retried: AtomicU64,
     /// Requests that met more than [`MAX_HOPS`] redirections.
     pub hops_exceeded: AtomicU64,
 }
@@ -449,7 +453,10 @@ impl Cluster {
     pub fn pinned_redirect(&self, to: &Redirection, on: Option<&str>) -> Bytes {
         self.refresh.notify_one();
         let map = self.map.load();
-        if !to.ask && map.owner(to.slot).is_some_and(|owner| **owner == *to.addr) && on != Some(to.addr.as_str()) {
+        if to.kind == Resend::Moved
+            && map.owner(to.slot).is_some_and(|owner| **owner == *to.addr)
+            && on != Some(to.addr.as_str())
+        {
             return Bytes::from_static(b"-CROSSSLOT Keys in request don't hash to the same slot\r\n");
         }
         Bytes::from_static(b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n")
@@ -473,9 +480,13 @@ enum To {
 
 impl Redirect for Cluster {
     fn redirect(&self, to: Redirection, batch: Batch, key: PoolKey, lane: usize) {
-        let counter = if to.ask { &self.stats.asked } else { &self.stats.moved };
+        let counter = match to.kind {
+            Resend::Moved => &self.stats.moved,
+            Resend::Ask => &self.stats.asked,
+            Resend::Retry => &self.stats.retried,
+        };
         counter.fetch_add(1, Ordering::Relaxed);
-        if !to.ask {
+        if to.kind != Resend::Ask {
             self.refresh.notify_one();
         }
         if batch.hops > MAX_HOPS {
@@ -483,7 +494,17 @@ impl Redirect for Cluster {
             let reason = format!("more than {MAX_HOPS} cluster redirections (last: slot {} to {})", to.slot, to.addr);
             return batch.fail(&ProxyError::UpstreamUnavailable { addr: to.addr, reason });
         }
-        self.send_to(&to.addr, key, lane, batch);
+        if to.kind != Resend::Retry {
+            return self.send_to(&to.addr, key, lane, batch);
+        }
+        // TRYAGAIN / CLUSTERDOWN: the same node after 10, 20, 40, ... ms (the map may change
+        // meanwhile: a MOVED then follows).
+        let Some(me) = self.me.upgrade() else { return };
+        let pause = Duration::from_millis(10 << batch.hops.min(5));
+        tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            me.send_to(&to.addr, key, lane, batch);
+        });
     }
 }
 

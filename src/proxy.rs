@@ -273,6 +273,9 @@ impl Session {
             | Class::ClientId
             | Class::Auth => self.pin_and_route(Pin::new(self.pool_key()), class, cmd, command, env),
             Class::Hello if redis_login => self.pin_and_route(Pin::new(self.pool_key()), class, cmd, command, env),
+            // In front of a cluster: on every master, over the shared connections (a busy
+            // Redis answers SCRIPT KILL there; which master runs the script is not known).
+            Class::Interrupt if env.cluster && !is_shutdown(cmd) => Route::Shared(self.pool_key()),
             Class::Interrupt => {
                 // A new connection in db 0 (a busy Redis refuses SELECT; these commands do not
                 // depend on the db); a kept one stays in the db it is in.
@@ -465,6 +468,10 @@ fn login_of<'c>(class: Class, cmd: &CommandView<'c>) -> Option<(&'c [u8], &'c [u
         _ => return None,
     };
     Some((user, password.unwrap_or_default()))
+}
+
+fn is_shutdown(cmd: &CommandView<'_>) -> bool {
+    cmd.arg(0).is_some_and(|name| name.eq_ignore_ascii_case(b"SHUTDOWN"))
 }
 
 fn is_ping(cmd: &CommandView<'_>) -> bool {

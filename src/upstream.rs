@@ -145,25 +145,49 @@ pub trait ReplyWork: Send {
     fn restart(&mut self) {}
 }
 
-/// Where a Redis Cluster node's MOVED or ASK reply sends a request.
+/// Where a Redis Cluster node's reply sends a request again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redirection {
-    pub ask: bool,
+    pub kind: Resend,
     pub slot: u16,
+    /// `host:port`; for a retry, the node that refused (filled in by the connection).
     pub addr: String,
 }
 
+/// Why a request is sent again; it did not run where it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    /// `-MOVED`: the slot has another owner.
+    Moved,
+    /// `-ASK`: the key is being migrated; `ASKING` first, there.
+    Ask,
+    /// `-TRYAGAIN` (a multi-key request during a slot's migration) or `-CLUSTERDOWN`: the same
+    /// node, after a pause.
+    Retry,
+}
+
+/// Redirections (and retries) one request may follow before its client gets the error.
+pub const MAX_HOPS: u8 = 5;
+
 impl Redirection {
-    /// `-MOVED <slot> <host:port>` or `-ASK <slot> <host:port>`.
+    /// `-MOVED <slot> <host:port>`, `-ASK <slot> <host:port>`, `-TRYAGAIN ...`, `-CLUSTERDOWN ...`.
     pub fn parse(frame: &[u8]) -> Option<Redirection> {
-        let (ask, rest) = if let Some(rest) = frame.strip_prefix(b"-MOVED ") {
-            (false, rest)
+        if frame.starts_with(b"-TRYAGAIN ") || frame.starts_with(b"-CLUSTERDOWN ") {
+            return Some(Redirection { kind: Resend::Retry, slot: 0, addr: String::new() });
+        }
+        let (kind, rest) = if let Some(rest) = frame.strip_prefix(b"-MOVED ") {
+            (Resend::Moved, rest)
         } else {
-            (true, frame.strip_prefix(b"-ASK ")?)
+            (Resend::Ask, frame.strip_prefix(b"-ASK ")?)
         };
         let text = std::str::from_utf8(rest).ok()?.trim_end();
         let (slot, addr) = text.split_once(' ')?;
-        Some(Redirection { ask, slot: slot.parse().ok()?, addr: addr.to_owned() })
+        Some(Redirection { kind, slot: slot.parse().ok()?, addr: addr.to_owned() })
+    }
+
+    /// Sent with `ASKING` first.
+    pub fn ask(&self) -> bool {
+        self.kind == Resend::Ask
     }
 }
 

@@ -472,9 +472,11 @@ async fn failovers_are_followed() {
             }
         }));
     }
+    let ports: Arc<Vec<u16>> = Arc::new(cluster.nodes.iter().map(|n| n.port).collect());
     for r in 0..3 {
         let (keys, acked, stop, tolerate, addr) =
             (keys.clone(), acked.clone(), stop.clone(), tolerate.clone(), proxy.addr);
+        let ports = ports.clone();
         tasks.push(tokio::spawn(async move {
             let mut raw = Raw::connect(addr).await;
             let mut i = r;
@@ -491,7 +493,16 @@ async fn failovers_are_followed() {
                     reply if reply.starts_with('$') => reply.lines().nth(1).unwrap().parse::<u64>().unwrap(),
                     other => panic!("read of {}: {other:?}", keys[i]),
                 };
-                assert!(value >= floor, "stale read of {}: {value} after {floor} was acknowledged", keys[i]);
+                if value < floor {
+                    let inspect = call(&mut raw, &["PROXY", "CACHE", "INSPECT", &keys[i]]).await;
+                    let info = call(&mut raw, &["PROXY", "INFO", "cluster"]).await;
+                    let again = call(&mut raw, &["GET", &keys[i]]).await;
+                    let key = keys[i].clone();
+                    let nodes = tokio::task::spawn_blocking(move || {
+                        ports.iter().map(|p| format!("{p}:{}:{}", direct(*p, &["ROLE"]).lines().next().unwrap_or(""), direct(*p, &["GET", &key]))).collect::<Vec<_>>().join(" ")
+                    }).await.unwrap();
+                    panic!("again {again:?} nodes {nodes} stale read of {}: {value} after {floor} was acknowledged; {inspect:?} {info:?}", keys[i]);
+                }
             }
         }));
     }

@@ -40,6 +40,9 @@ pub(super) enum Combine {
     Concat,
     /// The first error, else the first reply (FLUSHALL, SCRIPT LOAD ...).
     Same,
+    /// The first `+OK` if any master said it, else the first reply (SCRIPT KILL: the one master
+    /// running a script kills it; the others are not busy).
+    AnyOk,
 }
 
 /// Where `cmd` goes in a cluster.
@@ -59,17 +62,28 @@ pub(super) fn placement(cmd: &CommandView<'_>) -> Placement {
                 || is("FLUSHDB")
                 || (is("SCRIPT") && (sub_is("LOAD") || sub_is("FLUSH")))
                 || (is("FUNCTION") && (sub_is("LOAD") || sub_is("FLUSH") || sub_is("DELETE")))
+                || (is("CONFIG") && (sub_is("SET") || sub_is("RESETSTAT")))
             {
                 Placement::Everywhere(Combine::Same)
+            } else if (is("SCRIPT") || is("FUNCTION")) && sub_is("KILL") {
+                Placement::Everywhere(Combine::AnyOk)
             } else if is("SCAN") {
                 Placement::Scan
             } else {
                 Placement::Any
             }
         }
-        // Found only by reading the options: the first argument is the key for most
-        // (a wrong guess is corrected by the node's MOVED).
-        Keys::Unknown => cmd.arg(1).map_or(Placement::Any, |key| Placement::Slot(slot_of(key))),
+        // Found only by reading the options: the first key follows STREAMS for XREAD and
+        // XREADGROUP, and is the first argument for the others (a wrong guess is corrected by
+        // the node's MOVED on a shared connection).
+        Keys::Unknown => {
+            let mut args = cmd.args().skip(1);
+            let key = match is("XREAD") || is("XREADGROUP") {
+                true => args.by_ref().find(|a| a.eq_ignore_ascii_case(b"STREAMS")).and_then(|_| args.next()),
+                false => args.next(),
+            };
+            key.map_or(Placement::Any, |key| Placement::Slot(slot_of(key)))
+        }
         keys => {
             let mut slots = command::key_args(cmd, keys).map(slot_of);
             let Some(first) = slots.next() else { return Placement::Any };
@@ -251,11 +265,14 @@ impl Drop for Part {
 
 /// The client's reply from the parts' (the first error, if any part failed).
 fn join(combine: &Combine, parts: &[Bytes]) -> Bytes {
+    if *combine == Combine::AnyOk {
+        return parts.iter().find(|p| &p[..] == b"+OK\r\n").unwrap_or(&parts[0]).clone();
+    }
     if let Some(error) = parts.iter().find(|p| p.first().is_none_or(|&b| b == b'-' || b == b'!')) {
         return if error.is_empty() { ProxyError::ReadAbandoned.to_reply() } else { error.clone() };
     }
     match combine {
-        Combine::Same => parts[0].clone(),
+        Combine::Same | Combine::AnyOk => parts[0].clone(),
         Combine::Sum => {
             let sum: i64 = parts.iter().filter_map(|p| parse_int(p.get(1..p.len().saturating_sub(2))?)).sum();
             Bytes::from(format!(":{sum}\r\n"))
@@ -333,6 +350,11 @@ mod tests {
         assert_eq!(place(&["DBSIZE"]), Placement::Everywhere(Combine::Sum));
         assert_eq!(place(&["script", "load", "return 1"]), Placement::Everywhere(Combine::Same));
         assert_eq!(place(&["SCRIPT", "EXISTS", "x"]), Placement::Any);
+        assert_eq!(
+            place(&["XREAD", "COUNT", "2", "BLOCK", "0", "STREAMS", "s1", "$"]),
+            Placement::Slot(slot_of(b"s1"))
+        );
+        assert_eq!(place(&["SORT", "list", "BY", "w_*"]), Placement::Slot(slot_of(b"list")));
     }
 
     #[test]
@@ -371,5 +393,8 @@ mod tests {
         assert_eq!(join(&Combine::Same, &[p("+OK\r\n"), p("+OK\r\n")]), p("+OK\r\n"));
         assert_eq!(join(&Combine::Same, &[p("$2\r\nab\r\n"), p("$2\r\nab\r\n")]), p("$2\r\nab\r\n"));
         assert_eq!(join(&Combine::Same, &[p("+OK\r\n"), p("-ERR no\r\n")]), p("-ERR no\r\n"));
+        let (ok, notbusy) = (p("+OK\r\n"), p("-NOTBUSY No scripts in execution right now.\r\n"));
+        assert_eq!(join(&Combine::AnyOk, &[notbusy.clone(), ok.clone()]), ok);
+        assert_eq!(join(&Combine::AnyOk, &[notbusy.clone(), notbusy.clone()]), notbusy);
     }
 }

@@ -11,7 +11,7 @@ use crate::cluster::Cluster;
 use crate::error::ProxyError;
 use crate::pinned_conn::PinnedConn;
 use crate::proxy::Expect;
-use crate::upstream::{Redirection, ReplyChunk, ReplyWork, Upstream};
+use crate::upstream::{Redirection, ReplyChunk, ReplyWork, Resend, Upstream};
 use std::sync::Arc;
 
 impl Client {
@@ -115,7 +115,7 @@ impl Client {
         let (cluster, on) = (self.ctx.cluster.as_deref(), conn.node.clone());
         let taken = conn.take_replies(stream, pass_pushes, monitoring, |seq, mut bytes, confirm| {
             if let Some(cluster) = cluster
-                && let Some(to) = Redirection::parse(&bytes)
+                && let Some(to) = Redirection::parse(&bytes).filter(|to| to.kind != Resend::Retry)
             {
                 // Never shown: a session's connection does not follow MOVED/ASK (its state is there).
                 bytes = cluster.pinned_redirect(&to, on.as_deref());

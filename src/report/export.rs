@@ -147,8 +147,9 @@ fn encode_cluster(e: &mut DescriptorEncoder, c: &super::snapshot::ClusterSnapsho
     counters(e, "cluster_map_reads", "CLUSTER SLOTS rounds by result", &reads)?;
     let help = "Slots whose owner changed between two maps (their cached entries were dropped)";
     counter(e, "cluster_slots_changed", help, c.slots_changed)?;
-    let redirections = [([("kind", "moved")], c.moved), ([("kind", "ask")], c.asked)];
-    counters(e, "cluster_redirections", "MOVED and ASK replies followed (never shown to clients)", &redirections)?;
+    let redirections = [([("kind", "moved")], c.moved), ([("kind", "ask")], c.asked), ([("kind", "retry")], c.retried)];
+    let help = "MOVED and ASK replies followed, TRYAGAIN and CLUSTERDOWN retried (never shown to clients)";
+    counters(e, "cluster_redirections", help, &redirections)?;
     let nodes: Vec<([(&str, &str); 1], u64)> = c.nodes.iter().map(|n| ([("node", n.addr.as_str())], n.slots)).collect();
     gauges(e, "cluster_node_slots", "Slots each node serves in the map", &nodes)?;
     let state = |n: &super::snapshot::NodeSnapshot| match n.breaker {

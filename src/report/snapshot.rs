@@ -48,6 +48,7 @@ pub struct ClusterSnapshot {
     pub slots_changed: u64,
     pub moved: u64,
     pub asked: u64,
+    pub retried: u64,
     pub hops_exceeded: u64,
     pub nodes: Vec<NodeSnapshot>,
 }
@@ -280,6 +281,7 @@ impl Snapshot {
             out.line("cluster_slots_changed", &c.slots_changed);
             out.line("cluster_moved", &c.moved);
             out.line("cluster_ask", &c.asked);
+            out.line("cluster_retried", &c.retried);
             out.line("cluster_redirections_exceeded", &c.hops_exceeded);
             for (i, n) in c.nodes.iter().enumerate() {
                 let tracking = if n.tracking { "up" } else { "down" };
@@ -303,6 +305,7 @@ fn cluster_snapshot(cluster: &crate::cluster::Cluster) -> ClusterSnapshot {
         slots_changed: get(&s.slots_changed),
         moved: get(&s.moved),
         asked: get(&s.asked),
+        retried: get(&s.retried),
         hops_exceeded: get(&s.hops_exceeded),
         nodes: cluster
             .nodes()

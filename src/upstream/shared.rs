@@ -25,7 +25,9 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
-use super::{Backoff, Batch, PoolKey, Redirection, ReplyChunk, ReplySink, ReplyWork, Step, Switch, Upstream};
+use super::{
+    Backoff, Batch, MAX_HOPS, PoolKey, Redirection, ReplyChunk, ReplySink, ReplyWork, Resend, Step, Switch, Upstream,
+};
 use crate::breaker::{self, Outcome};
 use crate::error::ProxyError;
 use crate::framing::{Limits, Parsed, RequestParser};
@@ -376,6 +378,8 @@ impl Redirected {
             || self.whole.is_some()
             || frame.starts_with(b"-MOVED ")
             || frame.starts_with(b"-ASK ")
+            // Retried a few times; then the client gets Redis's error.
+            || (self.hops < MAX_HOPS && (frame.starts_with(b"-TRYAGAIN ") || frame.starts_with(b"-CLUSTERDOWN ")))
     }
 
     /// The batch's request `index` (asked for in increasing order).
@@ -400,7 +404,10 @@ fn redirect(up: &Upstream, route: &mut Route, frame: &[u8], lane: (PoolKey, usiz
     if (cluster.asking && route.read == 0) || cluster.whole.is_some() {
         return;
     }
-    let Some(to) = Redirection::parse(frame) else { return };
+    let Some(mut to) = Redirection::parse(frame) else { return };
+    if to.kind == Resend::Retry {
+        to.addr = up.addr();
+    }
     if !route.work.as_ref().is_none_or(|work| work.per_request()) {
         cluster.whole = Some(to);
         return;
@@ -416,10 +423,10 @@ fn redirect(up: &Upstream, route: &mut Route, frame: &[u8], lane: (PoolKey, usiz
         bytes: request,
         seq: route.seq + u64::from(route.done),
         count: 1,
-        replies: 1 + u32::from(to.ask),
+        replies: 1 + u32::from(to.ask()),
         sink: route.sink.clone(),
         hops: cluster.hops.saturating_add(1),
-        asking: to.ask,
+        asking: to.ask(),
     };
     route.done += 1;
     send_on(up, to, batch, lane);
@@ -437,11 +444,11 @@ fn resend_whole(up: &Upstream, route: &mut Route, lane: (PoolKey, usize)) {
         bytes: cluster.bytes.clone(),
         seq: route.seq + u64::from(route.done),
         count: route.count - route.done,
-        replies: route.replies - u32::from(cluster.asking) + u32::from(to.ask),
+        replies: route.replies - u32::from(cluster.asking) + u32::from(to.ask()),
         sink: route.sink.clone(),
         work,
         hops: cluster.hops.saturating_add(1),
-        asking: to.ask,
+        asking: to.ask(),
     };
     route.done = route.count;
     send_on(up, to, batch, lane);

@@ -61,12 +61,17 @@ impl Cluster {
         cluster
     }
 
-    /// Waits until every node says the cluster is ok and `--cluster check` finds it consistent.
+    /// Waits until every node says the cluster is ok, every replica has finished its sync with
+    /// its master (a replica promoted before that has lost what it had not received), and
+    /// `--cluster check` finds it consistent.
     pub fn wait_agreed(&self) {
         let deadline = Instant::now() + PATIENCE * 3;
         loop {
             let ok = self.nodes.iter().all(|n| {
-                cli(&["-p", &n.port.to_string(), "CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok"))
+                let port = n.port.to_string();
+                cli(&["-p", &port, "CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok"))
+                    && cli(&["-p", &port, "ROLE"])
+                        .is_some_and(|r| r.starts_with("master") || r.contains("\nconnected\n"))
             }) && cli(&["--cluster", "check", &self.nodes[0].addr()]).is_some_and(|out| {
                 out.contains("[OK] All nodes agree") && out.contains("[OK] All 16384 slots covered")
             });
