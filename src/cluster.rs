@@ -187,6 +187,13 @@ impl Cluster {
         up
     }
 
+    /// Masters whose tracking connection is up (INFO leaves them out of its tracking fields).
+    pub fn tracked_masters(&self) -> u64 {
+        let map = self.map.load();
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        map.masters().iter().filter(|addr| nodes.get(*addr).is_some_and(|n| n.tracked)).count() as u64
+    }
+
     /// Whether the breaker of the node serving `key` refuses calls.
     pub fn shard_down(&self, key: &[u8]) -> bool {
         let map = self.map.load();
@@ -286,7 +293,15 @@ impl Cluster {
     pub fn send(&self, key: PoolKey, lane: usize, batch: Batch) {
         let map = self.map.load();
         if batch.work.as_ref().is_some_and(|work| !work.per_request()) {
-            // One request with work of its own (a fill with its PTTL, TTL's MULTI ... EXEC, INFO):
+            if let Some((range, argc)) = requests(&batch.bytes).into_iter().next()
+                && is_info(&CommandView::new(&batch.bytes[range.clone()], argc))
+            {
+                // INFO: every master's, added up, then the work's rewrite of the result.
+                let Batch { bytes, seq, sink, work, .. } = batch;
+                let request = (bytes.slice(range), argc);
+                return self.scatter(key, lane, request, seq, &sink, work, Combine::Info, true, &map);
+            }
+            // One request with work of its own (a fill with its PTTL, TTL's MULTI ... EXEC):
             // where its first key goes.
             let to = first_slot(&batch.bytes).map_or_else(|| self.any(&map), |slot| map.owner(slot).cloned());
             return match to {
@@ -375,7 +390,7 @@ impl Cluster {
     /// Where one request goes with `map`.
     fn to(&self, request: &[u8], argc: usize, map: &SlotMap) -> To {
         let cmd = CommandView::new(request, argc);
-        match scatter::placement(&cmd) {
+        match scatter::placement(&cmd, self.config.upstream.cluster_split_mset) {
             Placement::Slot(slot) => map.owner(slot).map_or(To::Down, |addr| To::Node(Arc::clone(addr))),
             Placement::Any => self.any(map).map_or(To::Down, To::Node),
             Placement::Split(combine) => To::Split(combine),
@@ -559,10 +574,15 @@ fn requests_upto(bytes: &[u8], most: usize) -> Vec<(std::ops::Range<usize>, usiz
     out
 }
 
+/// INFO (whose reply the proxy rewrites for its clients: `Route::Info`).
+fn is_info(cmd: &CommandView<'_>) -> bool {
+    cmd.arg(0).is_some_and(|name| name.eq_ignore_ascii_case(b"INFO"))
+}
+
 /// The slot of the first request of `bytes` that has a key.
 fn first_slot(bytes: &[u8]) -> Option<u16> {
     requests_upto(bytes, 64).into_iter().find_map(|(range, argc)| {
-        match scatter::placement(&CommandView::new(&bytes[range], argc)) {
+        match scatter::placement(&CommandView::new(&bytes[range], argc), false) {
             Placement::Slot(slot) => Some(slot),
             Placement::Split(_) | Placement::Any | Placement::Everywhere(_) | Placement::Scan => None,
         }

@@ -298,6 +298,9 @@ pub struct Upstream {
     /// Seed nodes (`host:port`) of a Redis Cluster; non-empty: the proxy fronts the cluster
     /// (see `cluster.rs`), instead of `address`.
     pub cluster: Vec<String>,
+    /// MSET whose keys are in several slots is split per slot (not atomic) instead of refused
+    /// with CROSSSLOT.
+    pub cluster_split_mset: bool,
 }
 
 impl Default for Listen {
@@ -360,6 +363,7 @@ impl Default for Upstream {
             sentinel_password_env: String::new(),
             sentinel_tls: false,
             cluster: Vec::new(),
+            cluster_split_mset: false,
         }
     }
 }

@@ -247,8 +247,9 @@ impl Drop for Delivery {
 /// What INFO's reply must show the proxy's clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InfoView {
-    /// The tier's tracking connection is up: left out of the tracking fields.
-    pub own_tracking: bool,
+    /// The tier's tracking connections that are up (one; in front of a cluster, one per master
+    /// INFO adds up): left out of the tracking fields.
+    pub own_tracking: u64,
     /// The proxy's clients, for `connected_clients` (Redis counts the proxy's connections).
     pub clients: u64,
 }
@@ -269,7 +270,7 @@ pub fn as_clients_see_it(frame: &[u8], view: InfoView) -> Option<Bytes> {
     let header = frame.windows(2).position(|w| w == b"\r\n")? + 2;
     let text = std::str::from_utf8(frame.get(header..frame.len().checked_sub(2)?)?).ok()?;
     let tracking =
-        view.own_tracking && (text.contains("\ntracking_clients:") || text.contains("\ntracking_total_prefixes:"));
+        view.own_tracking > 0 && (text.contains("\ntracking_clients:") || text.contains("\ntracking_total_prefixes:"));
     if !tracking && !text.contains("\nconnected_clients:") {
         return None;
     }
@@ -277,9 +278,9 @@ pub fn as_clients_see_it(frame: &[u8], view: InfoView) -> Option<Bytes> {
         .split("\r\n")
         .map(|line| match line.split_once(':') {
             Some(("connected_clients", _)) => format!("connected_clients:{}", view.clients),
-            Some((field @ ("tracking_clients" | "tracking_total_prefixes"), n)) if view.own_tracking => {
+            Some((field @ ("tracking_clients" | "tracking_total_prefixes"), n)) if view.own_tracking > 0 => {
                 match n.parse::<u64>() {
-                    Ok(n) => format!("{field}:{}", n.saturating_sub(1)),
+                    Ok(n) => format!("{field}:{}", n.saturating_sub(view.own_tracking)),
                     Err(_) => line.to_owned(),
                 }
             }

@@ -251,6 +251,9 @@ pub struct Upstream {
     spare_connections: usize,
     /// A Redis Cluster node's: where MOVED and ASK replies are followed.
     redirect: Option<std::sync::Weak<dyn Redirect>>,
+    /// A Redis Cluster node's calls on its shared connections (the proxy's total is in
+    /// `Metrics::upstream_latency`).
+    pub latency: crate::metrics::Histogram,
 }
 
 /// A shared pool: the senders of its connection tasks.
@@ -320,6 +323,7 @@ impl Upstream {
         let (breaker, config) = (&config.breaker, &config.upstream);
         let user = if config.username.is_empty() { "default".to_owned() } else { config.username.clone() };
         Arc::new(Upstream {
+            latency: Default::default(),
             redirect,
             target: Arc::new(target),
             tls: tls.filter(|_| config.tls),

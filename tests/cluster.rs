@@ -52,6 +52,9 @@ async fn clients_see_one_redis() {
     assert_eq!(call(&mut raw, &mget).await, expected);
     assert_eq!(call(&mut raw, &["EXISTS", "key:1", "key:2", "key:1", "missing"]).await, ":3\r\n");
     assert_eq!(call(&mut raw, &["DBSIZE"]).await, ":30\r\n");
+    // INFO adds up the masters: the keyspace as one Redis would show it.
+    let info = call(&mut raw, &["INFO", "keyspace"]).await;
+    assert!(info.contains("db0:keys=30,expires=0"), "{info}");
     let listed = call(&mut raw, &["KEYS", "key:*"]).await;
     assert!(listed.starts_with("*30\r\n"), "{listed}");
     assert_eq!(call(&mut raw, &["DEL", "key:1", "key:2", "key:3", "missing"]).await, ":3\r\n");
@@ -118,6 +121,18 @@ async fn clients_see_one_redis() {
     }
     assert_eq!(call(&mut raw, &["FLUSHALL"]).await, "+OK\r\n");
     assert_eq!(call(&mut raw, &["DBSIZE"]).await, ":0\r\n");
+    proxy.stop().await;
+
+    // With cluster_split_mset, MSET across slots is split per slot instead of refused.
+    let mut split = config(&cluster);
+    split.upstream.cluster_split_mset = true;
+    let proxy = Proxy::start(split).await;
+    let mut raw = proxy.raw().await;
+    assert_eq!(call(&mut raw, &["MSET", "a", "1", "b", "2", "c", "3"]).await, "+OK\r\n");
+    assert_eq!(call(&mut raw, &["MGET", "a", "b", "c"]).await, "*3\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n");
+    for (key, value) in [("a", "1"), ("b", "2"), ("c", "3")] {
+        assert_eq!(direct(cluster.owner_of(key), &["GET", key]), value);
+    }
     proxy.stop().await;
 }
 
@@ -235,6 +250,13 @@ async fn sessions_run_on_the_node_of_their_keys() {
     assert!(call(&mut subscriber, &["SUBSCRIBE", "news"]).await.contains("subscribe"));
     common::until_reply(&mut raw, &["PUBLISH", "news", "hi"], "a subscriber", |r| r == ":1\r\n").await;
     assert!(String::from_utf8_lossy(&subscriber.reply().await).contains("hi"));
+    // Shard channels: on the node of the channel's slot, subscriber and publisher alike.
+    for channel in [&k1, &k2] {
+        let mut subscriber = proxy.raw().await;
+        assert!(call(&mut subscriber, &["SSUBSCRIBE", channel]).await.contains("ssubscribe"));
+        common::until_reply(&mut raw, &["SPUBLISH", channel, "shard"], "a shard subscriber", |r| r == ":1\r\n").await;
+        assert!(String::from_utf8_lossy(&subscriber.reply().await).contains("shard"));
+    }
     assert_eq!(call(&mut raw, &["SELECT", "1"]).await, "-ERR SELECT is not allowed in cluster mode\r\n");
     assert_eq!(call(&mut raw, &["SELECT", "0"]).await, "+OK\r\n");
     proxy.stop().await;

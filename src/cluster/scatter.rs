@@ -43,10 +43,13 @@ pub(super) enum Combine {
     /// The first `+OK` if any master said it, else the first reply (SCRIPT KILL: the one master
     /// running a script kills it; the others are not busy).
     AnyOk,
+    /// INFO: the first master's, with the counts of the whole dataset summed (see [`info`]).
+    Info,
 }
 
-/// Where `cmd` goes in a cluster.
-pub(super) fn placement(cmd: &CommandView<'_>) -> Placement {
+/// Where `cmd` goes in a cluster. `split_mset`: MSET across slots is split per slot (then not
+/// atomic) rather than refused.
+pub(super) fn placement(cmd: &CommandView<'_>, split_mset: bool) -> Placement {
     let name = cmd.arg(0).unwrap_or_default();
     let spec = command::lookup(name).spec;
     let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
@@ -94,6 +97,8 @@ pub(super) fn placement(cmd: &CommandView<'_>) -> Placement {
                 Placement::Split(Combine::Positions(Vec::new()))
             } else if is("DEL") || is("UNLINK") || is("EXISTS") || is("TOUCH") {
                 Placement::Split(Combine::Sum)
+            } else if is("MSET") && split_mset && cmd.argc() % 2 == 1 {
+                Placement::Split(Combine::Same)
             } else {
                 // Redis Cluster answers CROSSSLOT itself.
                 Placement::Slot(first)
@@ -107,15 +112,22 @@ pub(super) fn placement(cmd: &CommandView<'_>) -> Placement {
 /// positions among the command's keys). `None` when a slot has no owner.
 pub(super) fn split<N>(cmd: &CommandView<'_>, owner: impl Fn(u16) -> Option<N>) -> Option<Parts<N>> {
     let name = cmd.arg(0).unwrap_or_default();
+    // MSET's keys come with their values.
+    let per_key = if name.eq_ignore_ascii_case(b"MSET") { 2 } else { 1 };
+    let args: Vec<&[u8]> = cmd.args().skip(1).collect();
     let mut groups: Vec<Group<'_>> = Vec::new();
-    for (position, key) in cmd.args().skip(1).enumerate() {
-        let slot = slot_of(key);
+    for (position, with) in args.chunks(per_key).enumerate() {
+        let slot = slot_of(with[0]);
         match groups.iter_mut().find(|g| g.slot == slot) {
             Some(group) => {
-                group.args.push(key);
+                group.args.extend_from_slice(with);
                 group.positions.push(position);
             }
-            None => groups.push(Group { slot, args: vec![name, key], positions: vec![position] }),
+            None => {
+                let mut args = vec![name];
+                args.extend_from_slice(with);
+                groups.push(Group { slot, args, positions: vec![position] })
+            }
         }
     }
     groups.into_iter().map(|g| Some((owner(g.slot)?, encode_command(&g.args), g.positions))).collect()
@@ -268,11 +280,14 @@ fn join(combine: &Combine, parts: &[Bytes]) -> Bytes {
     if *combine == Combine::AnyOk {
         return parts.iter().find(|p| &p[..] == b"+OK\r\n").unwrap_or(&parts[0]).clone();
     }
+    if *combine == Combine::Info {
+        return info(parts).unwrap_or_else(|| parts[0].clone());
+    }
     if let Some(error) = parts.iter().find(|p| p.first().is_none_or(|&b| b == b'-' || b == b'!')) {
         return if error.is_empty() { ProxyError::ReadAbandoned.to_reply() } else { error.clone() };
     }
     match combine {
-        Combine::Same | Combine::AnyOk => parts[0].clone(),
+        Combine::Same | Combine::AnyOk | Combine::Info => parts[0].clone(),
         Combine::Sum => {
             let sum: i64 = parts.iter().filter_map(|p| parse_int(p.get(1..p.len().saturating_sub(2))?)).sum();
             Bytes::from(format!(":{sum}\r\n"))
@@ -292,6 +307,85 @@ fn join(combine: &Combine, parts: &[Bytes]) -> Bytes {
             array(total, out.into_iter())
         }
     }
+}
+
+/// INFO fields that count something of the whole dataset or of all clients: summed over the
+/// masters. The rest (version, role, configuration, uptime ...) is the first master's.
+const SUMMED: &[&str] = &[
+    "connected_clients",
+    "blocked_clients",
+    "tracking_clients",
+    "clients_in_timeout_table",
+    "used_memory",
+    "used_memory_dataset",
+    "total_connections_received",
+    "total_commands_processed",
+    "instantaneous_ops_per_sec",
+    "total_net_input_bytes",
+    "total_net_output_bytes",
+    "rejected_connections",
+    "expired_keys",
+    "evicted_keys",
+    "keyspace_hits",
+    "keyspace_misses",
+    "pubsub_channels",
+    "pubsub_patterns",
+    "tracking_total_keys",
+    "tracking_total_items",
+    "tracking_total_prefixes",
+    "total_error_replies",
+];
+
+/// INFO of one Redis from the masters' (bulk or verbatim strings): the first's text with the
+/// [`SUMMED`] fields and the keyspace lines (`db0:keys=..,expires=..`) added up. `None` when a
+/// part is not such a reply (an error: then the first part is the reply).
+fn info(parts: &[Bytes]) -> Option<Bytes> {
+    let texts: Vec<&str> = parts.iter().map(|p| info_text(p)).collect::<Option<_>>()?;
+    let mut sums: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    let mut dbs: std::collections::BTreeMap<String, (i64, i64)> = std::collections::BTreeMap::new();
+    for text in &texts {
+        for line in text.split("\r\n") {
+            let Some((field, value)) = line.split_once(':') else { continue };
+            if SUMMED.contains(&field) {
+                *sums.entry(field).or_default() += value.parse::<i64>().unwrap_or(0);
+            } else if field.starts_with("db") && value.starts_with("keys=") {
+                let number = |name: &str| {
+                    value
+                        .split(',')
+                        .find_map(|kv| kv.strip_prefix(name))
+                        .and_then(|n| n.parse::<i64>().ok())
+                        .unwrap_or(0)
+                };
+                let db = dbs.entry(field.to_owned()).or_default();
+                (db.0, db.1) = (db.0 + number("keys="), db.1 + number("expires="));
+            }
+        }
+    }
+    let mut out: Vec<String> = Vec::new();
+    for line in texts[0].split("\r\n") {
+        match line.split_once(':') {
+            Some((field, _)) if sums.contains_key(field) => out.push(format!("{field}:{}", sums[field])),
+            Some((field, _)) if dbs.contains_key(field) => {}
+            _ if line == "# Keyspace" => {
+                out.push(line.to_owned());
+                out.extend(
+                    dbs.iter().map(|(db, (keys, expires))| format!("{db}:keys={keys},expires={expires},avg_ttl=0")),
+                );
+                dbs.clear();
+            }
+            _ => out.push(line.to_owned()),
+        }
+    }
+    let body = out.join("\r\n");
+    let kind = parts[0][0] as char;
+    Some(Bytes::from(format!("{kind}{}\r\n{body}\r\n", body.len())))
+}
+
+/// The text of an INFO reply (a bulk or verbatim string).
+fn info_text(frame: &[u8]) -> Option<&str> {
+    let header = frame.iter().position(|&b| b == b'\n')? + 1;
+    frame.first().filter(|&&b| b == b'$' || b == b'=')?;
+    std::str::from_utf8(frame.get(header..frame.len().checked_sub(2)?)?).ok()
 }
 
 /// The text of a bulk string reply (`$3\r\nabc\r\n`).
@@ -336,7 +430,7 @@ mod tests {
         let mut parser = RequestParser::new(Limits::NONE);
         let Ok(Some(Parsed::Command { argc: n, .. })) = parser.parse(&bytes) else { panic!() };
         assert_eq!(n, argc);
-        placement(&CommandView::new(&bytes, argc))
+        placement(&CommandView::new(&bytes, argc), false)
     }
 
     #[test]
@@ -347,6 +441,16 @@ mod tests {
         assert_eq!(place(&["MGET", "a", "b"]), Placement::Split(Combine::Positions(Vec::new())));
         assert_eq!(place(&["DEL", "a", "b"]), Placement::Split(Combine::Sum));
         assert_eq!(place(&["MSETNX", "a", "1", "b", "2"]), Placement::Slot(slot_of(b"a")));
+        assert_eq!(place(&["MSET", "a", "1", "b", "2"]), Placement::Slot(slot_of(b"a")));
+        let (bytes, argc) = view(&["MSET", "a", "1", "b", "2", "{a}c", "3"]);
+        let mset = CommandView::new(&bytes, argc);
+        assert_eq!(placement(&mset, true), Placement::Split(Combine::Same));
+        let parts = split(&mset, Some).unwrap();
+        let requests: Vec<Bytes> = parts.into_iter().map(|(_, request, _)| request).collect();
+        assert_eq!(
+            requests,
+            vec![encode_command(&["MSET", "a", "1", "{a}c", "3"]), encode_command(&["MSET", "b", "2"])]
+        );
         assert_eq!(place(&["DBSIZE"]), Placement::Everywhere(Combine::Sum));
         assert_eq!(place(&["script", "load", "return 1"]), Placement::Everywhere(Combine::Same));
         assert_eq!(place(&["SCRIPT", "EXISTS", "x"]), Placement::Any);
@@ -377,6 +481,26 @@ mod tests {
         assert_eq!(next(&mut ScanPage { master: 2, masters: 3 }, "0"), "0");
         assert_eq!(ScanCursor::parse(b"x", 3), None);
         assert_eq!(ScanCursor::parse((5u64 << 56).to_string().as_bytes(), 3), None);
+    }
+
+    #[test]
+    fn info_adds_up_the_masters() {
+        let part = |clients: u32, blocked: u32, keys: u32| {
+            let body = format!(
+                "# Server\r\nredis_version:7.0.15\r\n\r\n# Clients\r\nconnected_clients:{clients}\r\nblocked_clients:{blocked}\r\n\r\n# Keyspace\r\ndb0:keys={keys},expires=1,avg_ttl=5\r\n"
+            );
+            Bytes::from(format!("${}\r\n{body}\r\n", body.len()))
+        };
+        let joined = join(&Combine::Info, &[part(2, 0, 10), part(3, 1, 5), part(1, 0, 0)]);
+        let text = info_text(&joined).unwrap();
+        assert!(text.contains("redis_version:7.0.15\r\n"), "{text}");
+        assert!(text.contains("connected_clients:6\r\n") && text.contains("blocked_clients:1\r\n"), "{text}");
+        assert!(text.contains("db0:keys=15,expires=3,avg_ttl=0"), "{text}");
+        assert_eq!(join(&Combine::Info, &[p_err(), part(1, 1, 1)]), p_err());
+    }
+
+    fn p_err() -> Bytes {
+        Bytes::from_static(b"-ERR no\r\n")
     }
 
     #[test]

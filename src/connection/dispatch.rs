@@ -209,7 +209,10 @@ impl Client {
     /// What INFO's reply shows this proxy's clients (see `delivery::as_clients_see_it`).
     fn info_view(&self) -> InfoView {
         InfoView {
-            own_tracking: self.ctx.tier.as_ref().is_some_and(|tier| tier.tracking_up()),
+            own_tracking: match &self.ctx.cluster {
+                Some(cluster) => cluster.tracked_masters(),
+                None => u64::from(self.ctx.tier.as_ref().is_some_and(|tier| tier.tracking_up())),
+            },
             clients: self.ctx.metrics.clients_connected.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64,
         }
     }

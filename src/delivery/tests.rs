@@ -127,7 +127,7 @@ fn replies_that_need_nothing_get_no_work() {
 
 #[test]
 fn info_leaves_out_the_proxys_own_tracking_connection() {
-    let view = InfoView { own_tracking: true, clients: 5 };
+    let view = InfoView { own_tracking: 1, clients: 5 };
     let without_own_tracking = |frame: &[u8]| as_clients_see_it(frame, view);
     let text = "# Stats\r\ntotal_connections_received:9\r\ntracking_keys:0\r\ntracking_clients:3\r\ntracking_total_prefixes:2\r\n";
     let frame = format!("${}\r\n{text}\r\n", text.len());
@@ -147,7 +147,7 @@ fn info_leaves_out_the_proxys_own_tracking_connection() {
     // Tracking down: its fields stay; connected_clients is the proxy's count either way.
     let clients = "# Clients\r\nconnected_clients:14\r\nblocked_clients:0\r\n";
     let frame = format!("${}\r\n{clients}\r\n", clients.len());
-    let down = InfoView { own_tracking: false, clients: 3 };
+    let down = InfoView { own_tracking: 0, clients: 3 };
     let out = String::from_utf8(as_clients_see_it(frame.as_bytes(), down).unwrap().to_vec()).unwrap();
     assert!(out.contains("\r\nconnected_clients:3\r\nblocked_clients:0\r\n"), "{out}");
     assert_eq!(as_clients_see_it(frame.as_bytes(), down).unwrap().len(), frame.len() - 1);

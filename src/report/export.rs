@@ -162,7 +162,19 @@ fn encode_cluster(e: &mut DescriptorEncoder, c: &super::snapshot::ClusterSnapsho
     gauges(e, "cluster_node_breaker_state", "Each node's circuit breaker: 0 closed, 1 open, 2 half-open", &breakers)?;
     let tracking: Vec<([(&str, &str); 1], u64)> =
         c.nodes.iter().map(|n| ([("node", n.addr.as_str())], u64::from(n.tracking))).collect();
-    gauges(e, "cluster_node_tracking", "1 while the node's tracking connection is up", &tracking)
+    gauges(e, "cluster_node_tracking", "1 while the node's tracking connection is up", &tracking)?;
+    let help = "Per node: from a batch's write to its last reply, on shared connections";
+    let mut latency = e.encode_descriptor("cluster_node_latency", help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    for n in &c.nodes {
+        let h = &n.latency;
+        latency.encode_family(&[("node", n.addr.as_str())])?.encode_histogram::<NoLabelSet>(
+            h.sum_seconds,
+            h.count,
+            &h.buckets,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {

@@ -62,6 +62,8 @@ pub struct NodeSnapshot {
     pub breaker: State,
     /// Its tracking connection is up (tracked rules cache its slots' keys).
     pub tracking: bool,
+    /// Calls on its shared connections, from a batch's write to its last reply.
+    pub latency: HistogramSnapshot,
 }
 
 #[derive(Debug, Clone)]
@@ -315,6 +317,7 @@ fn cluster_snapshot(cluster: &crate::cluster::Cluster) -> ClusterSnapshot {
                 addr: addr.to_string(),
                 breaker: up.breaker().state(),
                 tracking,
+                latency: up.latency.snapshot(),
             })
             .collect(),
     }

@@ -466,6 +466,9 @@ fn finished(up: &Upstream, route: &Route) {
     let took = route.sent_at.elapsed();
     if !route.unusable {
         up.metrics.upstream_latency.observe(took);
+        if route.cluster.is_some() {
+            up.latency.observe(took);
+        }
     }
     up.breaker.record(if route.unusable { Outcome::Failed } else { Outcome::Answered(took) });
 }
