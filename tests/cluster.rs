@@ -372,7 +372,10 @@ async fn a_failed_shard_fails_alone() {
     let mut cluster = Cluster::start(3, 0);
     let mut config = config(&cluster);
     config.cache.serve_stale = nearcache::config::Span(Duration::from_secs(60));
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    config.metrics.address = metrics.clone();
     let proxy = Proxy::start(config).await;
+    common::until_http(&metrics, "/readyz", 200).await;
     let mut raw = proxy.raw().await;
     let (down, up) = keys_on_two_nodes(&cluster, "shard");
     let (down_port, up_port) = (cluster.owner_of(&down), cluster.owner_of(&up));
@@ -422,6 +425,9 @@ async fn a_failed_shard_fails_alone() {
     assert!(nodes.contains(&format!("127.0.0.1:{down_port} master slots=")), "{nodes}");
     assert!(nodes.lines().any(|l| l.contains(&down_port.to_string()) && l.contains("breaker=open")), "{nodes}");
     assert!(nodes.lines().any(|l| l.contains(&up_port.to_string()) && l.contains("breaker=closed")), "{nodes}");
+    // Not ready while a master's breaker is open, and it says which.
+    let body = common::until_http(&metrics, "/readyz", 503).await;
+    assert!(body.contains(&format!("cluster node 127.0.0.1:{down_port}")), "{body}");
     proxy.stop().await;
 }
 

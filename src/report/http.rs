@@ -158,23 +158,44 @@ fn api(method: &Method, path: &str, query: &str, ctx: &Context) -> Reply {
     }
 }
 
-/// Ready when Redis answers (the breaker is closed) and, if a tracked rule needs it, the
-/// tier's tracking connection is up.
+/// Ready when Redis answers (the breaker is closed; in front of a cluster, every master's, and
+/// every slot has a master) and, if a tracked rule needs it, the tier's tracking connection is
+/// up (every master's).
 fn readiness(ctx: &Context) -> Reply {
     let mut reasons = Vec::new();
-    let state = ctx.upstream.breaker().state();
-    if state != State::Closed {
-        reasons.push(format!("circuit breaker {} for upstream {}", state.name(), ctx.upstream.addr()));
+    match &ctx.cluster {
+        Some(cluster) => {
+            let map = cluster.map();
+            if map.uncovered() > 0 {
+                reasons.push(format!("{} slots have no master in the cluster's map", map.uncovered()));
+            }
+            for (addr, up, _) in cluster.nodes().into_iter().filter(|(addr, _, _)| map.masters().contains(addr)) {
+                let state = up.breaker().state();
+                if state != State::Closed {
+                    reasons.push(format!("circuit breaker {} for cluster node {addr}", state.name()));
+                }
+            }
+        }
+        None => {
+            let state = ctx.upstream.breaker().state();
+            if state != State::Closed {
+                reasons.push(format!("circuit breaker {} for upstream {}", state.name(), ctx.upstream.addr()));
+            }
+        }
     }
     let live = ctx.live.load();
     let config = &live.config;
     let tracked = config.default.cache == CacheMode::Tracked
         || config.rule.iter().any(|rule| rule.cache == Some(CacheMode::Tracked));
     let needs_tracking = config.cache.tracking == Tracking::Bcast && tracked;
-    if let Some(tier) = ctx.tier.as_deref().filter(|_| needs_tracking)
-        && !tier.tracking_up()
-    {
-        reasons.push("tracking is down: tracked keys are not cached".to_owned());
+    if let Some(tier) = ctx.tier.as_deref().filter(|_| needs_tracking) {
+        let masters = ctx.cluster.as_ref().map(|c| (c.map().masters().len() as u64, c.tracked_masters()));
+        match masters {
+            Some((all, tracked)) if tracked < all => reasons
+                .push(format!("tracking is down on {} of {all} masters: their keys are not cached", all - tracked)),
+            None if !tier.tracking_up() => reasons.push("tracking is down: tracked keys are not cached".to_owned()),
+            _ => {}
+        }
     }
     match reasons.is_empty() {
         true => json_reply(StatusCode::OK, json!({"ready": true})),
