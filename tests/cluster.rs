@@ -4,7 +4,12 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
 
 use common::cluster::{Cluster, cli};
 use common::{PATIENCE, Proxy, Raw, call, config_for};
@@ -267,8 +272,6 @@ async fn sessions_run_on_the_node_of_their_keys() {
 /// the last write acknowledged before it was sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resharding_under_load_is_invisible() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let cluster = Cluster::start(3, 0);
     let proxy = Proxy::start(config(&cluster)).await;
     let masters = cluster.masters();
@@ -278,48 +281,9 @@ async fn resharding_under_load_is_invisible() {
     let keys: Vec<String> =
         (0..4000).map(|i| format!("r:{i}")).filter(|k| nearcache::cluster::map::slot_of(k.as_bytes()) < 300).collect();
     assert!(keys.len() >= 40, "{} keys in the moved slots", keys.len());
-    let keys: Arc<Vec<String>> = Arc::new(keys.into_iter().take(40).collect());
-    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..keys.len()).map(|_| AtomicU64::new(0)).collect());
-    let stop = Arc::new(AtomicBool::new(false));
-    let (writes, reads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut tasks = Vec::new();
-    for w in 0..4 {
-        let (keys, acked, stop, writes, addr) = (keys.clone(), acked.clone(), stop.clone(), writes.clone(), proxy.addr);
-        tasks.push(tokio::spawn(async move {
-            let mut raw = Raw::connect(addr).await;
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                for i in (w..keys.len()).step_by(4) {
-                    let reply = call(&mut raw, &["SET", &keys[i], &n.to_string()]).await;
-                    assert_eq!(reply, "+OK\r\n", "write of {}", keys[i]);
-                    acked[i].store(n, Ordering::Release);
-                    writes.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    for r in 0..4 {
-        let (keys, acked, stop, reads, addr) = (keys.clone(), acked.clone(), stop.clone(), reads.clone(), proxy.addr);
-        tasks.push(tokio::spawn(async move {
-            let mut raw = Raw::connect(addr).await;
-            let mut i = r;
-            while !stop.load(Ordering::Relaxed) {
-                i = (i + 7) % keys.len();
-                let floor = acked[i].load(Ordering::Acquire);
-                let reply = call(&mut raw, &["GET", &keys[i]]).await;
-                let value = match reply.as_str() {
-                    "$-1\r\n" => 0,
-                    reply if reply.starts_with('$') => reply.lines().nth(1).unwrap().parse::<u64>().unwrap(),
-                    other => panic!("read of {}: {other:?}", keys[i]),
-                };
-                assert!(value >= floor, "stale read of {}: {value} after {floor} was acknowledged", keys[i]);
-                reads.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let (load, tasks) = Load::start(proxy.addr, keys.into_iter().take(40).collect(), 4, &cluster);
     // Load runs before, during and after the resharding.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.progress(100).await;
     let (from_id, to_id) = (cluster.id_of(from), cluster.id_of(to));
     let seed = cluster.nodes[0].addr();
     let resharded = tokio::task::spawn_blocking(move || {
@@ -342,23 +306,15 @@ async fn resharding_under_load_is_invisible() {
     .unwrap();
     assert!(resharded.is_some(), "redis-cli --cluster reshard failed");
     cluster.wait_agreed();
-    let during = writes.load(Ordering::Relaxed);
-    let deadline = Instant::now() + PATIENCE;
-    while writes.load(Ordering::Relaxed) < during + 200 {
-        assert!(Instant::now() < deadline, "writes stopped after the resharding");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.unwrap();
-    }
+    load.progress(200).await;
+    load.finish(tasks).await;
     assert_eq!(cluster.owner_of_slot(0), to, "slot 0 moved");
     let mut raw = proxy.raw().await;
     let info = call(&mut raw, &["PROXY", "INFO"]).await;
     println!(
         "resharded 300 slots under load: {} writes, {} reads through the proxy; {}",
-        writes.load(Ordering::Relaxed),
-        reads.load(Ordering::Relaxed),
+        load.writes.load(Ordering::Relaxed),
+        load.reads.load(Ordering::Relaxed),
         info.lines().filter(|l| l.starts_with("cluster_")).collect::<Vec<_>>().join(" ")
     );
     proxy.stop().await;
@@ -431,17 +387,6 @@ async fn a_failed_shard_fails_alone() {
     proxy.stop().await;
 }
 
-/// Waits until `more` further writes were acknowledged.
-async fn progress(writes: &std::sync::atomic::AtomicU64, more: u64) {
-    use std::sync::atomic::Ordering;
-    let from = writes.load(Ordering::Relaxed);
-    let deadline = Instant::now() + PATIENCE * 3;
-    while writes.load(Ordering::Relaxed) < from + more {
-        assert!(Instant::now() < deadline, "writes did not go on");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A replica of `master` (its port).
 fn replica_of(cluster: &Cluster, master: u16) -> u16 {
     let id = cluster.id_of(master);
@@ -467,74 +412,10 @@ fn replica_of(cluster: &Cluster, master: u16) -> u16 {
 /// promoted, then succeed again (the breaker of the new master is closed) by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failovers_are_followed() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let mut cluster = Cluster::start(3, 1);
     let proxy = Proxy::start(config(&cluster)).await;
-    let keys: Arc<Vec<String>> = Arc::new((0..24).map(|i| format!("f:{i}")).collect());
-    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..keys.len()).map(|_| AtomicU64::new(0)).collect());
-    let (stop, tolerate) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-    let (writes, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut tasks = Vec::new();
-    for w in 0..3 {
-        let (keys, acked, stop, tolerate, writes, failed) =
-            (keys.clone(), acked.clone(), stop.clone(), tolerate.clone(), writes.clone(), failed.clone());
-        let addr = proxy.addr;
-        tasks.push(tokio::spawn(async move {
-            let mut raw = Raw::connect(addr).await;
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                for i in (w..keys.len()).step_by(3) {
-                    let reply = call(&mut raw, &["SET", &keys[i], &n.to_string()]).await;
-                    assert!(!reply.contains("MOVED") && !reply.contains("ASK "), "{reply}");
-                    if reply == "+OK\r\n" {
-                        acked[i].store(n, Ordering::Release);
-                        writes.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        assert!(tolerate.load(Ordering::Relaxed), "write of {} failed: {reply}", keys[i]);
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                }
-            }
-        }));
-    }
-    let ports: Arc<Vec<u16>> = Arc::new(cluster.nodes.iter().map(|n| n.port).collect());
-    for r in 0..3 {
-        let (keys, acked, stop, tolerate, addr) =
-            (keys.clone(), acked.clone(), stop.clone(), tolerate.clone(), proxy.addr);
-        let ports = ports.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut raw = Raw::connect(addr).await;
-            let mut i = r;
-            while !stop.load(Ordering::Relaxed) {
-                i = (i + 5) % keys.len();
-                let floor = acked[i].load(Ordering::Acquire);
-                let reply = call(&mut raw, &["GET", &keys[i]]).await;
-                assert!(!reply.contains("MOVED") && !reply.contains("ASK "), "{reply}");
-                if tolerate.load(Ordering::Relaxed) {
-                    continue;
-                }
-                let value = match reply.as_str() {
-                    "$-1\r\n" => 0,
-                    reply if reply.starts_with('$') => reply.lines().nth(1).unwrap().parse::<u64>().unwrap(),
-                    other => panic!("read of {}: {other:?}", keys[i]),
-                };
-                if value < floor {
-                    let inspect = call(&mut raw, &["PROXY", "CACHE", "INSPECT", &keys[i]]).await;
-                    let info = call(&mut raw, &["PROXY", "INFO", "cluster"]).await;
-                    let again = call(&mut raw, &["GET", &keys[i]]).await;
-                    let key = keys[i].clone();
-                    let nodes = tokio::task::spawn_blocking(move || {
-                        ports.iter().map(|p| format!("{p}:{}:{}", direct(*p, &["ROLE"]).lines().next().unwrap_or(""), direct(*p, &["GET", &key]))).collect::<Vec<_>>().join(" ")
-                    }).await.unwrap();
-                    panic!("again {again:?} nodes {nodes} stale read of {}: {value} after {floor} was acknowledged; {inspect:?} {info:?}", keys[i]);
-                }
-            }
-        }));
-    }
-    progress(&writes, 100).await;
+    let (load, tasks) = Load::start(proxy.addr, (0..24).map(|i| format!("f:{i}")).collect(), 3, &cluster);
+    load.progress(100).await;
     // Graceful: the replica of slot 0's master takes over.
     let master = cluster.owner_of_slot(0);
     let replica = replica_of(&cluster, master);
@@ -544,14 +425,14 @@ async fn failovers_are_followed() {
         assert!(Instant::now() < deadline, "the failover never completed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    progress(&writes, 300).await;
+    load.progress(300).await;
     let mut raw = proxy.raw().await;
     common::until_reply(&mut raw, &["PROXY", "CLUSTER", "SLOTS"], "the new owner", |r| {
         r.lines().nth(1).is_some_and(|l| l.starts_with("0-") && l.ends_with(&format!(":{replica}")))
     })
     .await;
     // Killed: the shard fails until its replica is promoted, then works again by itself.
-    tolerate.store(true, Ordering::Relaxed);
+    load.tolerate.store(true, Ordering::Relaxed);
     let victim = cluster.owner_of_slot(0);
     let successor = replica_of(&cluster, victim);
     cluster.kill(victim);
@@ -561,13 +442,10 @@ async fn failovers_are_followed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Every key writable again through the proxy.
-    for key in keys.iter() {
+    for key in load.keys.iter() {
         common::until_reply(&mut raw, &["SET", key, "after"], "a write after the failover", |r| r == "+OK\r\n").await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.unwrap();
-    }
+    load.finish(tasks).await;
     let nodes = call(&mut raw, &["PROXY", "CLUSTER", "NODES"]).await;
     assert!(
         nodes.lines().any(|l| l.contains(&format!(":{successor} master")) && l.contains("breaker=closed")),
@@ -575,9 +453,123 @@ async fn failovers_are_followed() {
     );
     println!(
         "failovers: {} writes acknowledged, {} refused while the killed shard had no master; {}",
-        writes.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
+        load.writes.load(Ordering::Relaxed),
+        load.failed.load(Ordering::Relaxed),
         call(&mut raw, &["PROXY", "INFO", "cluster"]).await.replace("\r\n", " ")
     );
     proxy.stop().await;
+}
+
+/// Writers and readers through the proxy. Each writer SETs its keys (every `writers`th) to an
+/// increasing number and records what was acknowledged; each reader checks that no GET returns
+/// less than what was acknowledged for its key before the GET was sent. No client may see MOVED
+/// or ASK, nor any error; while `tolerate` is set (a shard has no master), failed writes are
+/// counted and reads not checked.
+struct Load {
+    keys: Vec<String>,
+    acked: Vec<AtomicU64>,
+    stop: AtomicBool,
+    tolerate: AtomicBool,
+    writes: AtomicU64,
+    failed: AtomicU64,
+    reads: AtomicU64,
+    /// Every node, to show their values when a read is stale.
+    ports: Vec<u16>,
+}
+
+impl Load {
+    /// `writers` writers and as many readers, running until [`Load::finish`].
+    fn start(
+        addr: SocketAddr,
+        keys: Vec<String>,
+        writers: usize,
+        cluster: &Cluster,
+    ) -> (Arc<Load>, Vec<JoinHandle<()>>) {
+        let load = Arc::new(Load {
+            acked: keys.iter().map(|_| AtomicU64::new(0)).collect(),
+            keys,
+            stop: AtomicBool::new(false),
+            tolerate: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            ports: cluster.nodes.iter().map(|n| n.port).collect(),
+        });
+        let mut tasks: Vec<JoinHandle<()>> =
+            (0..writers).map(|w| tokio::spawn(load.clone().write(addr, w, writers))).collect();
+        tasks.extend((0..writers).map(|r| tokio::spawn(load.clone().read(addr, r))));
+        (load, tasks)
+    }
+
+    async fn write(self: Arc<Self>, addr: SocketAddr, first: usize, every: usize) {
+        let mut raw = Raw::connect(addr).await;
+        let mut n = 0u64;
+        while !self.stop.load(Ordering::Relaxed) {
+            n += 1;
+            for i in (first..self.keys.len()).step_by(every) {
+                let reply = call(&mut raw, &["SET", &self.keys[i], &n.to_string()]).await;
+                assert!(!reply.contains("MOVED") && !reply.contains("ASK "), "{reply}");
+                if reply == "+OK\r\n" {
+                    self.acked[i].store(n, Ordering::Release);
+                    self.writes.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    assert!(self.tolerate.load(Ordering::Relaxed), "write of {} failed: {reply}", self.keys[i]);
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+
+    async fn read(self: Arc<Self>, addr: SocketAddr, first: usize) {
+        let mut raw = Raw::connect(addr).await;
+        let mut i = first;
+        while !self.stop.load(Ordering::Relaxed) {
+            i = (i + 7) % self.keys.len();
+            let key = &self.keys[i];
+            let floor = self.acked[i].load(Ordering::Acquire);
+            let reply = call(&mut raw, &["GET", key]).await;
+            assert!(!reply.contains("MOVED") && !reply.contains("ASK "), "{reply}");
+            if self.tolerate.load(Ordering::Relaxed) {
+                continue;
+            }
+            let value = match reply.as_str() {
+                "$-1\r\n" => 0,
+                reply if reply.starts_with('$') => reply.lines().nth(1).unwrap().parse::<u64>().unwrap(),
+                other => panic!("read of {key}: {other:?}"),
+            };
+            if value < floor {
+                let (ports, owned) = (self.ports.clone(), key.clone());
+                let nodes = tokio::task::spawn_blocking(move || {
+                    let node = |p: &u16| {
+                        format!(
+                            "{p}: {} {}",
+                            direct(*p, &["ROLE"]).lines().next().unwrap_or(""),
+                            direct(*p, &["GET", &owned])
+                        )
+                    };
+                    ports.iter().map(node).collect::<Vec<_>>().join("; ")
+                });
+                panic!("stale read of {key}: {value} after {floor} was acknowledged; nodes: {}", nodes.await.unwrap());
+            }
+            self.reads.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until `more` further writes were acknowledged.
+    async fn progress(&self, more: u64) {
+        let from = self.writes.load(Ordering::Relaxed);
+        let deadline = Instant::now() + PATIENCE * 3;
+        while self.writes.load(Ordering::Relaxed) < from + more {
+            assert!(Instant::now() < deadline, "writes did not go on");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn finish(&self, tasks: Vec<JoinHandle<()>>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
 }

@@ -104,6 +104,8 @@ fuzz_target!(|data: &[u8]| {
             seq: at as u64,
             sink: &sink,
             clients: &clients,
+            cluster: false,
+            shard_down: None,
         };
         let (len, route) = match parser.parse(&data[at..]) {
             Ok(Some(Parsed::Command { len, argc })) => {
