@@ -72,7 +72,6 @@ fn routing(c: &mut Criterion) {
                 seq: 0,
                 sink: &sink,
                 clients: &clients,
-                cluster: false,
                 shard_down: None,
             };
             let cmd = CommandView::new(black_box(&get), 2);
@@ -95,7 +94,6 @@ fn routing(c: &mut Criterion) {
         seq: 0,
         sink: &sink,
         clients: &clients,
-        cluster: false,
         shard_down: None,
     };
     let get_command = nearcache::command::lookup(b"GET");
@@ -119,7 +117,6 @@ fn routing(c: &mut Criterion) {
                 seq: 0,
                 sink: &sink,
                 clients: &clients,
-                cluster: false,
                 shard_down: None,
             };
             let cmd = CommandView::new(&get[..len], argc);

@@ -323,10 +323,9 @@ impl Client {
         let first_seq = self.next_seq;
         // In front of a cluster, each node's breaker decides for its keys.
         let upstream_down = self.ctx.cluster.is_none() && self.ctx.upstream.breaker().is_refusing();
-        let cluster = self.ctx.cluster.clone();
-        let shard_down = |key: &[u8]| cluster.as_ref().is_some_and(|c| c.shard_down(key));
         let live = self.ctx.live.load();
         let ctx = Arc::clone(&self.ctx);
+        let shard_down = |key: &[u8]| ctx.cluster.as_ref().is_some_and(|c| c.shard_down(key));
         let admin = |session: &mut Session, cmd: &CommandView<'_>| admin::answer(&ctx, session, cmd);
         while !self.closing && self.held.is_none() && self.outstanding() < self.ctx.max_pending {
             let offset = self.run.as_ref().map_or(0, |run| run.len);
@@ -342,7 +341,6 @@ impl Client {
                 seq: self.next_seq,
                 sink: &self.sink,
                 clients: &self.ctx.clients,
-                cluster: self.ctx.cluster.is_some(),
                 shard_down: self.ctx.cluster.is_some().then_some(&shard_down as _),
             };
             match self.parser.parse(&self.rbuf[offset..]) {

@@ -87,11 +87,9 @@ pub struct Env<'a> {
     pub sink: &'a ReplySink,
     /// Every client of the proxy (CLIENT LIST, CLIENT KILL).
     pub clients: &'a ClientTable,
-    /// In front of a Redis Cluster: an MGET whose keys are in several slots is split per node
-    /// (`cluster.rs`), not by the tier.
-    pub cluster: bool,
-    /// In front of a Redis Cluster: whether the breaker of the node serving a key refuses calls
-    /// (its cached replies may be served stale; `upstream_down` is then false).
+    /// Set in front of a Redis Cluster (and only then): whether the breaker of the node serving
+    /// a key refuses calls (its cached replies may be served stale; `upstream_down` is then
+    /// false).
     pub shard_down: Option<&'a KeyTest<'a>>,
 }
 
@@ -101,6 +99,13 @@ pub type KeyTest<'a> = dyn Fn(&[u8]) -> bool + Sync + 'a;
 impl Env<'_> {
     fn lookup_at(&self, key: &[u8]) -> LookupAt {
         LookupAt { now: self.now, stale_ok: self.down(key) }
+    }
+
+    /// In front of a Redis Cluster: an MGET whose keys are in several slots is split per node
+    /// (`cluster.rs`), not by the tier; SELECT n > 0 is refused; SCRIPT/FUNCTION KILL go to every
+    /// master.
+    pub fn cluster(&self) -> bool {
+        self.shard_down.is_some()
     }
 
     /// Whether the upstream that serves `key` refuses calls (its breaker is open).
@@ -275,7 +280,7 @@ impl Session {
             Class::Hello if redis_login => self.pin_and_route(Pin::new(self.pool_key()), class, cmd, command, env),
             // In front of a cluster: on every master, over the shared connections (a busy
             // Redis answers SCRIPT KILL there; which master runs the script is not known).
-            Class::Interrupt if env.cluster && !is_shutdown(cmd) => Route::Shared(self.pool_key()),
+            Class::Interrupt if env.cluster() && !is_shutdown(cmd) => Route::Shared(self.pool_key()),
             Class::Interrupt => {
                 // A new connection in db 0 (a busy Redis refuses SELECT; these commands do not
                 // depend on the db); a kept one stays in the db it is in.
@@ -379,7 +384,7 @@ impl Session {
     /// only the others go upstream.
     fn route_mget(&mut self, cmd: &CommandView<'_>, tier: &Tier, env: &Env<'_>) -> Route {
         let keys = cmd.argc() - 1;
-        if env.cluster && !crate::cluster::map::one_slot(cmd.args().skip(1)) {
+        if env.cluster() && !crate::cluster::map::one_slot(cmd.args().skip(1)) {
             return Route::Shared(self.pool_key());
         }
         let mut parts = Vec::with_capacity(keys);

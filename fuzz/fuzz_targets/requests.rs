@@ -104,7 +104,6 @@ fuzz_target!(|data: &[u8]| {
             seq: at as u64,
             sink: &sink,
             clients: &clients,
-            cluster: false,
             shard_down: None,
         };
         let (len, route) = match parser.parse(&data[at..]) {

@@ -29,16 +29,22 @@ impl Client {
         let key = self.session.pin_key();
         // Redis Cluster: the node this request's keys are on, and whether the session's
         // connection must move there first.
-        let (upstream, node, reopen_multi) = match self.ctx.cluster.clone() {
-            Some(cluster) => self.pin_node(&cluster, &bytes),
-            None => (Arc::clone(&self.ctx.upstream), None, false),
+        let (node_upstream, node, reopen_multi) = match self.ctx.cluster.clone() {
+            Some(cluster) => {
+                let (upstream, node, reopen) = self.pin_node(&cluster, &bytes);
+                (Some(upstream), node, reopen)
+            }
+            None => (None, None, false),
         };
         if self.pinned.is_none() {
             let identity = self.session.pin_identity().to_vec();
+            let upstream = node_upstream.as_ref().unwrap_or(&self.ctx.upstream);
             // Boxed: connecting (TLS, handshake) is a large future, rare next to the rest.
-            match Box::pin(PinnedConn::open(&upstream, key, identity, stream)).await {
+            match Box::pin(PinnedConn::open(upstream, key, identity, stream)).await {
                 Ok(mut conn) => {
-                    conn.node = node.clone().or_else(|| Some(upstream.addr().into()));
+                    if node_upstream.is_some() {
+                        conn.node = node.clone().or_else(|| Some(upstream.addr().into()));
+                    }
                     self.pinned = Some(conn)
                 }
                 Err(err) => {

@@ -37,7 +37,7 @@ impl Session {
             Local::Select => {
                 arity(argc == 2, "select")?;
                 let db = cmd.arg(1).and_then(parse_int).ok_or(ProxyError::NotInteger)?;
-                if env.cluster && db != 0 {
+                if env.cluster() && db != 0 {
                     return Err(ProxyError::SelectInCluster);
                 }
                 self.db =

@@ -31,7 +31,6 @@ fn route_with(session: &mut Session, args: &[&str], tier: Option<&Tier>, policy:
         seq: 0,
         sink: &sink,
         clients,
-        cluster: false,
         shard_down: None,
     };
     let cmd = CommandView::new(&bytes, args.len());
