@@ -386,14 +386,13 @@ impl Tier {
     /// [`Tier::invalidate`]; true when the key was cached.
     fn remove(&self, key: &[u8], cause: Cause) -> bool {
         // Each write once: by Redis's tracking push when tracking is up (it comes for writes
-        // from anywhere), else when a write through the proxy is sent.
+        // from anywhere of keys read through the proxy), else when a write through the proxy
+        // is sent.
         if matches!(cause, Cause::Tracking | Cause::Admin) || (cause == Cause::Write && !self.tracking_up()) {
             self.hot.invalidations.record(key);
         }
-        match cause {
-            Cause::Write if self.tracking_up() => self.stats.written(key),
-            Cause::Tracking => self.stats.pushed(key),
-            _ => {}
+        if cause == Cause::Tracking {
+            self.stats.pushed(key);
         }
         if let Some(mut state) = self.in_flight.get_mut(key) {
             state.epoch += 1;
@@ -402,6 +401,10 @@ impl Tier {
         // in-flight lock (which this invalidation waits for), and evictions remove from moka
         // first. So an uncached key, the common case for a write, costs no moka call.
         let Some((_, entry)) = self.entries.remove(key) else { return false };
+        if cause == Cause::Write && self.tracking_up() {
+            // Cached, so read through the proxy and tracked: Redis will push its invalidation.
+            self.stats.written(key);
+        }
         if let Some(rule) = &entry.rule {
             inc(&rule.invalidations);
         }

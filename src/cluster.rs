@@ -176,7 +176,7 @@ impl Cluster {
                 }
             }
         }));
-        if let (Some(tier), Tracking::Bcast) = (&self.tier, self.config.cache.tracking) {
+        if let (Some(tier), Tracking::On) = (&self.tier, self.config.cache.tracking) {
             let scope = Arc::new(follow::NodeScope { cluster: self.me.clone(), addr: Arc::clone(&addr) });
             tasks.push(tokio::spawn(tracking::run_for(Arc::clone(&up), Arc::clone(tier), scope)));
         }
@@ -187,7 +187,17 @@ impl Cluster {
         up
     }
 
-    /// Masters whose tracking connection is up (INFO leaves them out of its tracking fields).
+    /// The masters' shared connections with tracking on (INFO leaves them out of its
+    /// `tracking_clients`, which it adds up over the masters).
+    pub fn own_tracking_clients(&self) -> u64 {
+        let map = self.map.load();
+        let masters = map.masters();
+        let upstreams = self.upstreams.load();
+        let tracking = upstreams.iter().filter(|n| masters.iter().any(|m| **m == *n.addr));
+        tracking.filter_map(|n| n.up.tracked.as_ref()).map(|t| t.connections()).sum()
+    }
+
+    /// Masters whose tracking connection is up.
     pub fn tracked_masters(&self) -> u64 {
         let map = self.map.load();
         let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());

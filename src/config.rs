@@ -116,8 +116,9 @@ pub struct Cache {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tracking {
-    /// `CLIENT TRACKING ON BCAST` on a dedicated connection.
-    Bcast,
+    /// Redis tracks the keys the shared connections read and sends their invalidations to a
+    /// dedicated connection (`CLIENT TRACKING ON REDIRECT`).
+    On,
     /// No tracking: only `cache = "ttl"` rules may cache.
     Off,
 }
@@ -179,7 +180,7 @@ impl Default for Cache {
             enabled: true,
             max_memory: ByteSize(256 << 20),
             max_entry_size: ByteSize(1 << 20),
-            tracking: Tracking::Bcast,
+            tracking: Tracking::On,
             serve_stale: Span(Duration::ZERO),
         }
     }

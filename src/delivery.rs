@@ -92,7 +92,7 @@ impl Delivery {
         Some(Box::new(delivery))
     }
 
-    /// The work for INFO while the tier's tracking connection is up (see [`without_own_tracking`]).
+    /// The work for INFO (see [`as_clients_see_it`]).
     pub fn for_info(view: InfoView) -> Box<Delivery> {
         let mut info = Delivery::empty(None);
         info.info = Some(view);
@@ -247,21 +247,22 @@ impl Drop for Delivery {
 /// What INFO's reply must show the proxy's clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InfoView {
-    /// The tier's tracking connections that are up (one; in front of a cluster, one per master
-    /// INFO adds up): left out of the tracking fields.
+    /// The proxy's shared connections with tracking on (in front of a cluster, the masters'
+    /// that INFO adds up): left out of `tracking_clients`.
     pub own_tracking: u64,
     /// The proxy's clients, for `connected_clients` (Redis counts the proxy's connections).
     pub clients: u64,
 }
 
 /// INFO's reply as the proxy's clients see it: `connected_clients` is the proxy's client count
-/// (as CLIENT LIST lists them), and with the tier's tracking connection up (`CLIENT TRACKING ON
-/// BCAST`) one tracking client fewer and one prefix fewer (BCAST without a prefix registers the
-/// empty one). `None` when the reply has none of those fields (another section, an error).
+/// (as CLIENT LIST lists them), and `tracking_clients` leaves out the shared connections Redis
+/// tracks keys for on the tier's behalf. `None` when the reply has none of those fields
+/// (another section, an error).
 ///
-/// # Shared prefix
-/// Should a client also track with BCAST and no prefix, Redis counts the empty prefix once for
-/// both, and `tracking_total_prefixes` shows one fewer than Redis has.
+/// # What is not left out
+/// `tracking_total_keys` and `tracking_total_items` count the keys the tier's reads registered
+/// too: a key read by the proxy and by a tracking client counts once in Redis, and which keys
+/// are the proxy's alone is not known here.
 pub fn as_clients_see_it(frame: &[u8], view: InfoView) -> Option<Bytes> {
     let (&kind, _) = frame.split_first()?;
     if !matches!(kind, b'$' | b'=') {
@@ -269,8 +270,7 @@ pub fn as_clients_see_it(frame: &[u8], view: InfoView) -> Option<Bytes> {
     }
     let header = frame.windows(2).position(|w| w == b"\r\n")? + 2;
     let text = std::str::from_utf8(frame.get(header..frame.len().checked_sub(2)?)?).ok()?;
-    let tracking =
-        view.own_tracking > 0 && (text.contains("\ntracking_clients:") || text.contains("\ntracking_total_prefixes:"));
+    let tracking = view.own_tracking > 0 && text.contains("\ntracking_clients:");
     if !tracking && !text.contains("\nconnected_clients:") {
         return None;
     }
@@ -278,7 +278,7 @@ pub fn as_clients_see_it(frame: &[u8], view: InfoView) -> Option<Bytes> {
         .split("\r\n")
         .map(|line| match line.split_once(':') {
             Some(("connected_clients", _)) => format!("connected_clients:{}", view.clients),
-            Some((field @ ("tracking_clients" | "tracking_total_prefixes"), n)) if view.own_tracking > 0 => {
+            Some((field @ "tracking_clients", n)) if view.own_tracking > 0 => {
                 match n.parse::<u64>() {
                     Ok(n) => format!("{field}:{}", n.saturating_sub(view.own_tracking)),
                     Err(_) => line.to_owned(),

@@ -112,7 +112,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let tracking = match (&tier, cache.tracking) {
         // A cluster's tier tracks each node (`cluster.rs`).
         _ if cluster.is_some() => None,
-        (Some(tier), Tracking::Bcast) => Some(tokio::spawn(tracking::run(Arc::clone(&upstream), Arc::clone(tier)))),
+        (Some(tier), Tracking::On) => Some(tokio::spawn(tracking::run(Arc::clone(&upstream), Arc::clone(tier)))),
         _ => None,
     };
     let ctx = Arc::new(Context {

@@ -1,26 +1,31 @@
 //! The tracking connection: how writes that do not pass through this proxy (other proxies,
 //! direct clients, scripts, expiry, eviction) reach the local tier.
 //!
-//! A dedicated RESP3 connection sends `CLIENT TRACKING ON BCAST` (all keys) and receives
-//! `invalidate` pushes: a key array drops those keys, a null (FLUSHALL/FLUSHDB) clears the tier.
+//! Redis tracks the keys the shared connections read (`CLIENT TRACKING ON REDIRECT`, see
+//! `upstream/tracked.rs`) and sends their invalidations to a dedicated RESP3 connection, as
+//! `invalidate` pushes: a key array drops those keys, a null (FLUSHALL/FLUSHDB) clears the
+//! tier. Only keys read through the proxy since they were last invalidated cost a push, so
+//! writes of keys nobody reads here cost Redis and the proxy nothing more than without a tier.
 //!
 //! # Losing the stream
 //! While the connection is down, invalidations are missed. So the tier is cleared and tracked
 //! rules stop caching ([`Tier::tracking_lost`]) the moment the connection fails, until a new
-//! one has tracking on again. Reads in flight across the loss are refused by the tier's clear
-//! counter.
+//! one is up and every shared connection redirects to it. Losing a shared connection loses
+//! Redis's memory of the keys it read: the tier is distrusted then too (and caches again at
+//! once: the connection's replacement redirects before it reads). Reads in flight across
+//! either are refused by the tier's clear counter.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{info, warn};
+use tokio::io::AsyncReadExt;
+use tracing::{debug, info, warn};
 
 use crate::cache::{Cause, Tier};
 use crate::framing::{CommandView, Limits, Parsed, RequestParser, encode_command};
 use crate::reply::ReplyScanner;
-use crate::upstream::{Backoff, PoolKey, Upstream};
+use crate::upstream::{self, Backoff, PoolKey, Upstream};
 
 /// A connection that lived this long before failing starts the backoff over.
 const STABLE: Duration = Duration::from_secs(2);
@@ -68,53 +73,67 @@ pub async fn run_for(upstream: Arc<Upstream>, tier: Arc<Tier>, scope: Arc<dyn Sc
 
 /// One tracking connection, until it fails: why, and whether tracking had been on.
 async fn track(upstream: &Upstream, tier: &Tier, scope: &dyn Scope) -> (String, bool) {
+    let Some(tracked) = upstream.tracked.as_deref() else { return ("tracking is off".into(), false) };
     let (mut stream, mut switch) = match upstream.connect_watched(PoolKey { db: 0, resp3: true }).await {
         Ok(opened) => opened,
         Err(err) => return (err.to_string(), false),
     };
     let _up = upstream.connection_up();
-    let mut request = BytesMut::new();
-    request.extend_from_slice(&encode_command(&["cLIENT", "SETNAME", "nearcache-tracking"]));
-    request.extend_from_slice(&encode_command(&["cLIENT", "TRACKING", "ON", "BCAST"]));
-    if let Err(e) = stream.write_all(&request).await {
-        return (e.to_string(), false);
-    }
+    // Its id, and whether Redis lets the proxy's user track (checked here, where a refusal
+    // keeps tracking down, rather than on every shared connection).
+    let setup = [
+        encode_command(&["cLIENT", "SETNAME", "nearcache-tracking"]),
+        encode_command(&["cLIENT", "ID"]),
+        encode_command(&["cLIENT", "TRACKING", "ON"]),
+        encode_command(&["cLIENT", "TRACKING", "OFF"]),
+    ];
+    let replies = match upstream::exchange(&mut stream, &setup.concat(), setup.len()).await {
+        Ok(replies) => replies,
+        Err(e) => return (e, false),
+    };
+    let id = std::str::from_utf8(&replies[1]).ok().and_then(|r| r.strip_prefix(':')?.trim_end().parse().ok());
+    let refused = replies.iter().enumerate().find(|(i, r)| *i != 1 && &r[..] != b"+OK\r\n");
+    let (Some(id), None) = (id, refused) else {
+        let reply = refused.map_or(&replies[1], |(_, r)| r);
+        return (format!("CLIENT TRACKING refused: {}", String::from_utf8_lossy(reply).trim_end()), false);
+    };
+    let generation = tracked.redirect_to(id);
+    scope.started();
+    info!(upstream = %upstream.addr(), "tracking on: the local tier caches tracked keys");
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut scanner = ReplyScanner::default();
-    let mut confirmations = 0;
-    loop {
+    let reason: String = 'track: loop {
         while let Some(len) = match scanner.scan(&buf) {
             Ok(found) => found,
-            Err(e) => return (e.to_string(), confirmations == 2),
+            Err(e) => break 'track e.to_string(),
         } {
-            let frame = buf.split_to(len);
-            if confirmations < 2 {
-                if &frame[..] != b"+OK\r\n" {
-                    let refused = String::from_utf8_lossy(&frame).trim_end().to_owned();
-                    return (format!("CLIENT TRACKING refused: {refused}"), false);
-                }
-                confirmations += 1;
-                if confirmations == 2 {
-                    scope.started();
-                    info!(upstream = %upstream.addr(), "tracking on: the local tier caches tracked keys");
-                }
-                continue;
-            }
-            apply(&frame, tier);
+            apply(&buf.split_to(len), tier);
         }
         // A new primary never tracked what is cached: the tier is cleared (by `sentinel.rs`,
         // and again here) and tracking starts over on the new one.
-        let up = confirmations == 2;
         tokio::select! {
             read = stream.read_buf(&mut buf) => match read {
-                Ok(0) => return ("closed by upstream".into(), up),
-                Ok(_) if switch.happened() => return ("the primary changed".into(), up),
+                Ok(0) => break "closed by upstream".into(),
+                Ok(_) if switch.happened() => break "the primary changed".into(),
                 Ok(_) => {}
-                Err(e) => return (e.to_string(), up),
+                Err(e) => break e.to_string(),
             },
-            _ = switch.wait() => return ("the primary changed".into(), up),
+            _ = switch.wait() => break "the primary changed".into(),
+            _ = tracked.lost.notified() => match tracked.take_lost(generation) {
+                (_, true) => break "a shared connection could not redirect its tracking".into(),
+                (true, _) => {
+                    // What the lost connection read is tracked no more: nothing cached can be
+                    // trusted. Its replacement redirects before it reads, so caching goes on.
+                    debug!(upstream = %upstream.addr(), "a tracking shared connection was lost: local tier distrusted");
+                    scope.lost();
+                    scope.started();
+                }
+                _ => {}
+            },
         }
-    }
+    };
+    tracked.down();
+    (reason, true)
 }
 
 /// How an `invalidate` push starts; a null (everything) or an array of keys follows.

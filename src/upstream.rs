@@ -19,10 +19,12 @@ mod recovery;
 mod shared;
 mod spares;
 mod target;
+mod tracked;
 
 pub use handshake::ServerInfo;
 pub use recovery::recover;
 pub use target::{Switch, Target};
+pub use tracked::Tracked;
 
 pub use handshake::{exchange, read_replies};
 
@@ -254,6 +256,8 @@ pub struct Upstream {
     /// A Redis Cluster node's calls on its shared connections (the proxy's total is in
     /// `Metrics::upstream_latency`).
     pub latency: crate::metrics::Histogram,
+    /// With the tier tracking: the shared connections' redirection (see `tracked.rs`).
+    pub tracked: Option<Arc<Tracked>>,
 }
 
 /// A shared pool: the senders of its connection tasks.
@@ -320,10 +324,12 @@ impl Upstream {
         metrics: Arc<Metrics>,
         redirect: Option<std::sync::Weak<dyn Redirect>>,
     ) -> Arc<Upstream> {
+        let tracking = config.cache.enabled && config.cache.tracking == config::Tracking::On;
         let (breaker, config) = (&config.breaker, &config.upstream);
         let user = if config.username.is_empty() { "default".to_owned() } else { config.username.clone() };
         Arc::new(Upstream {
             latency: Default::default(),
+            tracked: tracking.then(Arc::default),
             redirect,
             target: Arc::new(target),
             tls: tls.filter(|_| config.tls),

@@ -8,13 +8,16 @@
 //! an invalidation meanwhile refuses the fill), the key's PTTL read with it. The command is
 //! chosen by the key's TYPE (string: GET, hash: HGETALL, set: SMEMBERS, list: LRANGE 0 -1,
 //! sorted set: ZRANGE 0 -1); the variant filled is the one a RESP2 client in db 0 (as the
-//! first user, when the proxy has users) looks up.
+//! first user, when the proxy has users) looks up. SCAN and TYPE use a connection of the
+//! warm-up's own; the read that fills goes on a shared connection, where Redis tracks it for
+//! the tier like a client's.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis_protocol::resp2::types::{OwnedFrame, Resp2Frame as _};
+use tokio::sync::mpsc;
 
 use crate::cache::Tier;
 use crate::error::ProxyError;
@@ -22,7 +25,8 @@ use crate::framing::encode_command;
 use crate::policy::Policy;
 use crate::proxy::{may_cache, variant_id};
 use crate::transport::Stream;
-use crate::upstream::{PoolKey, Upstream, exchange};
+use crate::reply::ReplyScanner;
+use crate::upstream::{Batch, PoolKey, Upstream, exchange};
 
 /// Keys read per second at most, so a warm-up never competes with clients for Redis.
 pub const KEYS_PER_SECOND: u64 = 2000;
@@ -125,7 +129,7 @@ impl Warmer {
         &self,
         pattern: &[u8],
         limit: Option<u64>,
-        upstream: &Upstream,
+        upstream: &Arc<Upstream>,
         tier: &Tier,
         policy: &Policy,
     ) -> Result<(), String> {
@@ -145,7 +149,7 @@ impl Warmer {
                 }
                 seen += 1;
                 self.update(|p| p.scanned += 1);
-                let outcome = warm_key(&mut stream, key, tier, policy, &mut id).await?;
+                let outcome = warm_key((&mut stream, upstream), key, tier, policy, &mut id).await?;
                 self.update(|p| match outcome {
                     Warmed::Filled => p.warmed += 1,
                     Warmed::Skipped => p.skipped += 1,
@@ -171,7 +175,7 @@ enum Warmed {
 
 /// Reads one key into the tier (see the module's doc).
 async fn warm_key(
-    stream: &mut Stream,
+    (stream, upstream): (&mut Stream, &Arc<Upstream>),
     key: &Bytes,
     tier: &Tier,
     policy: &Policy,
@@ -197,7 +201,7 @@ async fn warm_key(
         return Ok(Warmed::Skipped);
     };
     let ticket = ticket.for_rule(policy.stats(rule.rule));
-    let replies = match ask(stream, &[encode_command(&[&b"pTTL"[..], key]), encode_command(&read)]).await {
+    let replies = match ask_shared(upstream, &[encode_command(&[&b"pTTL"[..], key]), encode_command(&read)]).await {
         Ok(replies) => replies,
         Err(e) => {
             // A client's read that joined this one gets the error, as after any lost read.
@@ -206,6 +210,11 @@ async fn warm_key(
             return Err(e);
         }
     };
+    if replies[0].starts_with(b"-") {
+        // PTTL answers any key: an error is the connection's (lost, breaker open).
+        tier.abort(ticket, replies[0].clone());
+        return Err(String::from_utf8_lossy(&replies[0]).trim_end().to_owned());
+    }
     let pttl = std::str::from_utf8(&replies[0]).ok().and_then(|r| r.strip_prefix(':')?.trim_end().parse().ok());
     Ok(if tier.fill(ticket, replies[1].clone(), pttl) { Warmed::Filled } else { Warmed::Refused })
 }
@@ -213,6 +222,24 @@ async fn warm_key(
 /// Sends requests and reads as many replies.
 async fn ask(stream: &mut Stream, requests: &[Bytes]) -> Result<Vec<Bytes>, String> {
     exchange(stream, &requests.concat(), requests.len()).await
+}
+
+/// Sends requests on a shared connection (db 0, RESP2) and reads as many replies; an error
+/// the connection answers for them (lost, breaker open) is their replies.
+async fn ask_shared(upstream: &Arc<Upstream>, requests: &[Bytes]) -> Result<Vec<Bytes>, String> {
+    let (sink, mut chunks) = mpsc::unbounded_channel();
+    let count = requests.len();
+    upstream.pool(PoolKey::default()).send(0, Batch::plain(Bytes::from(requests.concat()), 0, count as u32, sink));
+    let mut replies = Vec::with_capacity(count);
+    let mut scanner = ReplyScanner::default();
+    while replies.len() < count {
+        let mut bytes = chunks.recv().await.ok_or("the shared connection went away")?.bytes;
+        while !bytes.is_empty() {
+            let len = scanner.scan(&bytes).ok().flatten().ok_or("a reply that cannot be read")?;
+            replies.push(bytes.split_to(len));
+        }
+    }
+    Ok(replies)
 }
 
 /// SCAN's reply: the next cursor and the keys.

@@ -184,6 +184,61 @@ async fn losing_tracking_flushes_the_tier_until_it_is_back() {
     proxy.stop().await;
 }
 
+/// Redis remembers which keys a shared connection read only while that connection lives: when
+/// one is lost, a write elsewhere to a key only it read brings no invalidation. The tier must
+/// not keep serving such a key; several clients share the one upstream connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_shared_connection_drops_what_it_read() {
+    let redis = Redis::start();
+    let mut config = config_for(&redis.addr());
+    config.upstream.connections = 1;
+    let (proxy, mut raw, mut direct) = setup(config).await;
+    let mut others: Vec<Raw> = Vec::new();
+    for c in 0..4 {
+        let mut other = proxy.raw().await;
+        call(&mut direct, &["SET", &format!("o{c}"), "old"]).await;
+        assert_eq!(call(&mut other, &["GET", &format!("o{c}")]).await, "$3\r\nold\r\n");
+        others.push(other);
+    }
+    call(&mut direct, &["SET", "k", "old"]).await;
+    assert_eq!(call(&mut raw, &["GET", "k"]).await, "$3\r\nold\r\n");
+    let before = calls(&mut direct, "get").await;
+    assert_eq!(call(&mut raw, &["GET", "k"]).await, "$3\r\nold\r\n");
+    assert_eq!(calls(&mut direct, "get").await, before, "cached");
+    // The shared connection is the one client with tracking on (flag t), besides clients.
+    let clients = call(&mut direct, &["CLIENT", "LIST"]).await;
+    let shared: Vec<&str> = clients
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f.starts_with("flags=") && f.contains('t')))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert_eq!(shared.len(), 1, "one shared connection tracks: {clients}");
+    assert_eq!(call(&mut direct, &["CLIENT", "KILL", "ID", shared[0]]).await, ":1\r\n");
+    // Written while Redis tracks the key for nobody: no invalidation comes.
+    call(&mut direct, &["SET", "k", "new"]).await;
+    for c in 0..4 {
+        call(&mut direct, &["SET", &format!("o{c}"), "new"]).await;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while call(&mut raw, &["GET", "k"]).await != "$3\r\nnew\r\n" {
+        assert!(Instant::now() < deadline, "the tier kept a key Redis no longer tracks");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (c, other) in others.iter_mut().enumerate() {
+        assert_eq!(call(other, &["GET", &format!("o{c}")]).await, "$3\r\nnew\r\n", "client {c}");
+    }
+    // Caching goes on over the new connection, and its reads are tracked.
+    wait_for_caching(&mut raw, &mut direct).await;
+    assert_eq!(call(&mut raw, &["GET", "k"]).await, "$3\r\nnew\r\n");
+    call(&mut direct, &["SET", "k", "newer"]).await;
+    let deadline = Instant::now() + PATIENCE;
+    while call(&mut raw, &["GET", "k"]).await != "$5\r\nnewer\r\n" {
+        assert!(Instant::now() < deadline, "a write after the new connection read it was missed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_never_outlives_the_key_upstream() {
     let redis = Redis::start();
@@ -306,9 +361,8 @@ async fn a_read_in_flight_when_its_key_is_invalidated_is_not_cached() {
     let mut config = config_for(&fake.addr);
     config.upstream.connections = 1;
     let proxy = Proxy::start(config).await;
-    until("tracking is on", || fake.tracking_on()).await;
     let mut reader = proxy.raw().await;
-    // Tracking is on upstream; wait until the proxy caches (a second GET does not reach it).
+    // Wait until the proxy caches (a second GET does not reach it): tracking is on upstream.
     fake.set("probe", "p");
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -348,15 +402,19 @@ async fn a_read_in_flight_when_its_key_is_invalidated_is_not_cached() {
     proxy.stop().await;
 }
 
-/// INFO through the proxy counts the clients' tracking, not the connection the tier tracks on
-/// (Redis's own suite checks `tracking_clients` and `tracking_total_prefixes`).
+/// INFO through the proxy counts the clients' tracking, not the shared connections Redis
+/// tracks keys on for the tier (Redis's own suite checks `tracking_clients`).
 #[tokio::test]
-async fn info_does_not_count_the_proxys_own_tracking_connection() {
+async fn info_does_not_count_the_proxys_own_tracking_connections() {
     let redis = Redis::start();
     let proxy = Proxy::in_front_of(&redis).await;
     let mut direct = Raw::connect(redis.addr()).await;
     let mut client = proxy.raw().await;
     wait_for_caching(&mut client, &mut direct).await;
+    // More clients: more of the shared connections carry reads, and track.
+    for c in 0..6 {
+        call(&mut proxy.raw().await, &["GET", &format!("k{c}")]).await;
+    }
     let field = |info: &str, name: &str| -> u64 {
         let prefix = format!("{name}:");
         info.lines()
@@ -366,14 +424,15 @@ async fn info_does_not_count_the_proxys_own_tracking_connection() {
             .unwrap()
     };
     let counts = |info: String| (field(&info, "tracking_clients"), field(&info, "tracking_total_prefixes"));
-    assert_eq!(counts(call(&mut direct, &["INFO"]).await), (1, 1), "Redis sees the tier's connection");
+    let (own, _) = counts(call(&mut direct, &["INFO"]).await);
+    assert!(own >= 2, "Redis sees the shared connections track: {own}");
     assert_eq!(counts(call(&mut client, &["INFO"]).await), (0, 0));
-    let stats = call(&mut client, &["INFO", "stats"]).await;
-    assert_eq!(field(&stats, "tracking_total_prefixes"), 0, "one section alone");
+    let clients = call(&mut client, &["INFO", "clients"]).await;
+    assert_eq!(field(&clients, "tracking_clients"), 0, "one section alone");
 
     let mut tracker = proxy.raw().await;
     assert_eq!(call(&mut tracker, &["CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "p:"]).await, "+OK\r\n");
-    assert_eq!(counts(call(&mut direct, &["INFO"]).await), (2, 2));
+    assert_eq!(counts(call(&mut direct, &["INFO"]).await), (own + 1, 1));
     assert_eq!(counts(call(&mut client, &["INFO", "everything"]).await), (1, 1), "as Redis alone would count");
     // Other sections pass untouched.
     assert!(call(&mut client, &["INFO", "server"]).await.contains("redis_version:"));

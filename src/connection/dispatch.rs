@@ -210,8 +210,8 @@ impl Client {
     fn info_view(&self) -> InfoView {
         InfoView {
             own_tracking: match &self.ctx.cluster {
-                Some(cluster) => cluster.tracked_masters(),
-                None => u64::from(self.ctx.tier.as_ref().is_some_and(|tier| tier.tracking_up())),
+                Some(cluster) => cluster.own_tracking_clients(),
+                None => self.ctx.upstream.tracked.as_ref().map_or(0, |tracked| tracked.connections()),
             },
             clients: self.ctx.metrics.clients_connected.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64,
         }

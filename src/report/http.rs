@@ -187,7 +187,7 @@ fn readiness(ctx: &Context) -> Reply {
     let config = &live.config;
     let tracked = config.default.cache == CacheMode::Tracked
         || config.rule.iter().any(|rule| rule.cache == Some(CacheMode::Tracked));
-    let needs_tracking = config.cache.tracking == Tracking::Bcast && tracked;
+    let needs_tracking = config.cache.tracking == Tracking::On && tracked;
     if let Some(tier) = ctx.tier.as_deref().filter(|_| needs_tracking) {
         let masters = ctx.cluster.as_ref().map(|c| (c.map().masters().len() as u64, c.tracked_masters()));
         match masters {

@@ -78,6 +78,13 @@ impl Route {
         (Route { sink, seq, count, done: 0, replies, read: 0, sent_at, unusable: false, work, cluster }, bytes)
     }
 
+    /// The proxy's own command, whose one reply goes to `work` alone.
+    fn hidden(work: Box<dyn ReplyWork>, sent_at: Instant) -> Route {
+        let (sink, _) = mpsc::unbounded_channel();
+        let (count, done, replies, read, unusable, cluster) = (0, 0, 1, 0, false, None);
+        Route { sink, seq: 0, count, done, replies, read, sent_at, unusable, work: Some(work), cluster }
+    }
+
     fn deliver(&mut self, bytes: Bytes, count: u32) {
         let _ = self.sink.send(ReplyChunk { seq: self.seq + u64::from(self.done), count, bytes });
         self.done += count;
@@ -175,10 +182,15 @@ async fn serve(
     let (rd, wr) = stream.into_split();
     let (route_tx, mut routes) = mpsc::unbounded_channel();
     let mut current: Option<Route> = None;
+    // The tracking generation this connection redirected for (see `tracked.rs`).
+    let mut redirected = 0;
     let lost = tokio::select! {
-        done = write_loop(up, wr, batches, &route_tx) => Lost::Error(done.err()?),
+        done = write_loop(up, wr, batches, &route_tx, &mut redirected) => Lost::Error(done.err()?),
         lost = read_loop(up, rd, &mut switch, &mut routes, &mut current, lane) => lost,
     };
+    if let Some(tracked) = &up.tracked {
+        tracked.connection_lost(redirected);
+    }
     // What requests in flight get: a switch is no failure of the upstream for the breaker.
     let err = match &lost {
         Lost::Switched => {
@@ -205,11 +217,19 @@ async fn write_loop(
     mut wr: Writer,
     batches: &mut UnboundedReceiver<Batch>,
     routes: &UnboundedSender<Route>,
+    redirected: &mut u64,
 ) -> Result<(), ProxyError> {
     let mut out: VecDeque<Bytes> = VecDeque::with_capacity(64);
     loop {
         let Some(first) = batches.recv().await else { return Ok(()) };
         let sent_at = Instant::now();
+        if let Some(tracked) = &up.tracked
+            && let Some(redirection) = tracked.redirection(redirected)
+        {
+            // Ahead of every read of this write: Redis tracks them for the tier.
+            let _ = routes.send(Route::hidden(tracked.confirm(*redirected), sent_at));
+            out.push_back(redirection);
+        }
         let mut next = Some(first);
         let mut gathered = 0;
         while let Some(batch) = next {

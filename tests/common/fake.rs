@@ -1,6 +1,7 @@
 //! A scriptable fake upstream, for what Redis cannot do on demand: hold one reply while the
 //! tracking connection delivers an invalidation. It speaks just enough RESP for the proxy:
-//! HELLO, CONFIG, CLIENT SETNAME/TRACKING, PTTL, GET and SET.
+//! HELLO, CONFIG, CLIENT SETNAME/ID/TRACKING (`ON REDIRECT <id>` names where pushes go), PTTL,
+//! GET and SET.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -19,8 +20,10 @@ struct State {
     gets: usize,
     /// Every GET answers after this long.
     delay: std::time::Duration,
-    /// Where to write pushes for the connection that turned tracking on.
+    /// Where to write pushes: the connection a `CLIENT TRACKING ON REDIRECT` named.
     tracking: Option<mpsc::UnboundedSender<Bytes>>,
+    /// Every connection's output, by client id.
+    connections: Vec<mpsc::UnboundedSender<Bytes>>,
 }
 
 pub struct FakeRedis {
@@ -67,10 +70,6 @@ impl FakeRedis {
         self.state.lock().unwrap().gets
     }
 
-    pub fn tracking_on(&self) -> bool {
-        self.state.lock().unwrap().tracking.is_some()
-    }
-
     /// Sends `invalidate [key]` on the tracking connection.
     pub fn invalidate(&self, key: &str) {
         let push = format!(">2\r\n$10\r\ninvalidate\r\n*1\r\n${}\r\n{key}\r\n", key.len());
@@ -88,6 +87,11 @@ impl Drop for FakeRedis {
 async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, release: Arc<Notify>) {
     let (mut rd, mut wr) = stream.into_split();
     let (out, mut outgoing) = mpsc::unbounded_channel::<Bytes>();
+    let id = {
+        let mut state = state.lock().unwrap();
+        state.connections.push(out.clone());
+        state.connections.len() - 1
+    };
     tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
             if wr.write_all(&bytes).await.is_err() {
@@ -101,7 +105,7 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, release: Arc<Notify>
         while let Ok(Some(Parsed::Command { len, argc })) = parser.parse(&buf) {
             let frame = buf.split_to(len);
             let args: Vec<Vec<u8>> = CommandView::new(&frame, argc).args().map(<[u8]>::to_vec).collect();
-            let reply = answer(&args, &state, &out, &release).await;
+            let reply = answer(&args, &state, id, &release).await;
             if out.send(reply).is_err() {
                 return;
             }
@@ -112,7 +116,7 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, release: Arc<Notify>
     }
 }
 
-async fn answer(args: &[Vec<u8>], state: &Mutex<State>, out: &mpsc::UnboundedSender<Bytes>, release: &Notify) -> Bytes {
+async fn answer(args: &[Vec<u8>], state: &Mutex<State>, id: usize, release: &Notify) -> Bytes {
     let name = String::from_utf8_lossy(&args[0]).to_uppercase();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     let bulk = |v: Option<Vec<u8>>| match v {
@@ -122,12 +126,16 @@ async fn answer(args: &[Vec<u8>], state: &Mutex<State>, out: &mpsc::UnboundedSen
     match name.as_str() {
         "HELLO" => Bytes::from_static(b"*2\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n"),
         "CONFIG" => Bytes::from_static(b"*0\r\n"),
-        "CLIENT" => {
-            if String::from_utf8_lossy(&arg(1)).eq_ignore_ascii_case("TRACKING") {
-                state.lock().unwrap().tracking = Some(out.clone());
+        "CLIENT" => match String::from_utf8_lossy(&arg(1)).to_uppercase().as_str() {
+            "ID" => Bytes::from(format!(":{id}\r\n")),
+            "TRACKING" if args.len() == 5 => {
+                let mut state = state.lock().unwrap();
+                let target = String::from_utf8_lossy(&arg(4)).parse::<usize>().unwrap();
+                state.tracking = Some(state.connections[target].clone());
+                Bytes::from_static(b"+OK\r\n")
             }
-            Bytes::from_static(b"+OK\r\n")
-        }
+            _ => Bytes::from_static(b"+OK\r\n"),
+        },
         "PTTL" => Bytes::from_static(b":-1\r\n"),
         "SET" => {
             state.lock().unwrap().values.insert(arg(1), arg(2));
