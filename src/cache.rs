@@ -385,12 +385,6 @@ impl Tier {
 
     /// [`Tier::invalidate`]; true when the key was cached.
     fn remove(&self, key: &[u8], cause: Cause) -> bool {
-        // Each write once: by Redis's tracking push when tracking is up (it comes for writes
-        // from anywhere of keys read through the proxy), else when a write through the proxy
-        // is sent.
-        if matches!(cause, Cause::Tracking | Cause::Admin) || (cause == Cause::Write && !self.tracking_up()) {
-            self.hot.invalidations.record(key);
-        }
         if cause == Cause::Tracking {
             self.stats.pushed(key);
         }
@@ -400,9 +394,16 @@ impl Tier {
         // moka holds a key only if the map does: fills insert into both under the key's
         // in-flight lock (which this invalidation waits for), and evictions remove from moka
         // first. So an uncached key, the common case for a write, costs no moka call.
-        let Some((_, entry)) = self.entries.remove(key) else { return false };
-        if cause == Cause::Write && self.tracking_up() {
-            // Cached, so read through the proxy and tracked: Redis will push its invalidation.
+        let removed = self.entries.remove(key);
+        // A cached key was read through the proxy, so Redis tracks it and will push its
+        // invalidation for this write. Each write counts once in the hot keys: by that push,
+        // else when a write through the proxy is sent.
+        let push_comes = cause == Cause::Write && removed.is_some() && self.tracking_up();
+        if matches!(cause, Cause::Tracking | Cause::Admin) || (cause == Cause::Write && !push_comes) {
+            self.hot.invalidations.record(key);
+        }
+        let Some((_, entry)) = removed else { return false };
+        if push_comes {
             self.stats.written(key);
         }
         if let Some(rule) = &entry.rule {

@@ -368,7 +368,9 @@ fn classify_client(sub: Option<&[u8]>, arg: Option<&[u8]>) -> Class {
         b"KILL" => Class::ClientKill,
         b"SETINFO" => Class::ClientSetInfo,
         b"REPLY" if on_off(arg, b"OFF") || on_off(arg, b"SKIP") => Class::Stream,
-        b"TRACKING" if on_off(arg, b"ON") => Class::Sticky,
+        // The shared connections track keys for the tier (`upstream/tracked.rs`): a client's
+        // tracking commands, even OFF or a question, run on a connection of its own.
+        b"TRACKING" | b"CACHING" | b"GETREDIR" | b"TRACKINGINFO" => Class::Sticky,
         b"NO-EVICT" | b"NO-TOUCH" => Class::Sticky,
         _ => Class::Ordinary,
     }

@@ -36,6 +36,10 @@ fn client_subcommands() {
     assert_eq!(class_of(&["CLIENT", "REPLY", "off"]), Class::Stream);
     assert_eq!(class_of(&["CLIENT", "REPLY", "ON"]), Class::Ordinary);
     assert_eq!(class_of(&["CLIENT", "TRACKING", "on", "BCAST"]), Class::Sticky, "counted, pushes passed on");
+    // Never on a shared connection, where Redis tracks keys for the tier.
+    for sub in [&["CLIENT", "TRACKING", "off"][..], &["CLIENT", "CACHING", "yes"], &["CLIENT", "GETREDIR"], &["CLIENT", "TRACKINGINFO"]] {
+        assert_eq!(class_of(sub), Class::Sticky, "{sub:?}");
+    }
     assert_eq!(class_of(&["CLIENT", "LIST"]), Class::ClientList);
     assert_eq!(class_of(&["client", "kill", "id", "3"]), Class::ClientKill);
     assert_eq!(class_of(&["CLIENT"]), Class::Ordinary);

@@ -273,7 +273,7 @@ impl Session {
             }
             Class::Sticky => {
                 pin.sticky = true;
-                pin.tracking |= is_client_tracking(cmd);
+                pin.tracking |= is_client_tracking_on(cmd);
             }
             Class::Blocking if !pin.in_multi => _ = pin.blocked_at.get_or_insert(env.seq),
             // Queued in a transaction, they apply only if EXEC runs it: only the pinned
@@ -329,10 +329,11 @@ fn login_user(class: Class, cmd: &CommandView<'_>) -> Bytes {
     super::login_of(class, cmd).map(|(user, _)| Bytes::copy_from_slice(user)).unwrap_or_default()
 }
 
-/// `CLIENT TRACKING ...`.
-fn is_client_tracking(cmd: &CommandView<'_>) -> bool {
+/// `CLIENT TRACKING ON ...`.
+fn is_client_tracking_on(cmd: &CommandView<'_>) -> bool {
     cmd.arg(0).is_some_and(|a| a.eq_ignore_ascii_case(b"CLIENT"))
         && cmd.arg(1).is_some_and(|a| a.eq_ignore_ascii_case(b"TRACKING"))
+        && cmd.arg(2).is_some_and(|a| a.eq_ignore_ascii_case(b"ON"))
 }
 
 /// What `HELLO [protover [AUTH user pass] [SETNAME name]]` changes when Redis accepts it.
