@@ -65,7 +65,7 @@ impl Collector for Exporter {
                 ([("cause", "flush")], c.clears),
             ];
             counters(&mut e, "cache_invalidations", "Keys dropped by cause (flush: whole-tier clears)", &causes)?;
-            let help = "From a write's reply to Redis's tracking push for its key (sampled)";
+            let help = "From forwarding a write of a cached key to Redis's tracking push for it (sampled)";
             histogram(&mut e, "invalidation_delay", help, &c.invalidation_delay)?;
             let rule = |r: &RuleSnapshot| r.label.clone();
             let lookups: Vec<_> = c
