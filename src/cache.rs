@@ -55,6 +55,23 @@ const TOUCH_EVERY: Duration = Duration::from_secs(1);
 /// at random per map) costs a few nanoseconds where std's SipHash costs ~20 for a short key.
 pub(crate) type Map<V> = DashMap<Bytes, V, foldhash::fast::RandomState>;
 
+/// How many reads the tier had registered at some moment. A write's keys are invalidated again
+/// when its reply arrives, in case a read of the old value was registered after the first
+/// invalidation and filled meanwhile; when no read at all was registered since the count taken
+/// before that first invalidation, nothing of the keys can be cached or in flight (reads
+/// registered before it were refused by it), and the second one is skipped. The count moves
+/// under the key's lock and before the read is sent: a read not counted by the time the reply
+/// is seen is sent after Redis ran the write, and reads the new value.
+/// (Counted from 1: an `Option` of it is a word.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Registrations(std::num::NonZeroU64);
+
+impl Default for Registrations {
+    fn default() -> Self {
+        Registrations(std::num::NonZeroU64::MIN)
+    }
+}
+
 pub struct Tier {
     /// What hits read.
     entries: Arc<Map<Arc<KeyEntry>>>,
@@ -73,6 +90,8 @@ pub struct Tier {
     in_flight: Map<KeyState>,
     /// Bumped by every [`Tier::clear`].
     clears: AtomicU64,
+    /// Reads registered in flight so far (see [`Registrations`]).
+    registered: AtomicU64,
     /// Tracked rules may cache only while the tracking connection is up.
     tracking_up: AtomicBool,
     max_entry_size: AtomicUsize,
@@ -223,6 +242,7 @@ impl Tier {
             demoted_at: AtomicU64::new(0),
             in_flight: Map::default(),
             clears: AtomicU64::new(0),
+            registered: AtomicU64::new(1),
             tracking_up: AtomicBool::new(tracking_up),
             max_entry_size: AtomicUsize::new(max_entry_size),
             stats,
@@ -326,6 +346,8 @@ impl Tier {
         }
         let id = Bytes::copy_from_slice(id);
         state.flights.push(Flight { id: id.clone(), epoch, clears, waiters: Vec::new() });
+        // Counted under the key's lock, before the read can be sent (see `Registrations`).
+        self.registered.fetch_add(1, Ordering::SeqCst);
         if COUNTED {
             inc(&self.stats.misses);
         }
@@ -376,6 +398,19 @@ impl Tier {
             Lookup::Miss(ticket) => Err(Some(ticket)),
             Lookup::Joined => Err(None),
         }
+    }
+
+    /// The count of reads registered so far: taken before a write's keys are invalidated, it
+    /// tells when that write's reply arrives whether any read was registered since (see
+    /// [`Registrations`]).
+    pub fn registrations(&self) -> Registrations {
+        let count = self.registered.load(Ordering::SeqCst);
+        Registrations(std::num::NonZeroU64::new(count).unwrap_or(std::num::NonZeroU64::MIN))
+    }
+
+    /// Whether a read was registered (anything may have been filled) after `before` was taken.
+    pub fn registered_since(&self, before: Registrations) -> bool {
+        self.registered.load(Ordering::SeqCst) != before.0.get()
     }
 
     /// Drops every variant of `key` and refuses fills of reads already in flight for it.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::cache::{Cause, FillTicket, SplitGet, Tier};
+use crate::cache::{Cause, FillTicket, Registrations, SplitGet, Tier};
 use crate::command::{self, Effect};
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Limits, Parsed, RequestParser, encode_command, parse_int};
@@ -48,6 +48,8 @@ pub struct Delivery {
 
 #[derive(Debug)]
 struct Written {
+    /// The tier's count of registered reads before the first of the writes' invalidations.
+    before: Registrations,
     requests: Bytes,
     /// Where the next unanswered request starts, and how many requests have been answered by
     /// Redis since the last client reply (a shaped request is several).
@@ -78,14 +80,14 @@ impl Delivery {
     pub fn for_batch(
         tier: Option<&Arc<Tier>>,
         requests: &Bytes,
-        writes: bool,
+        writes: Option<Registrations>,
         shaped: Vec<(u32, Shape)>,
     ) -> Option<Box<Delivery>> {
-        let writes = writes && tier.is_some();
-        if !writes && shaped.is_empty() {
+        let writes = writes.filter(|_| tier.is_some());
+        if writes.is_none() && shaped.is_empty() {
             return None;
         }
-        let written = writes.then(|| Written { requests: requests.clone(), at: 0, answered: 0 });
+        let written = writes.map(|before| Written { before, requests: requests.clone(), at: 0, answered: 0 });
         let shaped = shaped.into_iter().map(|(at, shape)| (at, Shaper::new(shape))).collect();
         let mut delivery = Delivery::empty(tier.cloned());
         (delivery.writes, delivery.shaped) = (written, shaped);
@@ -138,9 +140,14 @@ impl Delivery {
     }
 
     /// Redis answered the requests since the last client reply: their written keys are
-    /// invalidated again (a fill that read the old value meanwhile must not stay).
+    /// invalidated again (a fill that read the old value meanwhile must not stay), unless no
+    /// read was registered since their first invalidation (then they wait, uncounted, in case
+    /// one is before a later reply).
     fn invalidate_answered(&mut self) {
         let (Some(written), Some(tier)) = (self.writes.as_mut(), &self.tier) else { return };
+        if !tier.registered_since(written.before) {
+            return;
+        }
         let mut parser = RequestParser::new(Limits::NONE);
         for _ in 0..std::mem::take(&mut written.answered) {
             let rest = &written.requests[written.at..];
@@ -211,7 +218,7 @@ impl ReplyWork for Delivery {
     }
 
     fn for_part(&self, requests: &Bytes) -> Option<Box<dyn ReplyWork>> {
-        Delivery::for_batch(self.tier.as_ref(), requests, self.writes.is_some(), Vec::new())
+        Delivery::for_batch(self.tier.as_ref(), requests, self.writes.as_ref().map(|w| w.before), Vec::new())
             .map(|delivery| delivery as Box<dyn ReplyWork>)
     }
 
@@ -278,12 +285,10 @@ pub fn as_clients_see_it(frame: &[u8], view: InfoView) -> Option<Bytes> {
         .split("\r\n")
         .map(|line| match line.split_once(':') {
             Some(("connected_clients", _)) => format!("connected_clients:{}", view.clients),
-            Some((field @ "tracking_clients", n)) if view.own_tracking > 0 => {
-                match n.parse::<u64>() {
-                    Ok(n) => format!("{field}:{}", n.saturating_sub(view.own_tracking)),
-                    Err(_) => line.to_owned(),
-                }
-            }
+            Some((field @ "tracking_clients", n)) if view.own_tracking > 0 => match n.parse::<u64>() {
+                Ok(n) => format!("{field}:{}", n.saturating_sub(view.own_tracking)),
+                Err(_) => line.to_owned(),
+            },
             _ => line.to_owned(),
         })
         .collect();

@@ -23,7 +23,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::access::{Access, UserId};
-use crate::cache::{Cause, FillTicket, Lookup, LookupAt, SplitGet, Tier, Waiter};
+use crate::cache::{Cause, FillTicket, Lookup, LookupAt, Registrations, SplitGet, Tier, Waiter};
 use crate::client_table::ClientTable;
 use crate::command::{Class, Command, Effect, written_keys};
 use crate::config::CacheMode;
@@ -50,8 +50,9 @@ pub enum Route {
     Info(PoolKey),
     /// A write forwarded on the shared pool: its keys were invalidated, and are invalidated
     /// again when its reply arrives, before the client gets it (read-your-writes). With a
-    /// rewrite, TTL enforcement changed what is sent.
-    Write(PoolKey, Option<Rewrite>),
+    /// rewrite, TTL enforcement changed what is sent. The tier's count of registered reads
+    /// before the first invalidation (see [`Registrations`]).
+    Write(PoolKey, Option<Rewrite>, Registrations),
     /// A cacheable read that missed: forwarded, and its reply fills the tier.
     Fill(PoolKey, FillTicket),
     /// An identical read is in flight: its reply will be delivered for this request too.
@@ -333,18 +334,23 @@ impl Session {
             Err(refused) => return Route::Reply(refused),
         };
         let Some(tier) = env.tier else {
-            return if rewrite.is_some() { Route::Write(pool, rewrite) } else { Route::Shared(pool) };
+            return match rewrite {
+                Some(_) => Route::Write(pool, rewrite, Registrations::default()),
+                None => Route::Shared(pool),
+            };
         };
         match effect {
             Effect::Nothing if shows_clients(command) => Route::Info(pool),
             Effect::Nothing => Route::Shared(pool),
             Effect::Flush => {
+                let before = tier.registrations();
                 tier.clear();
-                Route::Write(pool, None)
+                Route::Write(pool, None, before)
             }
             Effect::Writes(keys) => {
+                let before = tier.registrations();
                 written_keys(cmd, keys).for_each(|key| tier.invalidate(key, Cause::Write));
-                Route::Write(pool, rewrite)
+                Route::Write(pool, rewrite, before)
             }
             Effect::CacheableRead => {
                 let key = cmd.arg(1).unwrap_or_default();

@@ -24,8 +24,8 @@ use crate::error::ProxyError;
 use crate::framing::encode_command;
 use crate::policy::Policy;
 use crate::proxy::{may_cache, variant_id};
-use crate::transport::Stream;
 use crate::reply::ReplyScanner;
+use crate::transport::Stream;
 use crate::upstream::{Batch, PoolKey, Upstream, exchange};
 
 /// Keys read per second at most, so a warm-up never competes with clients for Redis.

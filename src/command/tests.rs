@@ -37,7 +37,12 @@ fn client_subcommands() {
     assert_eq!(class_of(&["CLIENT", "REPLY", "ON"]), Class::Ordinary);
     assert_eq!(class_of(&["CLIENT", "TRACKING", "on", "BCAST"]), Class::Sticky, "counted, pushes passed on");
     // Never on a shared connection, where Redis tracks keys for the tier.
-    for sub in [&["CLIENT", "TRACKING", "off"][..], &["CLIENT", "CACHING", "yes"], &["CLIENT", "GETREDIR"], &["CLIENT", "TRACKINGINFO"]] {
+    for sub in [
+        &["CLIENT", "TRACKING", "off"][..],
+        &["CLIENT", "CACHING", "yes"],
+        &["CLIENT", "GETREDIR"],
+        &["CLIENT", "TRACKINGINFO"],
+    ] {
         assert_eq!(class_of(sub), Class::Sticky, "{sub:?}");
     }
     assert_eq!(class_of(&["CLIENT", "LIST"]), Class::ClientList);

@@ -6,6 +6,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::Client;
+use crate::cache::Registrations;
 use crate::delivery::{Delivery, InfoView};
 use crate::proxy::{Expect, Route};
 use crate::ttl::{Rewrite, Shape};
@@ -30,8 +31,9 @@ pub(super) struct Run {
     seq: u64,
     count: u32,
     pub(super) len: usize,
-    /// Some of them are writes (their keys are invalidated again as replies arrive).
-    writes: bool,
+    /// Some of them are writes (their keys are invalidated again as replies arrive, unless no
+    /// read was registered since the earliest of their first invalidations).
+    writes: Option<Registrations>,
     /// What to send instead of `rbuf[..len]`, once a request of the run is not the client's
     /// bytes (an inline command re-encoded, a write with its TTL added): the run's requests,
     /// copied, in order.
@@ -55,7 +57,7 @@ pub(super) struct TierWork {
     /// A read through the tier (a fill or a split MGET): its work, built when it was routed so
     /// that the read in flight is released whatever happens to the request (dropped held).
     read: Option<Box<Delivery>>,
-    writes: bool,
+    writes: Option<Registrations>,
     /// INFO: its reply leaves out the proxy's own tracking connection.
     info: bool,
     shaped: Vec<(u32, Shape)>,
@@ -113,9 +115,9 @@ impl Client {
             }
             Route::Shared(key) => (Dest::Shared(key), TierWork::default()),
             Route::Info(key) => (Dest::Shared(key), TierWork { info: true, ..TierWork::default() }),
-            Route::Write(key, rewrite) => {
+            Route::Write(key, rewrite, before) => {
                 let shaped = rewritten(rewrite, &mut inline);
-                (Dest::Shared(key), TierWork { writes: true, shaped, ..TierWork::default() })
+                (Dest::Shared(key), TierWork { writes: Some(before), shaped, ..TierWork::default() })
             }
             Route::Fill(key, ticket) => {
                 let read = Delivery::for_read(self.ctx.tier.as_ref(), Some(ticket), None);
@@ -152,7 +154,10 @@ impl Client {
             run.len += len;
             run.shaped.extend(work.shaped.into_iter().map(|(_, shape)| (run.count, shape)));
             run.count += counted;
-            run.writes |= work.writes;
+            run.writes = match (run.writes, work.writes) {
+                (Some(run), Some(this)) => Some(run.min(this)),
+                (run, this) => run.or(this),
+            };
             self.next_seq += u64::from(counted);
             return;
         }
@@ -243,7 +248,7 @@ impl Client {
                 let TierWork { info, shaped, expect, .. } = work;
                 let replies: Option<Box<dyn ReplyWork>> = match info {
                     true => Some(Delivery::for_info(self.info_view())),
-                    false => Delivery::for_batch(None, &bytes, false, shaped).map(|d| d as Box<dyn ReplyWork>),
+                    false => Delivery::for_batch(None, &bytes, None, shaped).map(|d| d as Box<dyn ReplyWork>),
                 };
                 // Boxed: every caller's future (and so every client's task) would hold its
                 // state, the size of a write to the pinned connection, while only pinned

@@ -84,12 +84,34 @@ fn written_keys_are_invalidated_when_their_reply_arrives() {
     tier.fill(ticket, Bytes::from_static(b"$1\r\nv\r\n"), Some(-1));
     let set = encode_command(&["SET", "k", "w"]);
     let requests = [&encode_command(&["GET", "x"])[..], &set[..]].concat().into();
-    let mut batch =
-        Delivery::for_batch(Some(&tier), &requests, true, vec![]).unwrap().into_batch(requests, 0, 2, &sink());
+    let mut batch = Delivery::for_batch(Some(&tier), &requests, Some(Registrations::default()), vec![])
+        .unwrap()
+        .into_batch(requests, 0, 2, &sink());
     assert_eq!(feed(&mut batch, &[b"$-1\r\n"]), vec![Step::Deliver]);
     assert_eq!(tier.inspect(b"k").len(), 1, "GET x's reply: k not yet written");
     assert_eq!(feed(&mut batch, &[b"+OK\r\n"]), vec![Step::Deliver]);
     assert!(tier.inspect(b"k").is_empty(), "SET k answered: k invalidated");
+}
+
+/// The second invalidation is for reads registered after the first one (taken as the write
+/// was routed): with none since, there is nothing it could drop, and it is skipped; a read
+/// registered and filled meanwhile is dropped when the write's reply arrives.
+#[test]
+fn written_keys_are_invalidated_again_only_after_a_read_was_registered() {
+    let tier = tier();
+    let set = encode_command(&["SET", "k", "w"]);
+    let requests: Bytes = [&set[..], &set[..]].concat().into();
+    let before = tier.registrations();
+    let mut batch =
+        Delivery::for_batch(Some(&tier), &requests, Some(before), vec![]).unwrap().into_batch(requests, 0, 2, &sink());
+    assert_eq!(feed(&mut batch, &[b"+OK\r\n"]), vec![Step::Deliver]);
+    assert!(!tier.registered_since(before));
+    // A read of k registered (and filled) after the write was routed, before its second reply.
+    let ticket = miss(&tier, "k");
+    tier.fill(ticket, Bytes::from_static(b"$1\r\nv\r\n"), Some(-1));
+    assert_eq!(tier.inspect(b"k").len(), 1);
+    assert_eq!(feed(&mut batch, &[b"+OK\r\n"]), vec![Step::Deliver]);
+    assert!(tier.inspect(b"k").is_empty(), "the fill after the first invalidation is dropped");
 }
 
 #[test]
@@ -107,7 +129,8 @@ fn a_shaped_request_becomes_one_reply_and_its_commands_are_invalidated_at_the_en
     .concat()
     .into();
     let shaped = vec![(1, Shape::Transaction { extra: 1 })];
-    let mut batch = Delivery::for_batch(Some(&tier), &sent, true, shaped).unwrap().into_batch(sent, 0, 2, &sink());
+    let written = Some(Registrations::default());
+    let mut batch = Delivery::for_batch(Some(&tier), &sent, written, shaped).unwrap().into_batch(sent, 0, 2, &sink());
     assert_eq!((batch.count, batch.replies), (2, 5));
     let steps = feed(&mut batch, &[b"$-1\r\n", b"+OK\r\n", b"+QUEUED\r\n", b"+QUEUED\r\n"]);
     assert_eq!(steps, vec![Step::Deliver, Step::Swallow, Step::Swallow, Step::Swallow]);
@@ -120,8 +143,8 @@ fn a_shaped_request_becomes_one_reply_and_its_commands_are_invalidated_at_the_en
 #[test]
 fn replies_that_need_nothing_get_no_work() {
     let get = encode_command(&["GET", "k"]);
-    assert!(Delivery::for_batch(None, &get, true, vec![]).is_none(), "writes without a tier");
-    assert!(Delivery::for_batch(Some(&tier()), &get, false, vec![]).is_none());
+    assert!(Delivery::for_batch(None, &get, Some(Registrations::default()), vec![]).is_none(), "writes without a tier");
+    assert!(Delivery::for_batch(Some(&tier()), &get, None, vec![]).is_none());
     assert!(Delivery::for_read(Some(&tier()), None, None).is_none());
 }
 

@@ -220,10 +220,11 @@ fn cacheable_reads_go_through_the_tier_by_rule() {
     // Another protocol or db is another variant.
     assert!(matches!(route_with(&mut s, &["HELLO", "3"], Some(&tier), &policy), Route::Reply(_)));
     assert!(matches!(route_with(&mut s, &["GET", "user:1"], Some(&tier), &policy), Route::Fill(..)));
-    // A write invalidates before it is forwarded.
+    // A write invalidates before it is forwarded (with the count of reads registered before).
+    let before = tier.registrations();
     assert_eq!(
         route_with(&mut s, &["SET", "user:1", "w"], Some(&tier), &policy),
-        Route::Write(PoolKey { db: 0, resp3: true }, None)
+        Route::Write(PoolKey { db: 0, resp3: true }, None, before)
     );
     assert!(matches!(route_with(&mut s, &["HELLO", "2"], Some(&tier), &policy), Route::Reply(_)));
     assert!(matches!(route_with(&mut s, &["GET", "user:1"], Some(&tier), &policy), Route::Fill(..)));
@@ -242,7 +243,7 @@ fn ttl_policy() -> Policy {
 
 fn rewrite_of(route: Route) -> Option<Rewrite> {
     match route {
-        Route::Write(_, rewrite) | Route::Pinned { rewrite, .. } => rewrite,
+        Route::Write(_, rewrite, _) | Route::Pinned { rewrite, .. } => rewrite,
         other => panic!("not a write: {other:?}"),
     }
 }
@@ -258,7 +259,7 @@ fn ttl_enforcement_on_the_shared_pool_is_a_transaction_of_its_own() {
     let tier = Tier::new(1 << 20, 1 << 10, true, std::time::Duration::ZERO);
     assert_eq!(
         route_with(&mut s, &["HSET", "x", "f", "v"], Some(&tier), &policy),
-        Route::Write(PoolKey::default(), None)
+        Route::Write(PoolKey::default(), None, tier.registrations())
     );
     let refused = route_with(&mut s, &["PERSIST", "s:1"], None, &policy);
     assert!(matches!(refused, Route::Reply(ref r) if r.starts_with(b"-ERR PERSIST refused")), "{refused:?}");
