@@ -184,13 +184,15 @@ async fn serve(
     let mut current: Option<Route> = None;
     // The tracking generation this connection redirected for (see `tracked.rs`).
     let mut redirected = 0;
-    let lost = tokio::select! {
-        done = write_loop(up, wr, batches, &route_tx, &mut redirected) => Lost::Error(done.err()?),
-        lost = read_loop(up, rd, &mut switch, &mut routes, &mut current, lane) => lost,
+    let ended = tokio::select! {
+        done = write_loop(up, wr, batches, &route_tx, &mut redirected) => done.err().map(Lost::Error),
+        lost = read_loop(up, rd, &mut switch, &mut routes, &mut current, lane) => Some(lost),
     };
+    // Closed for whatever reason (the pool dropped too): Redis forgets the keys it tracked.
     if let Some(tracked) = &up.tracked {
         tracked.connection_lost(redirected);
     }
+    let lost = ended?;
     // What requests in flight get: a switch is no failure of the upstream for the breaker.
     let err = match &lost {
         Lost::Switched => {
@@ -220,19 +222,25 @@ async fn write_loop(
     redirected: &mut u64,
 ) -> Result<(), ProxyError> {
     let mut out: VecDeque<Bytes> = VecDeque::with_capacity(64);
+    let mut gathered: Vec<Batch> = Vec::with_capacity(64);
     loop {
         let Some(first) = batches.recv().await else { return Ok(()) };
         let sent_at = Instant::now();
+        gathered.push(first);
+        while gathered.len() < MAX_BATCHES_PER_WRITE
+            && let Ok(batch) = batches.try_recv()
+        {
+            gathered.push(batch);
+        }
+        // Asked after the last batch was taken: a read that may fill the tier was routed after
+        // the tracking generation it relies on was published, so it is tracked for it.
         if let Some(tracked) = &up.tracked
             && let Some(redirection) = tracked.redirection(redirected)
         {
-            // Ahead of every read of this write: Redis tracks them for the tier.
             let _ = routes.send(Route::hidden(tracked.confirm(*redirected), sent_at));
             out.push_back(redirection);
         }
-        let mut next = Some(first);
-        let mut gathered = 0;
-        while let Some(batch) = next {
+        for batch in gathered.drain(..) {
             // The route is recorded before the bytes can reach Redis, so the reader always
             // finds it when the reply arrives.
             let asking = batch.asking;
@@ -242,8 +250,6 @@ async fn write_loop(
                 out.push_back(Bytes::from_static(b"*1\r\n$6\r\nASKING\r\n"));
             }
             out.push_back(bytes);
-            gathered += 1;
-            next = if gathered < MAX_BATCHES_PER_WRITE { batches.try_recv().ok() } else { None };
         }
         writev::write_all(&mut wr, &mut out).await.map_err(|e| lost_error(up, e))?;
     }
