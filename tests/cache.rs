@@ -239,6 +239,92 @@ async fn losing_a_shared_connection_drops_what_it_read() {
     proxy.stop().await;
 }
 
+/// Each time the tracking connection comes back (a new id), the shared connection sends its
+/// redirection ahead of the next write, in the middle of other clients' pipelines, and swallows
+/// its reply. Six clients pipeline on ONE shared connection while the tracking connection is
+/// killed again and again: every client gets exactly its own replies, in order, and the shared
+/// connection ends up redirecting to the live tracking connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirections_among_many_clients_on_one_connection_reach_no_client() {
+    let redis = Redis::start();
+    let mut config = config_for(&redis.addr());
+    config.upstream.connections = 1;
+    let (proxy, _raw, mut direct) = setup(config).await;
+    let tracking_id = |list: &str| {
+        list.lines()
+            .find(|l| l.contains("name=nearcache-tracking"))
+            .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_owned)
+    };
+    // Five times: the tracking connection is killed, and comes back with a new id.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = tokio::spawn({
+        let (addr, done) = (redis.addr(), std::sync::Arc::clone(&done));
+        async move {
+            let mut direct = Raw::connect(addr).await;
+            let deadline = Instant::now() + PATIENCE;
+            let mut killed: Vec<String> = Vec::new();
+            while killed.len() < 5 {
+                assert!(Instant::now() < deadline, "tracking connections killed: {killed:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let Some(id) = tracking_id(&call(&mut direct, &["CLIENT", "LIST"]).await) else { continue };
+                if !killed.contains(&id) && call(&mut direct, &["CLIENT", "KILL", "ID", &id]).await == ":1\r\n" {
+                    killed.push(id);
+                }
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let mut clients = Vec::new();
+    for c in 0..6 {
+        let mut raw = proxy.raw().await;
+        let done = std::sync::Arc::clone(&done);
+        clients.push(tokio::spawn(async move {
+            let mut round = 0;
+            while round < 100 || !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let (key, value) = (format!("r{c}"), format!("{c}-{round}"));
+                let mut pipeline = Vec::new();
+                for args in [&["SET", &key, &value][..], &["GET", &key], &["GET", "shared"], &["GET", &key]] {
+                    pipeline.extend_from_slice(&nearcache::framing::encode_command(args));
+                }
+                raw.send(&pipeline).await;
+                let expected = format!("${}\r\n{value}\r\n", value.len());
+                assert_eq!(raw.reply().await, "+OK\r\n", "client {c} round {round}");
+                assert_eq!(raw.reply().await, expected, "client {c} round {round}");
+                let shared = raw.reply().await;
+                assert!(shared == "$-1\r\n" || shared == "$1\r\ns\r\n", "client {c} round {round}: {shared:?}");
+                assert_eq!(raw.reply().await, expected, "client {c} round {round}");
+                round += 1;
+            }
+            round
+        }));
+    }
+    call(&mut direct, &["SET", "shared", "s"]).await;
+    killer.await.unwrap();
+    for client in clients {
+        assert!(client.await.unwrap() >= 100);
+    }
+    // The shared connection follows the live tracking connection (after a read through it).
+    let mut client = proxy.raw().await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        call(&mut client, &["GET", "r0"]).await;
+        let list = call(&mut direct, &["CLIENT", "LIST"]).await;
+        let live = tracking_id(&list);
+        let redirecting: Vec<&str> = list
+            .lines()
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("redir=")))
+            .filter(|r| *r != "-1")
+            .collect();
+        if live.as_deref().is_some_and(|id| redirecting == [id]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shared connection does not redirect to {live:?}: {list}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_never_outlives_the_key_upstream() {
     let redis = Redis::start();
