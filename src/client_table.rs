@@ -32,6 +32,8 @@ pub struct Listed {
     fd: i64,
     since: Instant,
     row: std::sync::Mutex<Row>,
+    /// Replies waiting while the client does not read them (`oll`).
+    unwritten: std::sync::atomic::AtomicUsize,
     /// Where the client's task receives its replies: [`Listed::kill`] sends [`KILLED`] there,
     /// so that being killable costs the task no extra future to poll.
     sink: ReplySink,
@@ -65,9 +67,8 @@ pub struct Row {
     pub pubsub: bool,
     /// Channels, patterns, shard channels.
     pub subscriptions: [u32; 3],
-    /// Bytes read and not yet answered, and replies waiting to be written.
+    /// Bytes read and not yet answered.
     pub qbuf: usize,
-    pub pending: usize,
 }
 
 impl Default for Row {
@@ -88,7 +89,6 @@ impl Default for Row {
             pubsub: false,
             subscriptions: [0; 3],
             qbuf: 0,
-            pending: 0,
         }
     }
 }
@@ -120,7 +120,16 @@ impl ClientTable {
         fd: i64,
         sink: ReplySink,
     ) -> Registration {
-        let listed = Arc::new(Listed { number, addr, laddr, fd, since: Instant::now(), row: Default::default(), sink });
+        let listed = Arc::new(Listed {
+            number,
+            addr,
+            laddr,
+            fd,
+            since: Instant::now(),
+            row: Default::default(),
+            unwritten: Default::default(),
+            sink,
+        });
         self.clients.insert(number, Arc::clone(&listed));
         Registration { table: Arc::clone(self), listed }
     }
@@ -155,6 +164,11 @@ impl Listed {
 
     pub fn publish(&self, update: impl FnOnce(&mut Row)) {
         update(&mut self.lock());
+    }
+
+    /// Replies waiting because the client does not read them (0 once they are written).
+    pub fn set_unwritten(&self, replies: usize) {
+        self.unwritten.store(replies, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn row(&self) -> Row {
@@ -223,7 +237,7 @@ impl Listed {
             row.multi,
             row.qbuf,
             (16 * 1024usize).saturating_sub(row.qbuf),
-            row.pending,
+            self.unwritten.load(std::sync::atomic::Ordering::Relaxed),
             16 * 1024 + row.qbuf,
             cmd,
             row.user,

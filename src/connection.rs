@@ -235,18 +235,24 @@ impl Client {
     /// Writes the replies in order; a client that does not take them within
     /// `listen.write_timeout` is dropped.
     async fn write_replies(&mut self) -> io::Result<()> {
+        let queued = self.replies.ready.len();
         let mut write = std::pin::pin!(writev::write_all(&mut self.wr, &mut self.replies.ready));
         // Most writes complete at once: only one that has to wait gets a timer (and a clock read).
         if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
             return done;
         }
-        match self.ctx.timeouts.write {
+        // The client is not reading: its replies wait (CLIENT LIST's `oll`, as Redis counts them).
+        let listed = &self.listed.listed;
+        listed.set_unwritten(queued);
+        let done = match self.ctx.timeouts.write {
             None => write.await,
             // Boxed: a timer is a large future, needed only by a write that has to wait.
             Some(limit) => Box::pin(tokio::time::timeout(limit, write))
                 .await
                 .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "client did not read its replies"))),
-        }
+        };
+        listed.set_unwritten(0);
+        done
     }
 
     /// The next idle or request deadline, if one applies now.
@@ -394,10 +400,10 @@ impl Client {
         }
         let live = self.ctx.live.load();
         let user = self.session.user_name(&live.access);
-        let (qbuf, pending) = (self.rbuf.len(), self.outstanding());
+        let qbuf = self.rbuf.len();
         self.listed.listed.publish(|row| {
             self.session.fill_row(row, user);
-            (row.qbuf, row.pending) = (qbuf, pending);
+            row.qbuf = qbuf;
             if let Some(at) = commands_at {
                 row.last = at;
             }

@@ -204,6 +204,12 @@ async fn idle_counts_from_each_clients_last_command() {
     assert!(number(&quiet_line, "idle") >= 1, "{quiet_line}");
     assert!(number(&late_line, "age") >= 1 && number(&late_line, "idle") == 0, "{late_line}");
     assert_eq!(number(&busy_line, "idle"), 0, "{busy_line}");
+    // Like Redis's `oll`: a client that read every reply has none waiting (its last command
+    // forwarded to Redis, then CLIENT LIST: Redis's own suite expects oll=0 there).
+    call(&mut late, &["PING", "hello", "redis"]).await;
+    let own = call(&mut late, &["CLIENT", "LIST"]).await;
+    let own_line = lines(&own).into_iter().find(|l| field(l, "addr") == local_addr(&late)).unwrap();
+    assert_eq!(number(&own_line, "oll"), 0, "{own_line}");
 }
 
 /// CLIENT INFO, CLIENT LIST and INFO pipelined among reads and writes of several clients on
