@@ -164,12 +164,7 @@ async fn losing_tracking_flushes_the_tier_until_it_is_back() {
     assert_eq!(call(&mut raw, &["GET", "k"]).await, "$3\r\nold\r\n");
     // Kill the tracking connection, then write while no invalidation can arrive.
     let clients = call(&mut direct, &["CLIENT", "LIST"]).await;
-    let id = clients
-        .lines()
-        .find(|l| l.contains("name=nearcache-tracking"))
-        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-        .expect("the tracking connection is named")
-        .to_owned();
+    let id = tracking_id(&clients).expect("the tracking connection is named").to_owned();
     assert_eq!(call(&mut direct, &["CLIENT", "KILL", "ID", &id]).await, ":1\r\n");
     call(&mut direct, &["SET", "k", "new"]).await;
     let deadline = Instant::now() + Duration::from_secs(1);
@@ -207,11 +202,7 @@ async fn losing_a_shared_connection_drops_what_it_read() {
     assert_eq!(calls(&mut direct, "get").await, before, "cached");
     // The shared connection is the one client with tracking on (flag t), besides clients.
     let clients = call(&mut direct, &["CLIENT", "LIST"]).await;
-    let shared: Vec<&str> = clients
-        .lines()
-        .filter(|l| l.split(' ').any(|f| f.starts_with("flags=") && f.contains('t')))
-        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-        .collect();
+    let shared = client_ids(&clients, |l| client_field(l, "flags").is_some_and(|f| f.contains('t')));
     assert_eq!(shared.len(), 1, "one shared connection tracks: {clients}");
     assert_eq!(call(&mut direct, &["CLIENT", "KILL", "ID", shared[0]]).await, ":1\r\n");
     // Written while Redis tracks the key for nobody: no invalidation comes.
@@ -219,11 +210,7 @@ async fn losing_a_shared_connection_drops_what_it_read() {
     for c in 0..4 {
         call(&mut direct, &["SET", &format!("o{c}"), "new"]).await;
     }
-    let deadline = Instant::now() + PATIENCE;
-    while call(&mut raw, &["GET", "k"]).await != "$3\r\nnew\r\n" {
-        assert!(Instant::now() < deadline, "the tier kept a key Redis no longer tracks");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_read(&mut raw, "k", "new", "the tier kept a key Redis no longer tracks").await;
     for (c, other) in others.iter_mut().enumerate() {
         assert_eq!(call(other, &["GET", &format!("o{c}")]).await, "$3\r\nnew\r\n", "client {c}");
     }
@@ -231,11 +218,7 @@ async fn losing_a_shared_connection_drops_what_it_read() {
     wait_for_caching(&mut raw, &mut direct).await;
     assert_eq!(call(&mut raw, &["GET", "k"]).await, "$3\r\nnew\r\n");
     call(&mut direct, &["SET", "k", "newer"]).await;
-    let deadline = Instant::now() + PATIENCE;
-    while call(&mut raw, &["GET", "k"]).await != "$5\r\nnewer\r\n" {
-        assert!(Instant::now() < deadline, "a write after the new connection read it was missed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_read(&mut raw, "k", "newer", "a write after the new connection read it was missed").await;
     proxy.stop().await;
 }
 
@@ -250,12 +233,6 @@ async fn redirections_among_many_clients_on_one_connection_reach_no_client() {
     let mut config = config_for(&redis.addr());
     config.upstream.connections = 1;
     let (proxy, _raw, mut direct) = setup(config).await;
-    let tracking_id = |list: &str| {
-        list.lines()
-            .find(|l| l.contains("name=nearcache-tracking"))
-            .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-            .map(str::to_owned)
-    };
     // Five times: the tracking connection is killed, and comes back with a new id.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let killer = tokio::spawn({
@@ -267,7 +244,8 @@ async fn redirections_among_many_clients_on_one_connection_reach_no_client() {
             while killed.len() < 5 {
                 assert!(Instant::now() < deadline, "tracking connections killed: {killed:?}");
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                let Some(id) = tracking_id(&call(&mut direct, &["CLIENT", "LIST"]).await) else { continue };
+                let list = call(&mut direct, &["CLIENT", "LIST"]).await;
+                let Some(id) = tracking_id(&list).map(str::to_owned) else { continue };
                 if !killed.contains(&id) && call(&mut direct, &["CLIENT", "KILL", "ID", &id]).await == ":1\r\n" {
                     killed.push(id);
                 }
@@ -311,12 +289,9 @@ async fn redirections_among_many_clients_on_one_connection_reach_no_client() {
         call(&mut client, &["GET", "r0"]).await;
         let list = call(&mut direct, &["CLIENT", "LIST"]).await;
         let live = tracking_id(&list);
-        let redirecting: Vec<&str> = list
-            .lines()
-            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("redir=")))
-            .filter(|r| *r != "-1")
-            .collect();
-        if live.as_deref().is_some_and(|id| redirecting == [id]) {
+        let redirecting: Vec<&str> =
+            list.lines().filter_map(|l| client_field(l, "redir")).filter(|r| *r != "-1").collect();
+        if live.is_some_and(|id| redirecting == [id]) {
             break;
         }
         assert!(Instant::now() < deadline, "the shared connection does not redirect to {live:?}: {list}");
@@ -430,6 +405,31 @@ async fn mget_is_answered_per_key_from_the_tier() {
     assert_eq!(call(&mut resp3, &["MGET", "a", "nope"]).await, "*2\r\n$2\r\n11\r\n_\r\n");
     assert_eq!(call(&mut resp3, &["MGET", "a", "nope"]).await, "*2\r\n$2\r\n11\r\n_\r\n");
     proxy.stop().await;
+}
+
+/// One field of a CLIENT LIST line (`id`, `redir`, ...).
+fn client_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split(' ').find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// The ids of the clients in a CLIENT LIST reply whose line matches.
+fn client_ids(list: &str, matches: impl Fn(&str) -> bool) -> Vec<&str> {
+    list.lines().filter(|l| matches(l)).filter_map(|l| client_field(l, "id")).collect()
+}
+
+/// The tier's tracking connection, by its name in CLIENT LIST.
+fn tracking_id(list: &str) -> Option<&str> {
+    client_ids(list, |l| l.contains("name=nearcache-tracking")).first().copied()
+}
+
+/// GETs `key` through `raw` until it reads `value`, failing with `why` after `PATIENCE`.
+async fn until_read(raw: &mut Raw, key: &str, value: &str, why: &str) {
+    let expected = format!("${}\r\n{value}\r\n", value.len());
+    let deadline = Instant::now() + PATIENCE;
+    while call(raw, &["GET", key]).await != expected {
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Polls `done` until true, failing after `PATIENCE`.
