@@ -102,6 +102,8 @@ pub struct Client {
     held: Option<Held>,
     last_dest: Option<Dest>,
     pool: Option<(PoolKey, Arc<Pool>)>,
+    /// The shared connection (of the pool) its last batch went to (see `Pool::lane`).
+    lane: usize,
     pinned: Option<PinnedConn>,
     /// Its row in the proxy's client table (CLIENT LIST, CLIENT KILL), while it is served.
     listed: Registration,
@@ -162,6 +164,7 @@ pub async fn serve(
         held: None,
         last_dest: None,
         pool: None,
+        lane: 0,
         pinned: None,
         listed,
         closing,

@@ -15,6 +15,7 @@
 
 mod commands;
 mod handshake;
+mod lanes;
 mod recovery;
 mod shared;
 mod spares;
@@ -264,10 +265,17 @@ pub struct Upstream {
 pub struct Pool {
     target: Arc<Target>,
     breaker: Arc<Breaker>,
-    conns: Box<[mpsc::UnboundedSender<Batch>]>,
+    conns: Box<[lanes::Lane]>,
 }
 
 impl Pool {
+    /// The connection for a client's next batch: `current`, the one its last batch went to,
+    /// while any of its requests is unanswered; else the first one not already holding a
+    /// full read's worth for Redis (see `lanes.rs`).
+    pub fn lane(&self, current: usize, in_flight: bool) -> usize {
+        lanes::choose(&self.conns, current, in_flight)
+    }
+
     /// Sends a batch on connection `slot` (modulo the pool size), unless the circuit breaker
     /// refuses it: then it is answered at once.
     pub fn send(&self, slot: usize, batch: Batch) {
@@ -428,9 +436,9 @@ impl Upstream {
             self.refill_spares(key);
             let conns = (0..self.connections)
                 .map(|slot| {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    tokio::spawn(shared::run(Arc::clone(self), key, slot, rx));
-                    tx
+                    let (lane, queue) = lanes::lane();
+                    tokio::spawn(shared::run(Arc::clone(self), key, slot, queue));
+                    lane
                 })
                 .collect();
             Arc::new(Pool { target: Arc::clone(&self.target), breaker: Arc::clone(&self.breaker), conns })

@@ -497,7 +497,6 @@ async fn info_does_not_count_the_proxys_own_tracking_connections() {
     let mut direct = Raw::connect(redis.addr()).await;
     let mut client = proxy.raw().await;
     wait_for_caching(&mut client, &mut direct).await;
-    // More clients: more of the shared connections carry reads, and track.
     for c in 0..6 {
         call(&mut proxy.raw().await, &["GET", &format!("k{c}")]).await;
     }
@@ -511,7 +510,7 @@ async fn info_does_not_count_the_proxys_own_tracking_connections() {
     };
     let counts = |info: String| (field(&info, "tracking_clients"), field(&info, "tracking_total_prefixes"));
     let (own, _) = counts(call(&mut direct, &["INFO"]).await);
-    assert!(own >= 2, "Redis sees the shared connections track: {own}");
+    assert!(own >= 1, "Redis sees the shared connections track: {own}");
     assert_eq!(counts(call(&mut client, &["INFO"]).await), (0, 0));
     let clients = call(&mut client, &["INFO", "clients"]).await;
     assert_eq!(field(&clients, "tracking_clients"), 0, "one section alone");

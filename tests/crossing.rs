@@ -215,3 +215,46 @@ async fn replies_never_cross_between_clients_sharing_one_upstream_connection() {
 async fn replies_never_cross_with_the_tier_off() {
     run(false).await;
 }
+
+/// A client with nothing in flight may move to another shared connection (the first not already
+/// holding a full read for Redis); one with requests unanswered must not, or Redis could run
+/// its later requests first. Eight clients each send pipelines of 1 KiB APPENDs (several
+/// batches each, filling connections past the point where idle clients move on): every key
+/// ends up with its chunks in the order sent, and every reply is the length after its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_pipeline_runs_in_order_across_several_connections() {
+    const APPENDS: usize = 120;
+    let redis = Redis::start();
+    let mut config = config_for(&redis.addr());
+    config.upstream.connections = 4;
+    let proxy = Proxy::start(config).await;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let url = proxy.url();
+            tokio::spawn(async move {
+                let mut con = common::multiplexed(&url).await.unwrap();
+                for round in 0..6 {
+                    let key = format!("order:{c}:{round}");
+                    let mut pipe = redis::pipe();
+                    let chunks: Vec<String> = (0..APPENDS).map(|i| format!("{i:05}{}", ".".repeat(1019))).collect();
+                    for chunk in &chunks {
+                        pipe.cmd("APPEND").arg(&key).arg(chunk);
+                    }
+                    pipe.cmd("GET").arg(&key);
+                    let (lengths, value): (Vec<usize>, String) = {
+                        let mut replies: Vec<redis::Value> = pipe.query_async(&mut con).await.unwrap();
+                        let value = redis::from_redis_value(replies.pop().unwrap()).unwrap();
+                        (replies.into_iter().map(|v| redis::from_redis_value(v).unwrap()).collect(), value)
+                    };
+                    let expected: Vec<usize> = (1..=APPENDS).map(|i| i * 1024).collect();
+                    assert_eq!(lengths, expected, "client {c} round {round}: APPEND replies out of order");
+                    assert!(value == chunks.concat(), "client {c} round {round}: chunks appended out of order");
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    proxy.stop().await;
+}

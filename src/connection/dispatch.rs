@@ -226,7 +226,6 @@ impl Client {
         self.last_dest = Some(dest);
         match dest {
             Dest::Shared(key) => {
-                let slot = self.session.id() as usize;
                 let TierWork { read, writes, info, shaped, .. } = work;
                 let tier = self.ctx.tier.as_ref();
                 let work = match (read, info) {
@@ -239,8 +238,15 @@ impl Client {
                     None => Batch::plain(bytes, seq, count, self.sink.clone()),
                 };
                 match &self.ctx.cluster {
-                    Some(cluster) => cluster.send(key, slot, batch),
-                    None => self.pool(key).send(slot, batch),
+                    Some(cluster) => cluster.send(key, self.session.id() as usize, batch),
+                    None => {
+                        // Every earlier reply arrived: Redis ran them all, any connection keeps the order.
+                        let in_flight = self.replies.next != seq;
+                        let (current, pool) = (self.lane, self.pool(key));
+                        let lane = pool.lane(current, in_flight);
+                        pool.send(lane, batch);
+                        self.lane = lane;
+                    }
                 }
             }
             Dest::Pinned { stream } => {

@@ -1,7 +1,9 @@
 //! One shared, pipelined upstream connection: a task that owns the socket, reconnects with
 //! backoff, and routes each reply to the client that asked.
 //!
-//! The writer takes every batch waiting in the channel and sends them with one vectored write;
+//! The writer, woken by a batch, first lets every other runnable task and those the next poll
+//! of the sockets wakes run (so the clients of one wave join one write), then takes every
+//! batch waiting in the channel and sends them with one vectored write;
 //! before writing it records a [`Route`] per batch in FIFO order. The reader scans reply
 //! boundaries, matches them to routes in the same order (Redis answers a connection's requests
 //! in order), gives each reply to its batch's work if it has some ([`Step`]: deliver, replace,
@@ -25,6 +27,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
+use super::lanes::Queue;
 use super::{
     Backoff, Batch, MAX_HOPS, PoolKey, Redirection, ReplyChunk, ReplySink, ReplyWork, Resend, Step, Switch, Upstream,
 };
@@ -103,7 +106,7 @@ impl Route {
 }
 
 /// The connection task: runs until the pool is dropped and its channel drained.
-pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batches: UnboundedReceiver<Batch>) {
+pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batches: Queue) {
     let mut backoff = Backoff::default();
     let mut failures = 0u32;
     loop {
@@ -141,7 +144,7 @@ pub(super) async fn run(up: Arc<Upstream>, key: PoolKey, slot: usize, mut batche
 }
 
 /// Answers every batch that arrives during `wait` with `err`. False once the pool is gone.
-async fn refuse_for(up: &Upstream, batches: &mut UnboundedReceiver<Batch>, wait: Duration, err: &ProxyError) -> bool {
+async fn refuse_for(up: &Upstream, batches: &mut Queue, wait: Duration, err: &ProxyError) -> bool {
     let until = sleep(wait);
     tokio::pin!(until);
     loop {
@@ -176,7 +179,7 @@ async fn serve(
     up: &Upstream,
     stream: Stream,
     mut switch: Switch,
-    batches: &mut UnboundedReceiver<Batch>,
+    batches: &mut Queue,
     lane: (PoolKey, usize),
 ) -> Option<Lost> {
     let (rd, wr) = stream.into_split();
@@ -184,8 +187,10 @@ async fn serve(
     let mut current: Option<Route> = None;
     // The tracking generation this connection redirected for (see `tracked.rs`).
     let mut redirected = 0;
+    // Taken from the channel and not yet routed (the writer waits a turn before writing them).
+    let mut gathered: Vec<Batch> = Vec::with_capacity(64);
     let ended = tokio::select! {
-        done = write_loop(up, wr, batches, &route_tx, &mut redirected) => done.err().map(Lost::Error),
+        done = write_loop(up, wr, batches, &mut gathered, &route_tx, &mut redirected) => done.err().map(Lost::Error),
         lost = read_loop(up, rd, &mut switch, &mut routes, &mut current, lane) => Some(lost),
     };
     // Closed for whatever reason (the pool dropped too): Redis forgets the keys it tracked.
@@ -206,6 +211,9 @@ async fn serve(
         }
         route.fail(&err);
     }
+    for batch in gathered {
+        batch.fail(&err);
+    }
     Some(lost)
 }
 
@@ -217,18 +225,22 @@ fn lost_error(up: &Upstream, reason: impl ToString) -> ProxyError {
 async fn write_loop(
     up: &Upstream,
     mut wr: Writer,
-    batches: &mut UnboundedReceiver<Batch>,
+    batches: &mut Queue,
+    gathered: &mut Vec<Batch>,
     routes: &UnboundedSender<Route>,
     redirected: &mut u64,
 ) -> Result<(), ProxyError> {
     let mut out: VecDeque<Bytes> = VecDeque::with_capacity(64);
-    let mut gathered: Vec<Batch> = Vec::with_capacity(64);
     loop {
         let Some(first) = batches.recv().await else { return Ok(()) };
-        let sent_at = Instant::now();
         gathered.push(first);
+        // Wait for the tasks already runnable and those the next poll of the sockets wakes (the
+        // scheduler runs a yielded task after both): every client whose request is ready by then
+        // joins this write, so Redis reads one socket once for all of them.
+        tokio::task::yield_now().await;
+        let sent_at = Instant::now();
         while gathered.len() < MAX_BATCHES_PER_WRITE
-            && let Ok(batch) = batches.try_recv()
+            && let Some(batch) = batches.try_recv()
         {
             gathered.push(batch);
         }

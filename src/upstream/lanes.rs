@@ -1,0 +1,116 @@
+//! Which connection of a shared pool a client's batch goes to.
+//!
+//! Redis runs a client's requests in order only when they travel on one connection, so a
+//! client with a request unanswered keeps the connection it used. A client with nothing in
+//! flight may take any: it takes the first connection with less than [`LANE_FILL`] bytes
+//! waiting for its writer. At light load (clients sending one request at a time) every request
+//! of a wave then travels on one connection and Redis reads them all with one read of one
+//! socket, where spreading clients over every connection made it read each (Redis's CPU per
+//! request follows its reads; twemproxy's one connection gathers the same way). Under heavier
+//! load (pipelines, large values) the next connections fill in turn, and a connection with a
+//! large write waiting is passed over.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender, error::SendError};
+
+use super::Batch;
+
+/// Bytes a connection may have waiting before an idle client is given the next one (Redis
+/// reads a client's socket 16 KiB at a time).
+pub const LANE_FILL: usize = 16 * 1024;
+
+/// The sending side of one shared connection: its channel and the bytes waiting in it.
+pub struct Lane {
+    tx: UnboundedSender<Batch>,
+    waiting: Arc<AtomicUsize>,
+}
+
+/// The connection task's side: batches in the order clients sent them.
+pub struct Queue {
+    rx: UnboundedReceiver<Batch>,
+    waiting: Arc<AtomicUsize>,
+}
+
+pub fn lane() -> (Lane, Queue) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let waiting = Arc::new(AtomicUsize::new(0));
+    (Lane { tx, waiting: Arc::clone(&waiting) }, Queue { rx, waiting })
+}
+
+impl Lane {
+    pub fn send(&self, batch: Batch) -> Result<(), SendError<Batch>> {
+        let len = batch.bytes.len();
+        self.waiting.fetch_add(len, Ordering::Relaxed);
+        self.tx.send(batch).inspect_err(|_| {
+            self.waiting.fetch_sub(len, Ordering::Relaxed);
+        })
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+impl Queue {
+    pub async fn recv(&mut self) -> Option<Batch> {
+        let batch = self.rx.recv().await?;
+        Some(self.taken(batch))
+    }
+
+    pub fn try_recv(&mut self) -> Option<Batch> {
+        let batch = self.rx.try_recv().ok()?;
+        Some(self.taken(batch))
+    }
+
+    fn taken(&self, batch: Batch) -> Batch {
+        self.waiting.fetch_sub(batch.bytes.len(), Ordering::Relaxed);
+        batch
+    }
+}
+
+/// The connection for a client's next batch: `current` (the one its last batch went to) while
+/// any of its requests is unanswered, else the first with less than [`LANE_FILL`] bytes waiting
+/// (the least loaded when none has).
+pub fn choose(lanes: &[Lane], current: usize, in_flight: bool) -> usize {
+    if in_flight {
+        return current % lanes.len();
+    }
+    let mut least = (usize::MAX, 0);
+    for (i, lane) in lanes.iter().enumerate() {
+        let waiting = lane.waiting();
+        if waiting < LANE_FILL {
+            return i;
+        }
+        least = least.min((waiting, i));
+    }
+    least.1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn batch(len: usize) -> Batch {
+        let (sink, _) = mpsc::unbounded_channel();
+        Batch::plain(Bytes::from(vec![b'x'; len]), 0, 1, sink)
+    }
+
+    #[tokio::test]
+    async fn idle_clients_fill_the_first_connection_and_busy_ones_stay() {
+        let (lanes, mut queues): (Vec<Lane>, Vec<Queue>) = (0..3).map(|_| lane()).unzip();
+        assert_eq!(choose(&lanes, 2, false), 0, "an idle client takes the first connection");
+        assert_eq!(choose(&lanes, 2, true), 2, "a client with a request in flight keeps its own");
+        lanes[0].send(batch(LANE_FILL)).unwrap();
+        assert_eq!(choose(&lanes, 0, false), 1, "a full connection is passed over");
+        lanes[1].send(batch(LANE_FILL + 10)).unwrap();
+        lanes[2].send(batch(LANE_FILL + 5)).unwrap();
+        assert_eq!(choose(&lanes, 0, false), 0, "when all are full, the least loaded");
+        assert_eq!(queues[0].recv().await.map(|b| b.bytes.len()), Some(LANE_FILL));
+        assert_eq!(choose(&lanes, 1, false), 0, "taken by its writer: empty again");
+        assert!(queues[1].try_recv().is_some() && queues[1].try_recv().is_none());
+        assert_eq!(lanes[1].waiting(), 0);
+    }
+}
