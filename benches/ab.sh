@@ -8,8 +8,11 @@
 #   A=proxy.toml B=plain.toml benches/ab.sh                 # tier on vs tier off, SET -r 1000
 #   A=proxy.toml B=proxy.toml BIN_B=old/nearcache benches/ab.sh   # two builds, one config
 #   LOAD="-t set -r 1000 -c 50 -P 16 -n 2000000" REPS=9 A=... B=... benches/ab.sh
+#   A=plain.toml B=twemproxy LOAD="-t get -c 50 -n 300000" benches/ab.sh   # against the peer
+#     (plain.toml: sed "/^\[cache\]/,/^\[/ s/^enabled = .*/enabled = false/" proxy.toml)
 #
-# B defaults to A with the tier off (cache.enabled = false).
+# B defaults to A with the tier off (cache.enabled = false); B=twemproxy runs Debian's nutcracker
+# (installed when missing) in front of the same Redis instead of a second proxy.
 A=${A:-proxy.toml}
 B=${B:-}
 LOAD=${LOAD:-"-t set -r 1000 -c 50 -P 1 -n 200000"}
@@ -22,8 +25,13 @@ fi
 start_redis
 PROXY_BIN=${BIN_A:-} start_proxy "$A"
 APORT=$PPORT APID=$PROXY
-PROXY_BIN=${BIN_B:-} start_proxy "$B"
-BPORT=$PPORT BPID=$PROXY
+if [ "$B" = twemproxy ]; then
+  start_peer
+  BPORT=$TPORT BPID=$PEER_PID
+else
+  PROXY_BIN=${BIN_B:-} start_proxy "$B"
+  BPORT=$PPORT BPID=$PROXY
+fi
 hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 n=$(echo "$LOAD" | sed -E 's/.*-n ([0-9]+).*/\1/')
@@ -34,7 +42,7 @@ for rep in $(seq "$REPS"); do
     [ "$t" = B ] && port=$BPORT pid=$BPID
     before=$(ticks "$pid") rbefore=$(ticks "$REDIS")
     # shellcheck disable=SC2086
-    rps=$(redis-benchmark -p "$port" $LOAD --csv | tail -1 | tr -d '"' | cut -d, -f2)
+    rps=$(redis-benchmark -p "$port" $LOAD --csv 2> >(grep -v "Could not fetch server CONFIG" >&2) | tail -1 | tr -d '"' | cut -d, -f2)
     after=$(ticks "$pid") rafter=$(ticks "$REDIS")
     awk -v t="$t" -v rps="$rps" -v p=$((after - before)) -v r=$((rafter - rbefore)) -v hz="$hz" -v n="$n" \
       'BEGIN { printf "%s %.0f %.2f %.2f\n", t, rps, p / hz * 1e6 / n, r / hz * 1e6 / n }' | tee -a "$work/runs"

@@ -36,6 +36,33 @@ start_proxy() {
   wait_ping "$PPORT"
 }
 
+# start_peer: twemproxy (Debian's nutcracker, installed when missing) in front of Redis on RPORT,
+# one server and one connection as its docs suggest; sets TPORT and PEER_PID.
+start_peer() {
+  if ! command -v nutcracker >/dev/null; then
+    echo "installing nutcracker (twemproxy) from Debian's packages..." >&2
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nutcracker >/dev/null
+  fi
+  TPORT=$(free_port)
+  cat >"$work/nutcracker.yml" <<YML
+peer:
+  listen: 127.0.0.1:$TPORT
+  redis: true
+  hash: fnv1a_64
+  distribution: ketama
+  auto_eject_hosts: false
+  servers:
+   - 127.0.0.1:$RPORT:1
+YML
+  nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" -s "$(free_port)" &
+  PEER_PID=$!
+  PIDS+=("$PEER_PID")
+  wait_ping "$TPORT"
+}
+stop_peer() { kill "$PEER_PID" 2>/dev/null || true; wait "$PEER_PID" 2>/dev/null || true; }
+
 # warm_tier [SIZE]: the 1000 keys of `redis-benchmark -r 1000` hold SIZE-byte values (default 3;
 # 20 draws per key: all are set), and the proxy's tier has read them, its tracking connection up.
 warm_tier() {

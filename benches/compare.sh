@@ -39,11 +39,6 @@ CONFIG=${CONFIG:-proxy.toml}   # the proxy configuration (the pass row turns the
 PEER=${PEER:-1}
 
 source "$(dirname "$0")/common.sh"
-if [ "$PEER" = 1 ] && ! command -v nutcracker >/dev/null; then
-  echo "installing nutcracker (twemproxy) from Debian's packages..." >&2
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nutcracker >/dev/null
-fi
 start_redis
 REDIS_PID=$REDIS
 sed -e '/^\[cache\]/,/^\[/ s/^enabled = .*/enabled = false/' "$CONFIG" > "$work/plain.toml"
@@ -55,26 +50,6 @@ stop_proxy() { kill "$PROXY" 2>/dev/null || true; wait "$PROXY" 2>/dev/null || t
 hz=$(getconf CLK_TCK)
 TIMEFORMAT="%R %U %S"  # bash's time: wall, user, system seconds of redis-benchmark
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-# twemproxy in front of the same Redis (one server, one connection, as its docs suggest).
-start_peer() {
-  TPORT=$(free_port)
-  cat >"$work/nutcracker.yml" <<YML
-peer:
-  listen: 127.0.0.1:$TPORT
-  redis: true
-  hash: fnv1a_64
-  distribution: ketama
-  auto_eject_hosts: false
-  servers:
-   - 127.0.0.1:$RPORT:1
-YML
-  nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" -s "$(free_port)" &
-  PEER_PID=$!
-  PIDS+=("$PEER_PID")
-  wait_ping "$TPORT"
-}
-stop_peer() { kill "$PEER_PID" 2>/dev/null || true; wait "$PEER_PID" 2>/dev/null || true; }
 
 # Only the proxy a row needs runs during it (a second proxy's tracking connection would make
 # Redis send it a push per write, and both would compete for the same cores).

@@ -2,7 +2,7 @@
 # How many client requests each write to Redis carries: Redis's own count of read events
 # (INFO stats total_reads_processed) per client request, for redis-benchmark GET unpipelined,
 # directly (1 read per request), through the proxy with the tier off (pure pass-through) and
-# through twemproxy (Debian's nutcracker; PEER=0 leaves it out), at a few client counts.
+# through twemproxy (Debian's nutcracker, installed when missing; PEER=0 leaves it out), at a few client counts.
 # Fewer reads per request: Redis spends fewer system calls per request (see compare.sh's
 # "Redis µs/req" columns).
 #
@@ -12,17 +12,12 @@ CLIENTS=${CLIENTS:-"8 50"}
 N=${N:-200000}
 PEER=${PEER:-1}
 source "$(dirname "$0")/common.sh"
-command -v nutcracker >/dev/null || PEER=0
 start_redis
 sed -e '/^\[cache\]/,/^\[/ s/^enabled = .*/enabled = false/' proxy.toml > "$work/plain.toml"
 start_proxy "$work/plain.toml"
 targets="direct nearcache"
 if [ "$PEER" = 1 ]; then
-  TPORT=$(free_port)
-  printf 'peer:\n  listen: 127.0.0.1:%s\n  redis: true\n  servers:\n   - 127.0.0.1:%s:1\n' "$TPORT" "$RPORT" >"$work/nutcracker.yml"
-  nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" -s "$(free_port)" &
-  PIDS+=("$!")
-  wait_ping "$TPORT"
+  start_peer
   targets="$targets twemproxy"
 fi
 reads() { redis-cli -p "$RPORT" info stats | awk -F: '/^total_reads_processed/ { print $2 + 0 }'; }
