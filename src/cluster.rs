@@ -9,9 +9,11 @@
 //!   request goes to the master of its keys' slot ([`scatter::placement`]); consecutive
 //!   requests for one node stay one batch; multi-key commands across slots and whole-dataset
 //!   commands are split and joined ([`scatter`]). A client's requests for one node use the same
-//!   connection of it (its lane), so Redis runs them in the client's order.
+//!   connection of it while any is unanswered (its lane, `upstream::Pick`), so Redis runs them
+//!   in the client's order.
 //! - **MOVED and ASK** are followed by the node's connection (`upstream/shared.rs`), which hands
-//!   the request back here ([`Redirect`]): never shown to a client, at most [`crate::upstream::MAX_HOPS`] times.
+//!   the request back here ([`Redirect`]): never shown to a client, at most [`crate::upstream::MAX_HOPS`] times,
+//!   the second and later after a growing pause.
 //!   TRYAGAIN and CLUSTERDOWN (the request did not run) are retried on the same node after a
 //!   growing pause, as many times; then the client gets Redis's error.
 //! - **The tier** ([`crate::cache::Tier::per_slot`]): a tracking connection per node; when a

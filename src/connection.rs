@@ -102,7 +102,7 @@ pub struct Client {
     held: Option<Held>,
     last_dest: Option<Dest>,
     pool: Option<(PoolKey, Arc<Pool>)>,
-    /// The shared connection (of the pool) its last batch went to (see `Pool::lane`).
+    /// The index of the shared connection its last batch went to, in every pool (see `Pick`).
     lane: usize,
     pinned: Option<PinnedConn>,
     /// Its row in the proxy's client table (CLIENT LIST, CLIENT KILL), while it is served.

@@ -23,6 +23,7 @@ mod target;
 mod tracked;
 
 pub use handshake::ServerInfo;
+pub use lanes::Pick;
 pub use recovery::recover;
 pub use target::{Switch, Target};
 pub use tracked::Tracked;
@@ -269,20 +270,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The connection for a client's next batch: `current`, the one its last batch went to,
-    /// while any of its requests is unanswered; else the first one not already holding a
-    /// full read's worth for Redis (see `lanes.rs`).
-    pub fn lane(&self, current: usize, in_flight: bool) -> usize {
-        lanes::choose(&self.conns, current, in_flight)
-    }
-
-    /// Sends a batch on connection `slot` (modulo the pool size), unless the circuit breaker
-    /// refuses it: then it is answered at once.
-    pub fn send(&self, slot: usize, batch: Batch) {
+    /// Sends a batch on the connection `pick` gives (see `lanes.rs`), unless the circuit
+    /// breaker refuses it: then it is answered at once.
+    pub fn send(&self, pick: &mut Pick, batch: Batch) {
+        let slot = pick.on(&self.conns);
         if let Admission::Refused { retry_in } = self.breaker.admit() {
             return batch.fail(&ProxyError::BreakerOpen { addr: self.target.describe(), retry_in });
         }
-        if let Err(mpsc::error::SendError(batch)) = self.conns[slot % self.conns.len()].send(batch) {
+        if let Err(mpsc::error::SendError(batch)) = self.conns[slot].send(batch) {
             batch.fail(&ProxyError::UpstreamUnavailable {
                 addr: self.target.describe(),
                 reason: "proxy is shutting down".into(),

@@ -26,7 +26,7 @@ use crate::policy::Policy;
 use crate::proxy::{may_cache, variant_id};
 use crate::reply::ReplyScanner;
 use crate::transport::Stream;
-use crate::upstream::{Batch, PoolKey, Upstream, exchange};
+use crate::upstream::{Batch, Pick, PoolKey, Upstream, exchange};
 
 /// Keys read per second at most, so a warm-up never competes with clients for Redis.
 pub const KEYS_PER_SECOND: u64 = 2000;
@@ -229,7 +229,9 @@ async fn ask(stream: &mut Stream, requests: &[Bytes]) -> Result<Vec<Bytes>, Stri
 async fn ask_shared(upstream: &Arc<Upstream>, requests: &[Bytes]) -> Result<Vec<Bytes>, String> {
     let (sink, mut chunks) = mpsc::unbounded_channel();
     let count = requests.len();
-    upstream.pool(PoolKey::default()).send(0, Batch::plain(Bytes::from(requests.concat()), 0, count as u32, sink));
+    upstream
+        .pool(PoolKey::default())
+        .send(&mut Pick::kept(0), Batch::plain(Bytes::from(requests.concat()), 0, count as u32, sink));
     let mut replies = Vec::with_capacity(count);
     let mut scanner = ReplyScanner::default();
     while replies.len() < count {

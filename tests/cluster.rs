@@ -141,6 +141,57 @@ async fn clients_see_one_redis() {
     proxy.stop().await;
 }
 
+/// Eight clients pipeline 1 KiB APPENDs alternating between keys of two nodes, with four
+/// connections per node: a batch goes out while an earlier one of the same client is
+/// unanswered, and every part must stay on the connection index its client's requests use, or
+/// Redis runs them out of order (the APPEND lengths and the values show it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_pipelines_run_in_order_on_every_node() {
+    const APPENDS: usize = 60;
+    let cluster = Cluster::start(3, 0);
+    let mut config = config(&cluster);
+    config.upstream.connections = 4;
+    let proxy = Proxy::start(config).await;
+    let (a, b) = keys_on_two_nodes(&cluster, "order");
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (url, a, b) = (proxy.url(), a.clone(), b.clone());
+            tokio::spawn(async move {
+                let mut con = common::multiplexed(&url).await.unwrap();
+                for round in 0..4 {
+                    // Hash tags keep each key on the node of `a` or `b`.
+                    let keys = [format!("{{{a}}}:{c}:{round}"), format!("{{{b}}}:{c}:{round}")];
+                    let chunks: Vec<String> = (0..APPENDS).map(|i| format!("{i:05}{}", ".".repeat(1019))).collect();
+                    let mut pipe = redis::pipe();
+                    for chunk in &chunks {
+                        for key in &keys {
+                            pipe.cmd("APPEND").arg(key).arg(chunk);
+                        }
+                    }
+                    pipe.cmd("GET").arg(&keys[0]).cmd("GET").arg(&keys[1]);
+                    let mut replies: Vec<redis::Value> = pipe.query_async(&mut con).await.unwrap();
+                    let values: Vec<String> = replies
+                        .split_off(2 * APPENDS)
+                        .into_iter()
+                        .map(|v| redis::from_redis_value(v).unwrap())
+                        .collect();
+                    let lengths: Vec<usize> =
+                        replies.into_iter().map(|v| redis::from_redis_value(v).unwrap()).collect();
+                    let expected: Vec<usize> = (1..=APPENDS).flat_map(|i| [i * 1024, i * 1024]).collect();
+                    assert_eq!(lengths, expected, "client {c} round {round}: APPEND replies out of order");
+                    for value in values {
+                        assert!(value == chunks.concat(), "client {c} round {round}: chunks appended out of order");
+                    }
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    proxy.stop().await;
+}
+
 /// A slot taken over by another node without MIGRATE (`CLUSTER SETSLOT ... NODE` on the new
 /// owner and a bumped epoch: the old owner drops its keys of the slot, and Redis 7.0 sends no
 /// invalidation for that): writes through the proxy follow the MOVED they meet, no client sees

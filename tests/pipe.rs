@@ -16,7 +16,7 @@ use nearcache::config::Span;
 use nearcache::delivery::Delivery;
 use nearcache::framing::encode_command;
 use nearcache::metrics::Metrics;
-use nearcache::upstream::{Batch, Pool, PoolKey, ReplyChunk, Upstream};
+use nearcache::upstream::{Batch, Pick, Pool, PoolKey, ReplyChunk, Upstream};
 use tokio::sync::mpsc;
 
 const LOCAL_TTL: Duration = Duration::from_secs(3600);
@@ -33,7 +33,7 @@ async fn fill(pool: &Pool, tier: &Arc<Tier>, key: &str) -> Bytes {
     let get = encode_command(&["GET", key]);
     let (sink, mut replies) = mpsc::unbounded_channel::<ReplyChunk>();
     let delivery = Delivery::for_read(Some(tier), Some(ticket), None).unwrap();
-    pool.send(0, delivery.into_batch(get, 0, 1, &sink));
+    pool.send(&mut Pick::kept(0), delivery.into_batch(get, 0, 1, &sink));
     let chunk = tokio::time::timeout(PATIENCE, replies.recv()).await.expect("a reply in time").unwrap();
     chunk.bytes
 }
@@ -54,7 +54,7 @@ async fn a_fill_and_its_pttl_probe_are_admitted_together() {
     let tier = Arc::new(Tier::new(1 << 20, 64 << 10, true, Duration::ZERO));
     // The connection is up once a plain batch is answered.
     let (sink, mut replies) = mpsc::unbounded_channel();
-    pool.send(0, Batch::plain(encode_command(&["PING"]), 0, 1, sink));
+    pool.send(&mut Pick::kept(0), Batch::plain(encode_command(&["PING"]), 0, 1, sink));
     tokio::time::timeout(PATIENCE, replies.recv()).await.expect("PING answered").unwrap();
 
     // Tripped, then half-open with room for one call: the first fill is that call.

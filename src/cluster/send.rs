@@ -13,12 +13,15 @@ use super::map::SlotMap;
 use super::scatter::{self, Combine, Gather, Part, Placement, ScanCursor, ScanPage};
 use crate::error::ProxyError;
 use crate::framing::{CommandView, Limits, Parsed, RequestParser};
-use crate::upstream::{Batch, MAX_HOPS, PoolKey, Redirect, Redirection, ReplyChunk, ReplySink, ReplyWork, Resend};
+use crate::upstream::{
+    Batch, MAX_HOPS, Pick, PoolKey, Redirect, Redirection, ReplyChunk, ReplySink, ReplyWork, Resend,
+};
 
 impl Cluster {
-    /// Sends a client's batch (`lane`: its connection index in every node's pool for `key`):
-    /// each request to its node, consecutive requests for one node together.
-    pub fn send(&self, key: PoolKey, lane: usize, batch: Batch) {
+    /// Sends a client's batch (`pick`: its connection index in every node's pool for `key`,
+    /// kept while it has requests unanswered): each request to its node, consecutive requests
+    /// for one node together.
+    pub fn send(&self, key: PoolKey, pick: &mut Pick, batch: Batch) {
         let map = self.map.load();
         if batch.work.as_ref().is_some_and(|work| !work.per_request()) {
             if let Some((range, argc)) = requests(&batch.bytes).into_iter().next()
@@ -27,13 +30,13 @@ impl Cluster {
                 // INFO: every master's, added up, then the work's rewrite of the result.
                 let Batch { bytes, seq, sink, work, .. } = batch;
                 let request = (bytes.slice(range), argc);
-                return self.scatter(key, lane, request, seq, &sink, work, Combine::Info, true, &map);
+                return self.scatter(key, pick, request, seq, &sink, work, Combine::Info, true, &map);
             }
             // One request with work of its own (a fill with its PTTL, TTL's MULTI ... EXEC):
             // where its first key goes.
             let to = first_slot(&batch.bytes).map_or_else(|| self.any(&map), |slot| map.owner(slot).cloned());
             return match to {
-                Some(addr) => self.send_to(&addr, key, lane, batch),
+                Some(addr) => self.send_to(&addr, key, pick, batch),
                 None => batch.fail(&ProxyError::SlotNotServed),
             };
         }
@@ -42,7 +45,7 @@ impl Cluster {
             && len == batch.bytes.len()
             && let To::Node(addr) = self.to(&batch.bytes, argc, &map)
         {
-            return self.send_to(&addr, key, lane, batch);
+            return self.send_to(&addr, key, pick, batch);
         }
         let requests = requests(&batch.bytes);
         let places: Vec<To> =
@@ -51,7 +54,7 @@ impl Cluster {
             && places.iter().all(|to| matches!(to, To::Node(addr) if addr == first))
             && requests.last().is_some_and(|(range, _)| range.end == batch.bytes.len())
         {
-            return self.send_to(first, key, lane, batch);
+            return self.send_to(first, key, pick, batch);
         }
         let mut i = 0;
         while i < places.len() {
@@ -74,7 +77,7 @@ impl Cluster {
                         hops: 0,
                         asking: false,
                     };
-                    self.send_to(addr, key, lane, part);
+                    self.send_to(addr, key, pick, part);
                     i = j;
                     continue;
                 }
@@ -96,7 +99,7 @@ impl Cluster {
                         hops: 0,
                         asking: false,
                     };
-                    self.send_to(&map.masters()[cursor.master], key, lane, page);
+                    self.send_to(&map.masters()[cursor.master], key, pick, page);
                 }
                 To::Split(combine) | To::Everywhere(combine) => {
                     let request = batch.bytes.slice(requests[i].0.clone());
@@ -104,7 +107,7 @@ impl Cluster {
                     let everywhere = matches!(&places[i], To::Everywhere(_));
                     self.scatter(
                         key,
-                        lane,
+                        pick,
                         (request, requests[i].1),
                         seq,
                         &batch.sink,
@@ -148,7 +151,7 @@ impl Cluster {
     fn scatter(
         &self,
         key: PoolKey,
-        lane: usize,
+        pick: &mut Pick,
         (request, argc): (Bytes, usize),
         seq: u64,
         sink: &ReplySink,
@@ -175,7 +178,7 @@ impl Cluster {
             let work = Some(Part::new(&gather, index) as Box<dyn ReplyWork>);
             let part =
                 Batch { bytes, seq: 0, count: 1, replies: 1, sink: self.dead.clone(), work, hops: 0, asking: false };
-            self.send_to(&addr, key, lane, part);
+            self.send_to(&addr, key, pick, part);
         }
     }
 
@@ -202,12 +205,12 @@ impl Cluster {
         Bytes::from_static(b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n")
     }
 
-    pub(super) fn send_to(&self, addr: &str, key: PoolKey, lane: usize, batch: Batch) {
+    pub(super) fn send_to(&self, addr: &str, key: PoolKey, pick: &mut Pick, batch: Batch) {
         let known = self.upstreams.load().iter().find(|r| *r.addr == *addr).cloned();
-        let Some(route) = known else { return self.node(addr).pool(key).send(lane, batch) };
+        let Some(route) = known else { return self.node(addr).pool(key).send(pick, batch) };
         match key.db {
-            0 => route.pools[usize::from(key.resp3)].get_or_init(|| route.up.pool(key)).send(lane, batch),
-            _ => route.up.pool(key).send(lane, batch),
+            0 => route.pools[usize::from(key.resp3)].get_or_init(|| route.up.pool(key)).send(pick, batch),
+            _ => route.up.pool(key).send(pick, batch),
         }
     }
 }
@@ -239,16 +242,18 @@ impl Redirect for Cluster {
             let reason = format!("more than {MAX_HOPS} cluster redirections (last: slot {} to {})", to.slot, to.addr);
             return batch.fail(&ProxyError::UpstreamUnavailable { addr: to.addr, reason });
         }
-        if to.kind != Resend::Retry {
-            return self.send_to(&to.addr, key, lane, batch);
+        if to.kind != Resend::Retry && batch.hops <= 1 {
+            return self.send_to(&to.addr, key, &mut Pick::kept(lane), batch);
         }
         // TRYAGAIN / CLUSTERDOWN: the same node after 10, 20, 40, ... ms (the map may change
-        // meanwhile: a MOVED then follows).
+        // meanwhile: a MOVED then follows). A MOVED or ASK met again means nodes that disagree
+        // while a slot changes owner (one has not learned it yet, slower on a busy machine):
+        // after 40, 80, ... ms, so the change can complete within the request's hops.
         let Some(me) = self.me.upgrade() else { return };
         let pause = Duration::from_millis(10 << batch.hops.min(5));
         tokio::spawn(async move {
             tokio::time::sleep(pause).await;
-            me.send_to(&to.addr, key, lane, batch);
+            me.send_to(&to.addr, key, &mut Pick::kept(lane), batch);
         });
     }
 }

@@ -10,7 +10,7 @@ use crate::cache::Registrations;
 use crate::delivery::{Delivery, InfoView};
 use crate::proxy::{Expect, Route};
 use crate::ttl::{Rewrite, Shape};
-use crate::upstream::{Batch, Pool, PoolKey, ReplyChunk, ReplyWork};
+use crate::upstream::{Batch, Pick, Pool, PoolKey, ReplyChunk, ReplyWork};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Dest {
@@ -237,17 +237,13 @@ impl Client {
                     Some(delivery) => delivery.into_batch(bytes, seq, count, &self.sink),
                     None => Batch::plain(bytes, seq, count, self.sink.clone()),
                 };
+                // Every earlier reply arrived: Redis ran them all, any connection keeps the order.
+                let mut pick = Pick { current: self.lane, in_flight: self.replies.next != seq };
                 match &self.ctx.cluster {
-                    Some(cluster) => cluster.send(key, self.session.id() as usize, batch),
-                    None => {
-                        // Every earlier reply arrived: Redis ran them all, any connection keeps the order.
-                        let in_flight = self.replies.next != seq;
-                        let (current, pool) = (self.lane, self.pool(key));
-                        let lane = pool.lane(current, in_flight);
-                        pool.send(lane, batch);
-                        self.lane = lane;
-                    }
+                    Some(cluster) => cluster.send(key, &mut pick, batch),
+                    None => self.pool(key).send(&mut pick, batch),
                 }
+                self.lane = pick.current;
             }
             Dest::Pinned { stream } => {
                 // A shaped request (or INFO) is sent to a pinned connection on its own.

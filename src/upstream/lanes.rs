@@ -70,6 +70,30 @@ impl Queue {
     }
 }
 
+/// Which connection a client's batch takes, in every pool it goes to (each node's, in front of
+/// a cluster): while any of its requests is unanswered it keeps `current`; otherwise the first
+/// pool its batch reaches chooses (see [`choose`]) and the rest of the batch (other nodes'
+/// parts, redirections) follows that choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pick {
+    pub current: usize,
+    pub in_flight: bool,
+}
+
+impl Pick {
+    /// A batch already on its way (a redirection): it stays on its connection index.
+    pub fn kept(current: usize) -> Pick {
+        Pick { current, in_flight: true }
+    }
+
+    /// The connection of `lanes` for this batch; what follows of it keeps the same one.
+    pub fn on(&mut self, lanes: &[Lane]) -> usize {
+        let lane = choose(lanes, self.current, self.in_flight);
+        *self = Pick::kept(lane);
+        lane
+    }
+}
+
 /// The connection for a client's next batch: `current` (the one its last batch went to) while
 /// any of its requests is unanswered, else the first with less than [`LANE_FILL`] bytes waiting
 /// (the least loaded when none has).
@@ -112,5 +136,16 @@ mod tests {
         assert_eq!(choose(&lanes, 1, false), 0, "taken by its writer: empty again");
         assert!(queues[1].try_recv().is_some() && queues[1].try_recv().is_none());
         assert_eq!(lanes[1].waiting(), 0);
+    }
+
+    #[test]
+    fn a_batch_keeps_the_choice_of_its_first_pool() {
+        let (full, _queues): (Vec<Lane>, Vec<Queue>) = (0..3).map(|_| lane()).unzip();
+        full[0].send(batch(LANE_FILL)).unwrap();
+        let (empty, _other): (Vec<Lane>, Vec<Queue>) = (0..3).map(|_| lane()).unzip();
+        let mut pick = Pick { current: 2, in_flight: false };
+        assert_eq!(pick.on(&full), 1, "the first pool chooses past its full connection");
+        assert_eq!(pick.on(&empty), 1, "another node's part follows, though its first is empty");
+        assert_eq!(pick, Pick::kept(1));
     }
 }
