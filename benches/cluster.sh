@@ -6,6 +6,7 @@
 #
 #   benches/cluster.sh                # REPS=3, N=200000, C=50, P=1
 #   REPS=5 P=16 benches/cluster.sh
+#   PROXY_BIN=old/nearcache benches/cluster.sh   # another build
 REPS=${REPS:-3}
 N=${N:-200000}
 C=${C:-50}
@@ -35,7 +36,7 @@ proxy_with() { # tier (true|false) -> sets PPORT and PROXY
   sed -e '/^\[cache\]/,/^\[/ s/^enabled = .*/enabled = '"$1"'/' -e "s/^cluster = \[\]/$cluster_line/" \
     -e '/^\[upstream\]/,/^\[/ s/^address = .*//' proxy.toml >"$config"
   PPORT=$(free_port)
-  RUST_LOG=warn target/release/nearcache --config "$config" --listen "127.0.0.1:$PPORT" >>"$work/proxy.log" 2>&1 &
+  RUST_LOG=warn "${PROXY_BIN:-target/release/nearcache}" --config "$config" --listen "127.0.0.1:$PPORT" >>"$work/proxy.log" 2>&1 &
   PROXY=$!
   PIDS+=("$PROXY")
   wait_ping "$PPORT"
