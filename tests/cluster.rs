@@ -161,27 +161,7 @@ async fn a_clients_pipelines_run_in_order_on_every_node() {
                 for round in 0..4 {
                     // Hash tags keep each key on the node of `a` or `b`.
                     let keys = [format!("{{{a}}}:{c}:{round}"), format!("{{{b}}}:{c}:{round}")];
-                    let chunks: Vec<String> = (0..APPENDS).map(|i| format!("{i:05}{}", ".".repeat(1019))).collect();
-                    let mut pipe = redis::pipe();
-                    for chunk in &chunks {
-                        for key in &keys {
-                            pipe.cmd("APPEND").arg(key).arg(chunk);
-                        }
-                    }
-                    pipe.cmd("GET").arg(&keys[0]).cmd("GET").arg(&keys[1]);
-                    let mut replies: Vec<redis::Value> = pipe.query_async(&mut con).await.unwrap();
-                    let values: Vec<String> = replies
-                        .split_off(2 * APPENDS)
-                        .into_iter()
-                        .map(|v| redis::from_redis_value(v).unwrap())
-                        .collect();
-                    let lengths: Vec<usize> =
-                        replies.into_iter().map(|v| redis::from_redis_value(v).unwrap()).collect();
-                    let expected: Vec<usize> = (1..=APPENDS).flat_map(|i| [i * 1024, i * 1024]).collect();
-                    assert_eq!(lengths, expected, "client {c} round {round}: APPEND replies out of order");
-                    for value in values {
-                        assert!(value == chunks.concat(), "client {c} round {round}: chunks appended out of order");
-                    }
+                    common::appends_stay_in_order(&mut con, &keys, APPENDS, &format!("client {c} round {round}")).await;
                 }
             })
         })

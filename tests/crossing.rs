@@ -235,20 +235,8 @@ async fn a_clients_pipeline_runs_in_order_across_several_connections() {
                 let mut con = common::multiplexed(&url).await.unwrap();
                 for round in 0..6 {
                     let key = format!("order:{c}:{round}");
-                    let mut pipe = redis::pipe();
-                    let chunks: Vec<String> = (0..APPENDS).map(|i| format!("{i:05}{}", ".".repeat(1019))).collect();
-                    for chunk in &chunks {
-                        pipe.cmd("APPEND").arg(&key).arg(chunk);
-                    }
-                    pipe.cmd("GET").arg(&key);
-                    let (lengths, value): (Vec<usize>, String) = {
-                        let mut replies: Vec<redis::Value> = pipe.query_async(&mut con).await.unwrap();
-                        let value = redis::from_redis_value(replies.pop().unwrap()).unwrap();
-                        (replies.into_iter().map(|v| redis::from_redis_value(v).unwrap()).collect(), value)
-                    };
-                    let expected: Vec<usize> = (1..=APPENDS).map(|i| i * 1024).collect();
-                    assert_eq!(lengths, expected, "client {c} round {round}: APPEND replies out of order");
-                    assert!(value == chunks.concat(), "client {c} round {round}: chunks appended out of order");
+                    common::appends_stay_in_order(&mut con, &[key], APPENDS, &format!("client {c} round {round}"))
+                        .await;
                 }
             })
         })

@@ -97,7 +97,7 @@ impl Pick {
 /// The connection for a client's next batch: `current` (the one its last batch went to) while
 /// any of its requests is unanswered, else the first with less than [`LANE_FILL`] bytes waiting
 /// (the least loaded when none has).
-pub fn choose(lanes: &[Lane], current: usize, in_flight: bool) -> usize {
+fn choose(lanes: &[Lane], current: usize, in_flight: bool) -> usize {
     if in_flight {
         return current % lanes.len();
     }

@@ -229,6 +229,36 @@ impl Raw {
 }
 
 /// Sends a command and returns its reply as text (for readable assertions).
+/// One pipeline of `appends` 1 KiB APPENDs to each of `keys` in turn, then a GET of each: every
+/// APPEND's reply is its key's length after it, and every value holds the chunks in order
+/// (Redis ran the client's requests in the order it sent them). `who` names the client.
+pub async fn appends_stay_in_order(
+    con: &mut redis::aio::MultiplexedConnection,
+    keys: &[String],
+    appends: usize,
+    who: &str,
+) {
+    let chunks: Vec<String> = (0..appends).map(|i| format!("{i:05}{}", ".".repeat(1019))).collect();
+    let mut pipe = redis::pipe();
+    for chunk in &chunks {
+        for key in keys {
+            pipe.cmd("APPEND").arg(key).arg(chunk);
+        }
+    }
+    for key in keys {
+        pipe.cmd("GET").arg(key);
+    }
+    let mut replies: Vec<redis::Value> = pipe.query_async(con).await.unwrap();
+    let values: Vec<String> =
+        replies.split_off(keys.len() * appends).into_iter().map(|v| redis::from_redis_value(v).unwrap()).collect();
+    let lengths: Vec<usize> = replies.into_iter().map(|v| redis::from_redis_value(v).unwrap()).collect();
+    let expected: Vec<usize> = (1..=appends).flat_map(|i| vec![i * 1024; keys.len()]).collect();
+    assert_eq!(lengths, expected, "{who}: APPEND replies out of order");
+    for value in values {
+        assert!(value == chunks.concat(), "{who}: chunks appended out of order");
+    }
+}
+
 pub async fn call(raw: &mut Raw, args: &[&str]) -> String {
     let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
     raw.cmd(&args).await;
