@@ -36,8 +36,9 @@ start_proxy() {
   wait_ping "$PPORT"
 }
 
-# start_peer: twemproxy (Debian's nutcracker, installed when missing) in front of Redis on RPORT,
-# one server and one connection as its docs suggest; sets TPORT and PEER_PID.
+# start_peer [UPSTREAM_PORT]: twemproxy (Debian's nutcracker, installed when missing) in front of
+# Redis on RPORT (or UPSTREAM_PORT: a relay), one server and one connection as its docs suggest;
+# sets TPORT and PEER_PID.
 start_peer() {
   if ! command -v nutcracker >/dev/null; then
     echo "installing nutcracker (twemproxy) from Debian's packages..." >&2
@@ -54,7 +55,7 @@ peer:
   distribution: ketama
   auto_eject_hosts: false
   servers:
-   - 127.0.0.1:$RPORT:1
+   - 127.0.0.1:${1:-$RPORT}:1
 YML
   nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" -s "$(free_port)" &
   PEER_PID=$!

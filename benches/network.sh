@@ -5,7 +5,9 @@
 # application is (no delay), so its cache hits skip the hop. Interleaved, median of REPS.
 #
 # Rows, at each delay:
-#   pass   SET, GET through the proxy with the tier off (the hop is paid either way)
+#   pass   SET, GET through the proxy with the tier off (the hop is paid either way), and
+#          through twemproxy (Debian's nutcracker, installed when missing) in front of the same
+#          relay: the pass-through peer, measured in the same rounds
 #   hit    GET -r 1000 through the proxy with the tier on, warm
 #   mixed  examples/loadgen.rs: 90% GET on a skewed key space (70% of them on 100 hot keys),
 #          10% SET, through the proxy with the tier on
@@ -52,10 +54,13 @@ for delay in $DELAYS; do
   wait_ping "$RELAY"
 
   start_proxy "$work/plain.toml" "$RELAY"
+  start_peer "$RELAY"
   for rep in $(seq "$REPS"); do
     bench pass "$delay" "$RELAY" set,get "$N" direct
     bench pass "$delay" "$PPORT" set,get "$N" proxy
+    bench pass "$delay" "$TPORT" set,get "$N" peer
   done
+  stop_peer
   stop_proxy
 
   start_proxy "$CONFIG" "$RELAY"
@@ -78,17 +83,21 @@ done
 field() { awk -v r="$1" -v d="$2" -v x="$3" -v t="$4" -v col="$5" '$1 == r && $2 == d && $3 == x && $4 == t { print $col }' "$results" | median; }
 
 echo
-echo "one-way delay to Redis through examples/delay_relay.rs, -c $CLIENTS, median of $REPS interleaved runs"
+echo "one-way delay to Redis through examples/delay_relay.rs, -c $CLIENTS, median of $REPS interleaved runs;"
+echo "twemproxy (peer) on the pass-through rows, in front of the same relay"
 echo
-printf '| %-5s | %-4s | %-8s | %11s | %11s | %6s | %10s | %9s | %8s |\n' row test "delay µs" "direct rps" "proxy rps" ratio "direct p50" "proxy p50" "Δp50 ms"
-printf '|-------|------|----------|-------------|-------------|--------|------------|-----------|----------|\n'
+printf '| %-5s | %-4s | %-8s | %11s | %11s | %6s | %10s | %9s | %8s | %6s | %13s |\n' row test "delay µs" "direct rps" "proxy rps" ratio "direct p50" "proxy p50" "Δp50 ms" "peer" "peer Δp50 ms"
+printf '|-------|------|----------|-------------|-------------|--------|------------|-----------|----------|--------|---------------|\n'
 for delay in $DELAYS; do
   for row in pass hit mixed; do
     for x in $(awk -v r="$row" -v d="$delay" '$1 == r && $2 == d { print $3 }' "$results" | awk '!seen[$0]++'); do
       awk -v r="$row" -v x="$x" -v dl="$delay" -v d="$(field "$row" "$delay" "$x" direct 5)" \
         -v q="$(field "$row" "$delay" "$x" proxy 5)" -v dp="$(field "$row" "$delay" "$x" direct 6)" \
-        -v pp="$(field "$row" "$delay" "$x" proxy 6)" 'BEGIN {
-        printf "| %-5s | %-4s | %8s | %11.0f | %11.0f | %5.2fx | %10.3f | %9.3f | %+8.3f |\n", r, x, dl, d, q, q / d, dp, pp, pp - dp }'
+        -v pp="$(field "$row" "$delay" "$x" proxy 6)" -v t="$(field "$row" "$delay" "$x" peer 5)" \
+        -v tp="$(field "$row" "$delay" "$x" peer 6)" 'BEGIN {
+        peer = "-"; peerd = "-"
+        if (t != "") { peer = sprintf("%.2fx", t / d); peerd = sprintf("%+.3f", tp - dp) }
+        printf "| %-5s | %-4s | %8s | %11.0f | %11.0f | %5.2fx | %10.3f | %9.3f | %+8.3f | %6s | %13s |\n", r, x, dl, d, q, q / d, dp, pp, pp - dp, peer, peerd }'
     done
   done
 done
