@@ -6,12 +6,11 @@
 //! what writes and tracking messages need. Entries are immutable: adding a variant replaces the
 //! entry.
 //!
-//! # Two maps, one set of entries
-//! moka decides what stays: LRU (set explicitly; its default is TinyLFU), the byte bound, and
-//! expiry. But a moka hit costs ~20x a dashmap lookup (`shared/CRATES.md`), so hits are read from
-//! a DashMap holding the same `Arc`s; moka's eviction listener removes what it evicts from it.
-//! A hit tells moka about the access at most once per `TOUCH_EVERY` per key, which keeps
-//! its LRU order right to within that interval.
+//! # A map and a list, one set of entries
+//! Hits read a DashMap by key; an LRU list over the same `Arc`s (`lru.rs`) decides what stays
+//! within the byte bound, and what it pushes out leaves the map. A hit moves its entry in the
+//! list at most once per `TOUCH_EVERY` per key, which keeps the LRU order right to within that
+//! interval and keeps the list's lock off most hits.
 //!
 //! # Race window: fills and invalidations
 //! A read is sent upstream at time T0 and its reply arrives at T1. If the key was invalidated
@@ -27,16 +26,14 @@
 //! A miss on a variant already in flight (same epoch) waits for that read instead of sending its
 //! own: the reply is handed to every waiter's reply sink with its sequence number.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use dashmap::DashMap;
-use moka::sync::Cache;
 
-use lru::build_lru;
+use lru::{Gone, Left, Lru};
 
 use crate::metrics::inc;
 use crate::policy::RuleStats;
@@ -45,10 +42,10 @@ use crate::upstream::ReplySink;
 /// What a key's entry and each variant cost beyond their bytes (key, variant id, reply),
 /// counted so that `cache.max_memory` bounds the real footprint: measured with
 /// `benches/tier_memory.sh`, an entry of one variant takes ~960 bytes more than its bytes
-/// (moka's per-entry structures and timer node, the map slot, the `Arc`s, allocator headers).
+/// (the map slot, the list's node, the `Arc`s, allocator headers).
 const ENTRY_OVERHEAD: usize = 704;
 const VARIANT_OVERHEAD: usize = 256;
-/// How often a hit on one key is reported to moka's LRU.
+/// How often a hit on one key moves it in the LRU list.
 const TOUCH_EVERY: Duration = Duration::from_secs(1);
 
 /// The tier's maps by key. Every hit, fill and invalidation hashes its key: foldhash (seeded
@@ -74,10 +71,9 @@ impl Default for Registrations {
 
 pub struct Tier {
     /// What hits read.
-    entries: Arc<Map<Arc<KeyEntry>>>,
-    /// Recency, weight and expiry of the same entries: decides evictions. Replaced when a
-    /// reload changes `cache.max_memory`.
-    lru: ArcSwap<Cache<Bytes, Arc<KeyEntry>>>,
+    entries: Map<Arc<KeyEntry>>,
+    /// Recency and weight of the same entries: decides evictions.
+    lru: Lru,
     /// Fills hold it shared while they check and insert, [`Tier::clear`] exclusively, so a
     /// fill cannot slip an entry in between a clear's count and its removal.
     clearing: RwLock<()>,
@@ -126,8 +122,10 @@ struct KeyEntry {
     variants: Vec<Variant>,
     /// The rule it was filled under, whose numbers count it (`None` in unit tests).
     rule: Option<Arc<RuleStats>>,
-    /// When moka last heard of a hit on this entry (ms since `Tier::born`).
+    /// When a hit last moved it in the LRU list (ms since `Tier::born`).
     touched: AtomicU64,
+    /// Its node in the LRU list ([`lru::NIL`] once it left), set under the list's lock.
+    slot: AtomicU32,
 }
 
 #[derive(Debug, Clone)]
@@ -142,7 +140,7 @@ struct Variant {
 }
 
 impl Variant {
-    /// How long moka must keep it: its lifetime, or longer to answer stale while the upstream
+    /// How long it must be kept: its lifetime, or longer to answer stale while the upstream
     /// is down.
     fn keep_until(&self, serve_stale: Duration) -> Instant {
         self.expires_at.max(self.filled_at + serve_stale)
@@ -230,12 +228,9 @@ pub enum Lookup {
 impl Tier {
     /// `serve_stale`: how old a cached reply may be served while the upstream is down.
     pub fn new(max_memory: u64, max_entry_size: usize, tracking_up: bool, serve_stale: Duration) -> Tier {
-        let entries: Arc<Map<Arc<KeyEntry>>> = Arc::default();
-        let stats = Arc::new(Stats::default());
-        let lru = ArcSwap::from_pointee(build_lru(max_memory, serve_stale, &entries, &stats));
         Tier {
-            entries,
-            lru,
+            entries: Map::default(),
+            lru: Lru::new(max_memory),
             clearing: RwLock::new(()),
             born: Instant::now(),
             serve_stale,
@@ -245,7 +240,7 @@ impl Tier {
             registered: AtomicU64::new(1),
             tracking_up: AtomicBool::new(tracking_up),
             max_entry_size: AtomicUsize::new(max_entry_size),
-            stats,
+            stats: Arc::default(),
             hot: HotKeys::default(),
             slots: std::sync::OnceLock::new(),
         }
@@ -368,10 +363,10 @@ impl Tier {
         }
         let reply = variant.reply.clone();
         let ms = now.duration_since(self.born).as_millis() as u64;
-        let touch = ms.saturating_sub(entry.touched.load(Ordering::Relaxed)) >= TOUCH_EVERY.as_millis() as u64;
-        drop(entry);
-        if touch && let Some(entry) = self.lru.load().get(key) {
+        if ms.saturating_sub(entry.touched.load(Ordering::Relaxed)) >= TOUCH_EVERY.as_millis() as u64 {
             entry.touched.store(ms, Ordering::Relaxed);
+            let entry = Arc::clone(&entry);
+            self.lru.touch(&entry);
         }
         Some(reply)
     }
@@ -426,9 +421,9 @@ impl Tier {
         if let Some(mut state) = self.in_flight.get_mut(key) {
             state.epoch += 1;
         }
-        // moka holds a key only if the map does: fills insert into both under the key's
-        // in-flight lock (which this invalidation waits for), and evictions remove from moka
-        // first. So an uncached key, the common case for a write, costs no moka call.
+        // The list holds a key only if the map does: fills insert into both under the key's
+        // in-flight lock (which this invalidation waits for), and evictions leave the list
+        // first. So an uncached key, the common case for a write, costs no list lock.
         let removed = self.entries.remove(key);
         // A cached key was read through the proxy, so Redis tracks it and will push its
         // invalidation for this write. Each write counts once in the hot keys: by that push,
@@ -444,7 +439,7 @@ impl Tier {
         if let Some(rule) = &entry.rule {
             inc(&rule.invalidations);
         }
-        self.lru.load().invalidate(key);
+        self.unlist(&entry);
         inc(match cause {
             Cause::Tracking => &self.stats.invalidated_by_tracking,
             Cause::Admin => &self.stats.invalidated_by_admin,
@@ -463,24 +458,43 @@ impl Tier {
         self.clears.fetch_add(1, Ordering::AcqRel);
         inc(&self.stats.clears);
         self.entries.clear();
-        self.lru.load().invalidate_all();
+        self.lru.clear(None).into_iter().for_each(|gone| self.forget(gone));
     }
 
-    /// Bytes held (as weighed), after pending maintenance. For tests and metrics.
+    /// `entry`, just taken off the map, leaves the LRU list too (unless it left it first).
+    fn unlist(&self, entry: &KeyEntry) {
+        if let Some(gone) = self.lru.remove(entry) {
+            self.forget(gone);
+        }
+    }
+
+    /// An entry left the LRU list: off the map too if it is still there (never a newer entry
+    /// for the same key), off its rule's numbers, counted if evicted.
+    fn forget(&self, gone: Gone) {
+        if gone.cause != Left::Removed {
+            self.entries.remove_if(&gone.key, |_, current| Arc::ptr_eq(current, &gone.entry));
+        }
+        if gone.cause == Left::Evicted {
+            inc(&self.stats.evictions);
+        }
+        if let Some(rule) = &gone.entry.rule {
+            rule.entries.fetch_sub(1, Ordering::Relaxed);
+            rule.bytes.fetch_sub(i64::from(gone.weight), Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes held (as weighed). For tests and metrics.
     pub fn weighted_size(&self) -> u64 {
-        let lru = self.lru.load();
-        lru.run_pending_tasks();
-        lru.weighted_size()
+        self.lru.weight()
     }
 
     /// `cache.max_memory`.
     pub fn max_memory(&self) -> u64 {
-        self.lru.load().policy().max_capacity().unwrap_or(u64::MAX)
+        self.lru.max()
     }
 
-    /// Keys held, after pending maintenance.
+    /// Keys held.
     pub fn entry_count(&self) -> usize {
-        self.lru.load().run_pending_tasks();
         self.entries.len()
     }
 }

@@ -1,12 +1,11 @@
 //! What `PROXY CACHE ...` needs from the tier: one key's variants, and invalidation by pattern.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{Cause, Tier, build_lru};
+use super::{Cause, Tier};
 use crate::metrics::inc;
 use crate::policy::glob_match;
 
@@ -58,13 +57,10 @@ impl Tier {
         // Exclusive: no fill inserts into the old cache once the new one is in place.
         let _exclusive = self.clearing.write().unwrap_or_else(|e| e.into_inner());
         self.max_entry_size.store(max_entry_size, Ordering::Relaxed);
-        let old = self.lru.swap(Arc::new(build_lru(max_memory, self.serve_stale, &self.entries, &self.stats)));
         self.clears.fetch_add(1, Ordering::AcqRel);
         inc(&self.stats.clears);
         self.entries.clear();
-        old.invalidate_all();
-        // Its listener takes the entries off their rules' numbers now, not when it is dropped.
-        old.run_pending_tasks();
+        self.lru.clear(Some(max_memory)).into_iter().for_each(|gone| self.forget(gone));
     }
 
     pub fn max_entry_size(&self) -> usize {

@@ -3,12 +3,12 @@
 //! (coherence rule 3), for min(the rule's local TTL, the key's PTTL) (rule 5).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::lru::weight;
+use super::lru::{NIL, weight};
 use super::{FillTicket, KeyEntry, KeyState, Tier, Variant, Waiter};
 use crate::metrics::inc;
 use crate::upstream::ReplyChunk;
@@ -71,15 +71,19 @@ impl Tier {
         let (id, slot_epoch) = (ticket.id.clone(), ticket.slot_epoch);
         variants.push(Variant { id, reply, filled_at: now, expires_at: now + lifetime, slot_epoch });
         let touched = AtomicU64::new(now.duration_since(self.born).as_millis() as u64);
-        let entry = Arc::new(KeyEntry { variants, touched, rule: ticket.rule.clone() });
+        let slot = AtomicU32::new(NIL);
+        let entry = Arc::new(KeyEntry { variants, touched, slot, rule: ticket.rule.clone() });
         if let Some(rule) = &entry.rule {
-            // Taken back by moka's listener when the entry goes, whatever the cause.
+            // Taken back by `forget` when the entry leaves the list, whatever the cause.
             rule.entries.fetch_add(1, Ordering::Relaxed);
             rule.bytes.fetch_add(i64::from(weight(&ticket.key, &entry)), Ordering::Relaxed);
         }
-        self.entries.insert(ticket.key.clone(), Arc::clone(&entry));
-        // After the map (no lock held): moka may evict, and its listener edits the map.
-        self.lru.load().insert(ticket.key.clone(), entry);
+        if let Some(replaced) = self.entries.insert(ticket.key.clone(), Arc::clone(&entry)) {
+            self.unlist(&replaced);
+        }
+        // After the map (no lock of it held): what the list pushes out leaves the map.
+        let gone = self.lru.insert(ticket.key.clone(), entry, now, self.serve_stale);
+        gone.into_iter().for_each(|gone| self.forget(gone));
     }
 }
 

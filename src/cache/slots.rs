@@ -90,10 +90,10 @@ impl Tier {
         }
         let doomed: Vec<_> =
             self.entries.iter().filter(|e| dropped[usize::from(slot_of(e.key()))]).map(|e| e.key().clone()).collect();
-        let lru = self.lru.load();
         for key in doomed {
-            self.entries.remove(&key);
-            lru.invalidate(&key);
+            if let Some((_, entry)) = self.entries.remove(&key) {
+                self.unlist(&entry);
+            }
         }
         changed
     }

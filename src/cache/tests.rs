@@ -147,7 +147,7 @@ fn the_tier_stays_within_max_memory() {
     let size = tier.weighted_size();
     assert!(size <= 1 << 20, "{size} bytes held");
     assert!(size > 900 << 10, "the tier should be nearly full, holds {size}");
-    // What moka evicted left the map hits read, too (~10 KB per key in 1 MiB).
+    // What the list evicted left the map hits read, too (~10 KB per key in 1 MiB).
     let count = tier.entry_count();
     assert!((80..=105).contains(&count), "{count} keys held");
     // LRU: the most recent keys are the ones kept.
@@ -227,4 +227,74 @@ fn with_serve_stale_losing_tracking_demotes_instead_of_dropping() {
     let ticket = miss(&tier, "k", "GET k");
     tier.fill(ticket, Bytes::from_static(b"+w\r\n"), Some(-1));
     assert_eq!(hit(&tier, "k", "GET k").as_deref(), Some(&b"+w\r\n"[..]));
+}
+
+fn fill(tier: &Tier, key: &str, value: &Bytes, at: Option<&Arc<RuleStats>>) {
+    let ticket = miss(tier, key, &format!("GET {key}"));
+    let ticket = match at {
+        Some(rule) => ticket.for_rule(rule),
+        None => ticket,
+    };
+    tier.fill(ticket, value.clone(), Some(-1));
+}
+
+#[test]
+fn a_key_read_lately_outlives_keys_read_before_it() {
+    // Room for three entries of ~11 KB.
+    let tier = Tier::new(35_000, 64 << 10, true, Duration::ZERO);
+    let value = Bytes::from(vec![b'v'; 10_000]);
+    for key in ["a", "b", "c"] {
+        fill(&tier, key, &value, None);
+    }
+    // A hit moves its key at most once per TOUCH_EVERY: read `a` as if that much later.
+    let later = LookupAt { now: Instant::now() + TOUCH_EVERY * 2, stale_ok: false };
+    assert!(matches!(tier.lookup(b"a", b"GET a", TTL, later, nobody), Lookup::Hit(_)));
+    fill(&tier, "d", &value, None);
+    assert_eq!(tier.entry_count(), 3);
+    assert!(hit(&tier, "b", "GET b").is_none(), "the least recently used key goes first");
+    for key in ["a", "c", "d"] {
+        assert!(hit(&tier, key, &format!("GET {key}")).is_some(), "{key} kept");
+    }
+    assert_eq!(get(&tier.stats.evictions), 1);
+}
+
+#[test]
+fn a_rules_numbers_follow_its_entries_whatever_removes_them() {
+    let tier = Tier::new(35_000, 64 << 10, true, Duration::ZERO);
+    let rule = Arc::new(RuleStats::default());
+    let value = Bytes::from(vec![b'v'; 10_000]);
+    let counted = |tier: &Tier| {
+        assert_eq!(rule.entries.load(Ordering::Relaxed), tier.entry_count() as i64);
+        assert_eq!(rule.bytes.load(Ordering::Relaxed), tier.weighted_size() as i64);
+    };
+    for key in ["a", "b", "c", "d", "e"] {
+        fill(&tier, key, &value, Some(&rule)); // two evicted
+    }
+    counted(&tier);
+    // Replaced: a second variant of `e`.
+    let strlen = miss(&tier, "e", "STRLEN e").for_rule(&rule);
+    tier.fill(strlen, Bytes::from_static(b":10000\r\n"), Some(-1));
+    counted(&tier);
+    tier.invalidate(b"e", Cause::Write);
+    counted(&tier);
+    tier.clear();
+    counted(&tier);
+    assert_eq!((tier.entry_count(), tier.weighted_size()), (0, 0));
+}
+
+#[test]
+fn an_expired_entry_leaves_when_a_fill_finds_it_least_recently_used() {
+    let tier = tier();
+    let ticket = miss(&tier, "short", "GET short");
+    tier.fill(ticket, Bytes::from_static(b"$1\r\nv\r\n"), Some(1));
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(tier.entry_count(), 1, "held until something needs the list");
+    fill(&tier, "next", &Bytes::from_static(b"$1\r\nw\r\n"), None);
+    assert_eq!(tier.entry_count(), 1);
+    assert!(hit(&tier, "next", "GET next").is_some());
+    assert_eq!(get(&tier.stats.evictions), 0, "expired, not evicted");
+}
+
+fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
 }

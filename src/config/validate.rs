@@ -118,7 +118,8 @@ impl Config {
                 return Err(("rule.local_ttl", format!("must be greater than 0s (pattern {:?})", rule.pattern)));
             }
         }
-        // moka panics on lifetimes over 1000 years: keep far below (and TTLs in i64 ms).
+        // An entry's expiry is `Instant::now() + ttl`, which panics on overflow: keep far below
+        // any such bound (and TTLs in i64 ms).
         let longest = self
             .rule
             .iter()
