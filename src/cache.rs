@@ -41,9 +41,9 @@ use crate::upstream::ReplySink;
 
 /// What a key's entry and each variant cost beyond their bytes (key, variant id, reply),
 /// counted so that `cache.max_memory` bounds the real footprint: measured with
-/// `benches/tier_memory.sh`, an entry of one variant takes ~960 bytes more than its bytes
+/// `benches/tier_memory.sh`, an entry of one variant takes ~740 bytes more than its bytes
 /// (the map slot, the list's node, the `Arc`s, allocator headers).
-const ENTRY_OVERHEAD: usize = 704;
+const ENTRY_OVERHEAD: usize = 480;
 const VARIANT_OVERHEAD: usize = 256;
 /// How often a hit on one key moves it in the LRU list.
 const TOUCH_EVERY: Duration = Duration::from_secs(1);
