@@ -298,3 +298,42 @@ fn an_expired_entry_leaves_when_a_fill_finds_it_least_recently_used() {
 fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
+
+#[test]
+fn concurrent_fills_evictions_and_invalidations_leave_the_map_the_list_and_the_numbers_agreeing() {
+    // Room for ~18 of 64 keys' entries: fills evict, replace (two variants per key), invalidate
+    // and move entries from four threads at once.
+    let tier = Arc::new(Tier::new(50_000, 64 << 10, true, Duration::ZERO));
+    let rule = Arc::new(RuleStats::default());
+    let threads: Vec<_> = (1..=4u64)
+        .map(|seed| {
+            let (tier, rule) = (Arc::clone(&tier), Arc::clone(&rule));
+            std::thread::spawn(move || {
+                let mut x = seed;
+                for _ in 0..20_000 {
+                    (x ^= x << 13, x ^= x >> 7, x ^= x << 17);
+                    let key = format!("k{}", x % 64);
+                    let id = if x & 64 == 0 { format!("GET {key}") } else { format!("STRLEN {key}") };
+                    if x % 4 == 0 {
+                        tier.invalidate(key.as_bytes(), Cause::Write);
+                        continue;
+                    }
+                    // Hits seen up to 8 s ahead: they move their entry in the list.
+                    let at = LookupAt { now: Instant::now() + Duration::from_secs(x % 8), stale_ok: false };
+                    if let Err(Some(ticket)) = tier.lookup_or_register(key.as_bytes(), id.as_bytes(), TTL, at) {
+                        tier.fill(ticket.for_rule(&rule), Bytes::from(vec![b'v'; 2000]), Some(-1));
+                    }
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert!(tier.weighted_size() <= 50_000, "{} bytes held", tier.weighted_size());
+    assert!(get(&tier.stats.evictions) > 0);
+    // The rule counts what is in the list; the map holds the same entries.
+    assert_eq!(rule.entries.load(Ordering::Relaxed), tier.entry_count() as i64);
+    assert_eq!(rule.bytes.load(Ordering::Relaxed), tier.weighted_size() as i64);
+    for entry in tier.entries.iter() {
+        assert_ne!(entry.value().slot.load(Ordering::Relaxed), lru::NIL, "{:?} is in the list", entry.key());
+    }
+}
