@@ -311,7 +311,9 @@ fn concurrent_fills_evictions_and_invalidations_leave_the_map_the_list_and_the_n
             std::thread::spawn(move || {
                 let mut x = seed;
                 for _ in 0..20_000 {
-                    (x ^= x << 13, x ^= x >> 7, x ^= x << 17);
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
                     let key = format!("k{}", x % 64);
                     let id = if x & 64 == 0 { format!("GET {key}") } else { format!("STRLEN {key}") };
                     if x % 4 == 0 {
