@@ -134,15 +134,17 @@ impl Lru {
         let nodes = std::mem::take(&mut state.nodes);
         state.free = Vec::new();
         (state.head, state.tail, state.weight) = (NIL, NIL, 0);
-        drop(state);
-        nodes
+        let gone: Vec<Gone> = nodes
             .into_iter()
             .filter_map(|node| {
                 let (key, entry) = node.held?;
+                // Under the lock: no entry may name a node of the new list.
                 entry.slot.store(NIL, Ordering::Relaxed);
                 Some(Gone { key, entry, weight: node.weight, cause: Left::Removed })
             })
-            .collect()
+            .collect();
+        drop(state);
+        gone
     }
 
     /// Bytes held, as weighed.
