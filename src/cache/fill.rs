@@ -73,16 +73,17 @@ impl Tier {
         let touched = AtomicU64::new(now.duration_since(self.born).as_millis() as u64);
         let slot = AtomicU32::new(NIL);
         let entry = Arc::new(KeyEntry { variants, touched, slot, rule: ticket.rule.clone() });
+        let w = weight(&ticket.key, &entry);
         if let Some(rule) = &entry.rule {
             // Taken back by `forget` when the entry leaves the list, whatever the cause.
             rule.entries.fetch_add(1, Ordering::Relaxed);
-            rule.bytes.fetch_add(i64::from(weight(&ticket.key, &entry)), Ordering::Relaxed);
+            rule.bytes.fetch_add(i64::from(w), Ordering::Relaxed);
         }
         if let Some(replaced) = self.entries.insert(ticket.key.clone(), Arc::clone(&entry)) {
             self.unlist(&replaced);
         }
         // After the map (no lock of it held): what the list pushes out leaves the map.
-        let gone = self.lru.insert(ticket.key.clone(), entry, now, self.serve_stale);
+        let gone = self.lru.insert(ticket.key.clone(), entry, w, now, self.serve_stale);
         gone.into_iter().for_each(|gone| self.forget(gone));
     }
 }

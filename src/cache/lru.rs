@@ -77,10 +77,9 @@ impl Lru {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds `entry` as the most recent; returns what left to make room (and expired entries
-    /// found at the cold end), which the caller takes off the map.
-    pub fn insert(&self, key: Bytes, entry: Arc<KeyEntry>, now: Instant, serve_stale: Duration) -> Vec<Gone> {
-        let w = weight(&key, &entry);
+    /// Adds `entry`, weighing `w` ([`weight`]), as the most recent; returns what left to make
+    /// room (and expired entries found at the cold end), which the caller takes off the map.
+    pub fn insert(&self, key: Bytes, entry: Arc<KeyEntry>, w: u32, now: Instant, serve_stale: Duration) -> Vec<Gone> {
         let mut state = self.lock();
         let slot = match state.free.pop() {
             Some(slot) => slot,
