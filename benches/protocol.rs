@@ -210,6 +210,10 @@ fn invalidation(c: &mut Criterion) {
             refill(&keys[i]);
         })
     });
+    // The expiry sweep's idle cost: one round (one step of nodes) finding nothing expired.
+    c.bench_function("tier: a sweep round, nothing expired", |b| {
+        b.iter(|| tier.sweep_expired(black_box(Instant::now())))
+    });
     let push = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$18\r\nother:000000000001\r\n";
     c.bench_function("tracking: apply an invalidate push for one uncached key", |b| {
         b.iter(|| tracking::apply(black_box(push), &tier))

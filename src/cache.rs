@@ -474,8 +474,10 @@ impl Tier {
         if gone.cause != Left::Removed {
             self.entries.remove_if(&gone.key, |_, current| Arc::ptr_eq(current, &gone.entry));
         }
-        if gone.cause == Left::Evicted {
-            inc(&self.stats.evictions);
+        match gone.cause {
+            Left::Evicted => inc(&self.stats.evictions),
+            Left::Expired => inc(&self.stats.expired),
+            Left::Removed => {}
         }
         if let Some(rule) = &gone.entry.rule {
             rule.entries.fetch_sub(1, Ordering::Relaxed);
@@ -500,6 +502,7 @@ impl Tier {
 }
 
 mod admin;
+mod expiry;
 mod fill;
 mod hotkeys;
 mod lru;
@@ -508,6 +511,7 @@ mod split;
 mod stats;
 
 pub use admin::VariantView;
+pub use expiry::sweep;
 pub use hotkeys::{HotKeys, SAMPLE_EVERY, WINDOW};
 pub use split::SplitGet;
 pub use stats::Stats;

@@ -115,6 +115,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         (Some(tier), Tracking::On) => Some(tokio::spawn(tracking::run(Arc::clone(&upstream), Arc::clone(tier)))),
         _ => None,
     };
+    let expiry = tier.as_ref().map(|tier| tokio::spawn(crate::cache::sweep(Arc::clone(tier))));
     let ctx = Arc::new(Context {
         upstream: Arc::clone(&upstream),
         limits: Limits {
@@ -180,7 +181,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         clients.shutdown().await;
     }
     let following = sentinel.map(|(_, task)| task).or(cluster.map(|(_, task)| task));
-    for task in [tracking, exporter, following, Some(hangups), Some(recovery), Some(learning)].into_iter().flatten() {
+    for task in
+        [tracking, expiry, exporter, following, Some(hangups), Some(recovery), Some(learning)].into_iter().flatten()
+    {
         task.abort();
     }
     upstream.close();

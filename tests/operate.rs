@@ -363,3 +363,33 @@ async fn every_rule_has_its_own_hit_rate_and_footprint() {
     assert_eq!(m[r#"nearcache_rule_cache_entries{rule="users"}"#], 0.0);
     assert_eq!(m[r#"nearcache_rule_cache_bytes{rule="item:*"}"#], 0.0);
 }
+
+#[tokio::test]
+async fn an_entry_past_its_local_ttl_leaves_the_tier_without_being_read_again() {
+    let redis = Redis::start();
+    let mut config = config_for(&redis.addr());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    config.metrics.address = metrics.clone();
+    config.rule.push(Rule { pattern: "brief:*".into(), local_ttl: Some("300ms".parse().unwrap()), ..Rule::default() });
+    let proxy = Proxy::start(config).await;
+    let mut client = proxy.raw().await;
+    let mut direct = Raw::connect(redis.addr()).await;
+    wait_for_caching(&mut client, &mut direct).await;
+    for key in ["brief:1", "kept"] {
+        call(&mut direct, &["SET", key, "v"]).await;
+        call(&mut client, &["GET", key]).await;
+    }
+    let info = call(&mut client, &["PROXY", "INFO", "cache"]).await;
+    let cached = info_number(&info, "cache_entries");
+    assert_eq!(info_number(&info, "cache_expired"), 0, "{info}");
+    // The key lives on in Redis (no push comes), nobody reads it again and no fill comes:
+    // the sweep alone can drop it.
+    let info = until_reply(&mut client, &["PROXY", "INFO", "cache"], "dropped the expired entry", |info| {
+        info_number(info, "cache_expired") == 1
+    })
+    .await;
+    assert_eq!(info_number(&info, "cache_entries"), cached - 1, "{info}");
+    assert!(call(&mut client, &["PROXY", "CACHE", "INSPECT", "brief:1"]).await.contains("cached:0"));
+    assert!(call(&mut client, &["PROXY", "CACHE", "INSPECT", "kept"]).await.contains("cached:1"));
+    assert_eq!(scrape(&metrics).await["nearcache_cache_expired_total"], 1.0);
+}

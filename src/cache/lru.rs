@@ -8,10 +8,11 @@
 //! ~2 µs for each refill of a written key: its concurrent table rehashed, its key locks and
 //! write-op channel ran on every write; issue 17.)
 //!
-//! Expiry is lazy: an expired variant is never served (hits check it), and an entry whose
-//! variants are all past `keep_until` is dropped when a fill finds it at the cold end of the
-//! list, or when the byte bound evicts it. Until then it counts against `max_memory` like any
-//! other entry, so the bound holds whatever expires.
+//! Expiry: an expired variant is never served (hits check it). An entry whose variants are all
+//! past `keep_until` is dropped when a fill finds it at the cold end of the list, when the
+//! sweep ([`Lru::sweep`], run by `Tier::sweep_expired` every [`super::SWEEP_EVERY`]) comes to
+//! its node, or when the byte bound evicts it. Until then it counts against `max_memory` like
+//! any other entry, so the bound holds whatever expires.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,6 +41,8 @@ struct State {
     head: u32,
     /// Least recently used: evicted first.
     tail: u32,
+    /// The next node the sweep checks: it goes round the slab.
+    cursor: u32,
 }
 
 struct Node {
@@ -62,7 +65,7 @@ pub(super) struct Gone {
 pub(super) enum Left {
     /// Pushed out by the byte bound: still in the map, counted as an eviction.
     Evicted,
-    /// Found expired at the cold end: still in the map.
+    /// Found expired (at the cold end, or by the sweep): still in the map.
     Expired,
     /// Already taken off the map (invalidated, replaced, cleared).
     Removed,
@@ -70,7 +73,17 @@ pub(super) enum Left {
 
 impl Lru {
     pub fn new(max: u64) -> Lru {
-        Lru { state: Mutex::new(State { max, weight: 0, nodes: Vec::new(), free: Vec::new(), head: NIL, tail: NIL }) }
+        Lru {
+            state: Mutex::new(State {
+                max,
+                weight: 0,
+                nodes: Vec::new(),
+                free: Vec::new(),
+                head: NIL,
+                tail: NIL,
+                cursor: 0,
+            }),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -132,7 +145,7 @@ impl Lru {
         }
         let nodes = std::mem::take(&mut state.nodes);
         state.free = Vec::new();
-        (state.head, state.tail, state.weight) = (NIL, NIL, 0);
+        (state.head, state.tail, state.weight, state.cursor) = (NIL, NIL, 0, 0);
         let gone: Vec<Gone> = nodes
             .into_iter()
             .filter_map(|node| {
@@ -144,6 +157,26 @@ impl Lru {
             .collect();
         drop(state);
         gone
+    }
+
+    /// Checks the next `nodes` nodes of the slab, going round it, and takes out the entries
+    /// whose variants are all expired (the caller takes them off the map); also returns how
+    /// many of the nodes held an entry.
+    pub fn sweep(&self, nodes: usize, now: Instant, serve_stale: Duration) -> (Vec<Gone>, usize) {
+        let mut state = self.lock();
+        let len = state.nodes.len() as u32;
+        let (mut gone, mut held) = (Vec::new(), 0);
+        for _ in 0..nodes.min(len as usize) {
+            let slot = state.cursor % len;
+            state.cursor = (slot + 1) % len;
+            if state.nodes[slot as usize].held.is_some() {
+                held += 1;
+                if state.expired(slot, now, serve_stale) {
+                    gone.push(state.take(slot, Left::Expired));
+                }
+            }
+        }
+        (gone, held)
     }
 
     /// Bytes held, as weighed.

@@ -32,6 +32,8 @@ pub struct Stats {
     pub fills_refused: AtomicU64,
     /// Entries dropped by the byte bound (LRU).
     pub evictions: AtomicU64,
+    /// Entries dropped once expired (by the sweep, or found at the cold end by a fill).
+    pub expired: AtomicU64,
     /// Keys dropped by writes through this proxy.
     pub invalidated_by_write: AtomicU64,
     /// Keys dropped by Redis's tracking pushes.

@@ -293,6 +293,7 @@ fn an_expired_entry_leaves_when_a_fill_finds_it_least_recently_used() {
     assert_eq!(tier.entry_count(), 1);
     assert!(hit(&tier, "next", "GET next").is_some());
     assert_eq!(tier.stats.evictions.load(Ordering::Relaxed), 0, "expired, not evicted");
+    assert_eq!(tier.stats.expired.load(Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -334,4 +335,41 @@ fn concurrent_fills_evictions_and_invalidations_leave_the_map_the_list_and_the_n
     for entry in tier.entries.iter() {
         assert_ne!(entry.value().slot.load(Ordering::Relaxed), lru::NIL, "{:?} is in the list", entry.key());
     }
+}
+
+#[test]
+fn the_sweep_drops_expired_entries_wherever_they_are_in_the_list() {
+    let tier = tier();
+    let rule = Arc::new(RuleStats::default());
+    let value = Bytes::from_static(b"$1\r\nv\r\n");
+    // Every other key expires (PTTL 1 ms): the expired ones sit all along the list, not only at
+    // its cold end, which is all a fill looks at.
+    for n in 0..1000 {
+        let ticket = miss(&tier, &format!("k{n}"), &format!("GET k{n}")).for_rule(&rule);
+        tier.fill(ticket, value.clone(), Some(if n % 2 == 0 { 1 } else { -1 }));
+    }
+    let later = Instant::now() + Duration::from_secs(1);
+    let mut dropped = 0;
+    for _ in 0..8 {
+        dropped += tier.sweep_expired(later);
+    }
+    assert_eq!(dropped, 500);
+    assert_eq!(tier.entry_count(), 500);
+    assert_eq!(tier.stats.expired.load(Ordering::Relaxed), 500);
+    assert_eq!(tier.stats.evictions.load(Ordering::Relaxed), 0);
+    assert_eq!(rule.entries.load(Ordering::Relaxed), 500);
+    assert_eq!(rule.bytes.load(Ordering::Relaxed), tier.weighted_size() as i64);
+    for n in [0, 1, 998, 999] {
+        assert_eq!(hit(&tier, &format!("k{n}"), &format!("GET k{n}")).is_some(), n % 2 == 1, "k{n}");
+    }
+}
+
+#[test]
+fn the_sweep_keeps_what_may_still_be_served_stale() {
+    let tier = Tier::new(1 << 20, 64 << 10, true, Duration::from_secs(10));
+    let ticket = miss(&tier, "k", "GET k");
+    tier.fill(ticket, Bytes::from_static(b"$1\r\nv\r\n"), Some(1));
+    assert_eq!(tier.sweep_expired(Instant::now() + Duration::from_secs(1)), 0, "within serve_stale");
+    assert_eq!(tier.sweep_expired(Instant::now() + Duration::from_secs(11)), 1, "past it");
+    assert_eq!(tier.entry_count(), 0);
 }

@@ -58,6 +58,7 @@ impl Collector for Exporter {
             counter(&mut e, "cache_fills", "Replies cached", c.fills)?;
             counter(&mut e, "cache_fills_refused", "Replies not cached: invalidated while in flight", c.fills_refused)?;
             counter(&mut e, "cache_evictions", "Keys evicted by cache.max_memory (LRU)", c.evictions)?;
+            counter(&mut e, "cache_expired", "Keys dropped from the tier once expired", c.expired)?;
             let causes = [
                 ([("cause", "write")], c.invalidated_by_write),
                 ([("cause", "tracking")], c.invalidated_by_tracking),

@@ -90,6 +90,7 @@ pub struct CacheSnapshot {
     pub fills: u64,
     pub fills_refused: u64,
     pub evictions: u64,
+    pub expired: u64,
     pub invalidated_by_write: u64,
     pub invalidated_by_tracking: u64,
     pub invalidated_by_admin: u64,
@@ -133,6 +134,7 @@ impl Snapshot {
                 fills: get(&s.fills),
                 fills_refused: get(&s.fills_refused),
                 evictions: get(&s.evictions),
+                expired: get(&s.expired),
                 invalidated_by_write: get(&s.invalidated_by_write),
                 invalidated_by_tracking: get(&s.invalidated_by_tracking),
                 invalidated_by_admin: get(&s.invalidated_by_admin),
@@ -232,6 +234,7 @@ impl Snapshot {
                 out.line("cache_fills", &c.fills);
                 out.line("cache_fills_refused", &c.fills_refused);
                 out.line("cache_evictions", &c.evictions);
+                out.line("cache_expired", &c.expired);
                 out.line("cache_invalidations_write", &c.invalidated_by_write);
                 out.line("cache_invalidations_tracking", &c.invalidated_by_tracking);
                 out.line("cache_invalidations_admin", &c.invalidated_by_admin);
