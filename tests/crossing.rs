@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use common::{PATIENCE, Proxy, Redis, config_for};
@@ -243,6 +243,51 @@ async fn a_clients_pipeline_runs_in_order_across_several_connections() {
         .collect();
     for client in clients {
         client.await.unwrap();
+    }
+    proxy.stop().await;
+}
+
+/// A client with nothing in flight does not queue behind another client's large reply: a GET
+/// of a 1 MiB value stops a quarter of the way (a scriptable fake upstream holds the rest, as a
+/// slow link would), and other clients' reads are answered meanwhile on the next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_does_not_wait_behind_anothers_large_reply() {
+    let fake = common::fake::FakeRedis::start().await;
+    fake.set("big", &"x".repeat(1 << 20));
+    fake.set("small", "s");
+    fake.hold_midway("big");
+    let mut config = config_for(&fake.addr);
+    config.upstream.connections = 2;
+    config.cache.enabled = false;
+    let proxy = Proxy::start(config).await;
+    let mut large = proxy.raw().await;
+    large.cmd(&[b"GET", b"big"]).await;
+    let deadline = Instant::now() + PATIENCE;
+    while fake.halfway() == 0 {
+        assert!(Instant::now() < deadline, "the large reply never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Fresh clients until one is answered: one that chose before the proxy read the start of
+    // the large reply took the first connection, and waits behind it.
+    let mut behind = Vec::new();
+    loop {
+        let mut small = proxy.raw().await;
+        small.cmd(&[b"GET", b"small"]).await;
+        match small.try_reply(Duration::from_secs(1)).await {
+            Some(reply) => {
+                assert_eq!(&reply[..], b"$1\r\ns\r\n");
+                break;
+            }
+            None => behind.push(small),
+        }
+        assert!(Instant::now() < deadline, "every read waited behind the large reply");
+    }
+    assert!(behind.len() <= 2, "{} reads waited behind the large reply", behind.len());
+    fake.release();
+    let reply = large.reply().await;
+    assert_eq!(reply.len(), (1 << 20) + b"$1048576\r\n\r\n".len());
+    for mut small in behind {
+        assert_eq!(&small.reply().await[..], b"$1\r\ns\r\n");
     }
     proxy.stop().await;
 }

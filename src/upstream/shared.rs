@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -189,10 +190,12 @@ async fn serve(
     let mut redirected = 0;
     // Taken from the channel and not yet routed (the writer waits a turn before writing them).
     let mut gathered: Vec<Batch> = Vec::with_capacity(64);
+    let receiving = batches.receiving();
     let ended = tokio::select! {
         done = write_loop(up, wr, batches, &mut gathered, &route_tx, &mut redirected) => done.err().map(Lost::Error),
-        lost = read_loop(up, rd, &mut switch, &mut routes, &mut current, lane) => Some(lost),
+        lost = read_loop(up, rd, &mut switch, &mut routes, &mut current, lane, &receiving) => Some(lost),
     };
+    receiving.store(0, Ordering::Relaxed);
     // Closed for whatever reason (the pool dropped too): Redis forgets the keys it tracked.
     if let Some(tracked) = &up.tracked {
         tracked.connection_lost(redirected);
@@ -275,6 +278,7 @@ async fn read_loop(
     routes: &mut UnboundedReceiver<Route>,
     current: &mut Option<Route>,
     lane: (PoolKey, usize),
+    receiving: &AtomicUsize,
 ) -> Lost {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = ReplyScanner::default();
@@ -329,6 +333,8 @@ async fn read_loop(
         if let Err(err) = deliver(up, &mut buf, &mut scanner, routes, current, lane) {
             return Lost::Error(err);
         }
+        // What is left is the start of a reply: a large one keeps idle clients away (`lanes.rs`).
+        receiving.store(buf.len(), Ordering::Relaxed);
     }
 }
 

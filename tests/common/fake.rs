@@ -1,5 +1,6 @@
 //! A scriptable fake upstream, for what Redis cannot do on demand: hold one reply while the
-//! tracking connection delivers an invalidation. It speaks just enough RESP for the proxy:
+//! tracking connection delivers an invalidation, or stop halfway through a large reply. It
+//! speaks just enough RESP for the proxy:
 //! HELLO, CONFIG, CLIENT SETNAME/ID/TRACKING (`ON REDIRECT <id>` names where pushes go), PTTL,
 //! GET and SET.
 
@@ -17,6 +18,10 @@ struct State {
     values: HashMap<Vec<u8>, Vec<u8>>,
     /// GETs of these keys wait for [`FakeRedis::release`] before answering.
     held: HashSet<Vec<u8>>,
+    /// GETs of these keys send the first 64 KiB of their reply, then wait for the release.
+    midway: HashSet<Vec<u8>>,
+    /// Replies sent halfway so far.
+    halfway: usize,
     gets: usize,
     /// Every GET answers after this long.
     delay: std::time::Duration,
@@ -56,9 +61,22 @@ impl FakeRedis {
         self.state.lock().unwrap().held.insert(key.into());
     }
 
+    /// GETs of `key` stop after the first 64 KiB of their reply until [`FakeRedis::release`].
+    pub fn hold_midway(&self, key: &str) {
+        self.state.lock().unwrap().midway.insert(key.into());
+    }
+
+    /// How many replies were sent halfway (and held there).
+    pub fn halfway(&self) -> usize {
+        self.state.lock().unwrap().halfway
+    }
+
     /// Lets every held GET answer (with the value it read when it arrived).
     pub fn release(&self) {
-        self.state.lock().unwrap().held.clear();
+        let mut state = self.state.lock().unwrap();
+        state.held.clear();
+        state.midway.clear();
+        drop(state);
         self.release.notify_waiters();
     }
 
@@ -105,7 +123,7 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, release: Arc<Notify>
         while let Ok(Some(Parsed::Command { len, argc })) = parser.parse(&buf) {
             let frame = buf.split_to(len);
             let args: Vec<Vec<u8>> = CommandView::new(&frame, argc).args().map(<[u8]>::to_vec).collect();
-            let reply = answer(&args, &state, id, &release).await;
+            let reply = answer(&args, &state, id, &release, &out).await;
             if out.send(reply).is_err() {
                 return;
             }
@@ -116,7 +134,13 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, release: Arc<Notify>
     }
 }
 
-async fn answer(args: &[Vec<u8>], state: &Mutex<State>, id: usize, release: &Notify) -> Bytes {
+async fn answer(
+    args: &[Vec<u8>],
+    state: &Mutex<State>,
+    id: usize,
+    release: &Notify,
+    out: &mpsc::UnboundedSender<Bytes>,
+) -> Bytes {
     let name = String::from_utf8_lossy(&args[0]).to_uppercase();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     let bulk = |v: Option<Vec<u8>>| match v {
@@ -144,11 +168,20 @@ async fn answer(args: &[Vec<u8>], state: &Mutex<State>, id: usize, release: &Not
         "GET" => {
             // Created before the GET is counted, so a release after the count always wakes it.
             let released = release.notified();
-            let (value, held, delay) = {
+            let (value, held, midway, delay) = {
                 let mut state = state.lock().unwrap();
                 state.gets += 1;
-                (state.values.get(&arg(1)).cloned(), state.held.contains(&arg(1)), state.delay)
+                let key = arg(1);
+                (state.values.get(&key).cloned(), state.held.contains(&key), state.midway.contains(&key), state.delay)
             };
+            if midway {
+                let whole = bulk(value);
+                let head = whole.slice(..whole.len().min(64 << 10));
+                let _ = out.send(head.clone());
+                state.lock().unwrap().halfway += 1;
+                released.await;
+                return whole.slice(head.len()..);
+            }
             if held {
                 released.await;
             }
