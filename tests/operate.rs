@@ -41,8 +41,9 @@ fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, name: &str
     after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0)
 }
 
-/// Redis, a proxy with metrics on a port of its own and a TTL rule, a client through it (reads
-/// cached already) and one straight to Redis; the metrics address.
+/// Redis, a proxy with metrics on a port of its own and a rule (a TTL rule for `session:*`
+/// unless given), a client through it (reads cached already) and one straight to Redis; the
+/// metrics address.
 struct Setup {
     _redis: Redis,
     _proxy: Proxy,
@@ -52,11 +53,15 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(Rule { pattern: "session:*".into(), default_ttl: Some("1h".parse().unwrap()), ..Rule::default() }).await
+}
+
+async fn setup_with(rule: Rule) -> Setup {
     let redis = Redis::start();
     let mut config = config_for(&redis.addr());
     let metrics = format!("127.0.0.1:{}", free_port());
     config.metrics.address = metrics.clone();
-    config.rule.push(Rule { pattern: "session:*".into(), default_ttl: Some("1h".parse().unwrap()), ..Rule::default() });
+    config.rule.push(rule);
     let proxy = Proxy::start(config).await;
     let mut client = proxy.raw().await;
     let mut direct = Raw::connect(redis.addr()).await;
@@ -366,15 +371,8 @@ async fn every_rule_has_its_own_hit_rate_and_footprint() {
 
 #[tokio::test]
 async fn an_entry_past_its_local_ttl_leaves_the_tier_without_being_read_again() {
-    let redis = Redis::start();
-    let mut config = config_for(&redis.addr());
-    let metrics = format!("127.0.0.1:{}", free_port());
-    config.metrics.address = metrics.clone();
-    config.rule.push(Rule { pattern: "brief:*".into(), local_ttl: Some("300ms".parse().unwrap()), ..Rule::default() });
-    let proxy = Proxy::start(config).await;
-    let mut client = proxy.raw().await;
-    let mut direct = Raw::connect(redis.addr()).await;
-    wait_for_caching(&mut client, &mut direct).await;
+    let brief = Rule { pattern: "brief:*".into(), local_ttl: Some("300ms".parse().unwrap()), ..Rule::default() };
+    let Setup { _redis, _proxy, mut client, mut direct, metrics } = setup_with(brief).await;
     for key in ["brief:1", "kept"] {
         call(&mut direct, &["SET", key, "v"]).await;
         call(&mut client, &["GET", key]).await;
