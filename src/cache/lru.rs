@@ -10,9 +10,9 @@
 //!
 //! Expiry: an expired variant is never served (hits check it). An entry whose variants are all
 //! past `keep_until` is dropped when a fill finds it at the cold end of the list, when the
-//! sweep ([`Lru::sweep`], run by `Tier::sweep_expired` every [`super::SWEEP_EVERY`]) comes to
-//! its node, or when the byte bound evicts it. Until then it counts against `max_memory` like
-//! any other entry, so the bound holds whatever expires.
+//! sweep comes to its node ([`Lru::sweep`], run by `Tier::sweep_expired` every
+//! [`super::expiry::SWEEP_EVERY`]), or when the byte bound evicts it. Until then it counts
+//! against `max_memory` like any other entry, so the bound holds whatever expires.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
