@@ -35,6 +35,8 @@ pub struct ReplyScanner {
     pos: usize,
     /// Children still expected by each open aggregate, innermost last.
     open: Vec<u64>,
+    /// Where the bulk string being waited for ends (from the frame start); 0 between replies.
+    bulk_end: usize,
 }
 
 impl ReplyScanner {
@@ -60,6 +62,7 @@ impl ReplyScanner {
                             .and_then(|len| after_line.checked_add(len)?.checked_add(2))
                             .ok_or(ScanError("bulk length too large"))?;
                         if buf.len() < end {
+                            self.bulk_end = end;
                             return Ok(None);
                         }
                         end
@@ -86,10 +89,16 @@ impl ReplyScanner {
             self.pos = element_end;
             if self.close_element() {
                 let len = self.pos;
-                self.pos = 0;
+                (self.pos, self.bulk_end) = (0, 0);
                 return Ok(Some(len));
             }
         }
+    }
+
+    /// While a reply is incomplete, how long it is known to be at least: past a bulk string's
+    /// length line, up to that string's end. 0 between replies.
+    pub fn known_len(&self) -> usize {
+        self.pos.max(self.bulk_end)
     }
 
     /// Counts one finished element against the open aggregates; true when the reply is complete.
@@ -292,6 +301,18 @@ mod tests {
         }
         assert_eq!(scanner.scan(&input[..first]).unwrap(), Some(first));
         assert_eq!(scanner.scan(&input[first..]).unwrap(), Some(7));
+    }
+
+    #[test]
+    fn an_incomplete_reply_tells_how_long_it_is_known_to_be() {
+        let mut scanner = ReplyScanner::default();
+        assert_eq!(scanner.scan(b"*2\r\n:1\r\n$1000\r\nab").unwrap(), None);
+        assert_eq!(scanner.known_len(), 8 + 7 + 1000 + 2, "up to the end of the bulk it is in");
+        let whole = [&b"*2\r\n:1\r\n$1000\r\n"[..], &[b'x'; 1000], b"\r\n"].concat();
+        assert_eq!(scanner.scan(&whole).unwrap(), Some(whole.len()));
+        assert_eq!(scanner.known_len(), 0, "between replies");
+        assert_eq!(scanner.scan(b"*3\r\n:1\r\n").unwrap(), None);
+        assert_eq!(scanner.known_len(), 8, "what it scanned, while no bulk is waited for");
     }
 
     #[test]

@@ -248,7 +248,7 @@ async fn a_clients_pipeline_runs_in_order_across_several_connections() {
 }
 
 /// A client with nothing in flight does not queue behind another client's large reply: a GET
-/// of a 1 MiB value stops a quarter of the way (a scriptable fake upstream holds the rest, as a
+/// of a 1 MiB value stops after its first KiB (a scriptable fake upstream holds the rest, as a
 /// slow link would), and other clients' reads are answered meanwhile on the next connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_client_does_not_wait_behind_anothers_large_reply() {

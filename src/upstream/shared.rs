@@ -333,8 +333,9 @@ async fn read_loop(
         if let Err(err) = deliver(up, &mut buf, &mut scanner, routes, current, lane) {
             return Lost::Error(err);
         }
-        // What is left is the start of a reply: a large one keeps idle clients away (`lanes.rs`).
-        receiving.store(buf.len(), Ordering::Relaxed);
+        // What is left is the start of a reply: a large one keeps idle clients away (`lanes.rs`),
+        // as soon as its bulk string's length is read.
+        receiving.store(buf.len().max(scanner.known_len()), Ordering::Relaxed);
     }
 }
 

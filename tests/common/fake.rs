@@ -18,7 +18,7 @@ struct State {
     values: HashMap<Vec<u8>, Vec<u8>>,
     /// GETs of these keys wait for [`FakeRedis::release`] before answering.
     held: HashSet<Vec<u8>>,
-    /// GETs of these keys send the first 64 KiB of their reply, then wait for the release.
+    /// GETs of these keys send the first KiB of their reply, then wait for the release.
     midway: HashSet<Vec<u8>>,
     /// Replies sent halfway so far.
     halfway: usize,
@@ -61,7 +61,7 @@ impl FakeRedis {
         self.state.lock().unwrap().held.insert(key.into());
     }
 
-    /// GETs of `key` stop after the first 64 KiB of their reply until [`FakeRedis::release`].
+    /// GETs of `key` stop after the first KiB of their reply until [`FakeRedis::release`].
     pub fn hold_midway(&self, key: &str) {
         self.state.lock().unwrap().midway.insert(key.into());
     }
@@ -176,7 +176,7 @@ async fn answer(
             };
             if midway {
                 let whole = bulk(value);
-                let head = whole.slice(..whole.len().min(64 << 10));
+                let head = whole.slice(..whole.len().min(1 << 10));
                 let _ = out.send(head.clone());
                 state.lock().unwrap().halfway += 1;
                 released.await;
