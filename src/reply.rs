@@ -35,8 +35,6 @@ pub struct ReplyScanner {
     pos: usize,
     /// Children still expected by each open aggregate, innermost last.
     open: Vec<u64>,
-    /// Where the bulk string being waited for ends (from the frame start); 0 between replies.
-    bulk_end: usize,
 }
 
 impl ReplyScanner {
@@ -62,7 +60,6 @@ impl ReplyScanner {
                             .and_then(|len| after_line.checked_add(len)?.checked_add(2))
                             .ok_or(ScanError("bulk length too large"))?;
                         if buf.len() < end {
-                            self.bulk_end = end;
                             return Ok(None);
                         }
                         end
@@ -89,16 +86,26 @@ impl ReplyScanner {
             self.pos = element_end;
             if self.close_element() {
                 let len = self.pos;
-                (self.pos, self.bulk_end) = (0, 0);
+                self.pos = 0;
                 return Ok(Some(len));
             }
         }
     }
 
-    /// While a reply is incomplete, how long it is known to be at least: past a bulk string's
-    /// length line, up to that string's end. 0 between replies.
-    pub fn known_len(&self) -> usize {
-        self.pos.max(self.bulk_end)
+    /// While the reply at the start of `buf` is incomplete (`scan` answered `None`), how long
+    /// it is known to be at least: what was scanned, and past a bulk string's length line, up to
+    /// that string's end. (Only read when a reply is incomplete: `scan` keeps no more state.)
+    pub fn known_len(&self, buf: &[u8]) -> usize {
+        let at = self.pos;
+        let bulk_end = || {
+            if !matches!(buf.get(at)?, b'$' | b'=' | b'!') {
+                return None;
+            }
+            let line_end = buf[at + 1..].windows(2).position(|w| w == b"\r\n")?;
+            let len = usize::try_from(parse_int(&buf[at + 1..at + 1 + line_end])?).ok()?;
+            (at + 1 + line_end + 2).checked_add(len)?.checked_add(2)
+        };
+        bulk_end().unwrap_or(at)
     }
 
     /// Counts one finished element against the open aggregates; true when the reply is complete.
@@ -306,13 +313,16 @@ mod tests {
     #[test]
     fn an_incomplete_reply_tells_how_long_it_is_known_to_be() {
         let mut scanner = ReplyScanner::default();
-        assert_eq!(scanner.scan(b"*2\r\n:1\r\n$1000\r\nab").unwrap(), None);
-        assert_eq!(scanner.known_len(), 8 + 7 + 1000 + 2, "up to the end of the bulk it is in");
+        let start = b"*2\r\n:1\r\n$1000\r\nab";
+        assert_eq!(scanner.scan(start).unwrap(), None);
+        assert_eq!(scanner.known_len(start), 8 + 7 + 1000 + 2, "up to the end of the bulk it is in");
         let whole = [&b"*2\r\n:1\r\n$1000\r\n"[..], &[b'x'; 1000], b"\r\n"].concat();
         assert_eq!(scanner.scan(&whole).unwrap(), Some(whole.len()));
-        assert_eq!(scanner.known_len(), 0, "between replies");
+        assert_eq!(scanner.known_len(b""), 0, "between replies");
         assert_eq!(scanner.scan(b"*3\r\n:1\r\n").unwrap(), None);
-        assert_eq!(scanner.known_len(), 8, "what it scanned, while no bulk is waited for");
+        assert_eq!(scanner.known_len(b"*3\r\n:1\r\n"), 8, "what it scanned, while no bulk is waited for");
+        assert_eq!(scanner.scan(b"*3\r\n:1\r\n$10").unwrap(), None);
+        assert_eq!(scanner.known_len(b"*3\r\n:1\r\n$10"), 8, "a length line not read whole");
     }
 
     #[test]

@@ -335,7 +335,7 @@ async fn read_loop(
         }
         // What is left is the start of a reply: a large one keeps idle clients away (`lanes.rs`),
         // as soon as its bulk string's length is read.
-        receiving.store(buf.len().max(scanner.known_len()), Ordering::Relaxed);
+        receiving.store(buf.len().max(scanner.known_len(&buf)), Ordering::Relaxed);
     }
 }
 
