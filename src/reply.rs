@@ -42,29 +42,14 @@ impl ReplyScanner {
     /// bytes are needed (call again with the same start and more bytes appended).
     pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, ScanError> {
         loop {
-            let Some(&tag) = buf.get(self.pos) else { return Ok(None) };
-            let Some(line_end) = buf[self.pos + 1..].windows(2).position(|w| w == b"\r\n") else {
-                return Ok(None);
-            };
-            let line = &buf[self.pos + 1..self.pos + 1 + line_end];
-            let after_line = self.pos + 1 + line_end + 2;
+            let Some((tag, line, after_line)) = header(buf, self.pos) else { return Ok(None) };
             let element_end = match tag {
                 b'+' | b'-' | b':' | b',' | b'#' | b'_' | b'(' => after_line,
-                b'$' | b'=' | b'!' => {
-                    let len = parse_int(line).ok_or(ScanError("bad bulk length"))?;
-                    if len < 0 {
-                        after_line
-                    } else {
-                        let end = usize::try_from(len)
-                            .ok()
-                            .and_then(|len| after_line.checked_add(len)?.checked_add(2))
-                            .ok_or(ScanError("bulk length too large"))?;
-                        if buf.len() < end {
-                            return Ok(None);
-                        }
-                        end
-                    }
-                }
+                b'$' | b'=' | b'!' => match bulk_end(line, after_line)? {
+                    None => after_line,
+                    Some(end) if buf.len() < end => return Ok(None),
+                    Some(end) => end,
+                },
                 b'*' | b'~' | b'>' | b'%' | b'|' => {
                     let n = parse_int(line).ok_or(ScanError("bad aggregate length"))?;
                     let children = match tag {
@@ -96,16 +81,11 @@ impl ReplyScanner {
     /// it is known to be at least: what was scanned, and past a bulk string's length line, up to
     /// that string's end. (Only read when a reply is incomplete: `scan` keeps no more state.)
     pub fn known_len(&self, buf: &[u8]) -> usize {
-        let at = self.pos;
-        let bulk_end = || {
-            if !matches!(buf.get(at)?, b'$' | b'=' | b'!') {
-                return None;
-            }
-            let line_end = buf[at + 1..].windows(2).position(|w| w == b"\r\n")?;
-            let len = usize::try_from(parse_int(&buf[at + 1..at + 1 + line_end])?).ok()?;
-            (at + 1 + line_end + 2).checked_add(len)?.checked_add(2)
-        };
-        bulk_end().unwrap_or(at)
+        match header(buf, self.pos) {
+            Some((b'$' | b'=' | b'!', line, after_line)) => bulk_end(line, after_line).ok().flatten(),
+            _ => None,
+        }
+        .unwrap_or(self.pos)
     }
 
     /// Counts one finished element against the open aggregates; true when the reply is complete.
@@ -119,6 +99,28 @@ impl ReplyScanner {
         }
         true
     }
+}
+
+/// The element header at `pos`: its type byte, its line (without the CRLF) and where the line
+/// ends. `None` until the whole line is in.
+fn header(buf: &[u8], pos: usize) -> Option<(u8, &[u8], usize)> {
+    let &tag = buf.get(pos)?;
+    let line_end = buf[pos + 1..].windows(2).position(|w| w == b"\r\n")?;
+    Some((tag, &buf[pos + 1..pos + 1 + line_end], pos + 1 + line_end + 2))
+}
+
+/// Where a bulk string ends whose length line is `line`, ending at `after_line`; `None` for a
+/// null (negative length).
+fn bulk_end(line: &[u8], after_line: usize) -> Result<Option<usize>, ScanError> {
+    let len = parse_int(line).ok_or(ScanError("bad bulk length"))?;
+    if len < 0 {
+        return Ok(None);
+    }
+    usize::try_from(len)
+        .ok()
+        .and_then(|len| after_line.checked_add(len)?.checked_add(2))
+        .map(Some)
+        .ok_or(ScanError("bulk length too large"))
 }
 
 /// True when a complete reply is an out-of-band RESP3 push (`>`), not the answer to a request.
